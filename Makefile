@@ -1,0 +1,54 @@
+# Make owns "what is stale"; `python -m pipeline <stage>` owns how to do one stage.
+# Every target runs in the current folder, so `make -f path/to/Makefile folds` works anywhere.
+# `make help` lists the targets.
+
+ROOT        := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
+PYTHON      ?= python3
+VENV        := $(ROOT).venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+COMPETITION ?= configs/competition.yaml
+ARGS        ?=
+PYTEST_ARGS ?=
+
+RUN := $(PY) -m pipeline
+
+.DEFAULT_GOAL := help
+.PHONY: help install test demo data-fashion-mnist check folds clean clean-all
+
+help: ## list every target with a one-line description
+	@echo "usage: make <target> [COMPETITION=configs/competition.yaml] [ARGS='key=value ...']"
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
+
+$(STAMP): $(ROOT)pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed (set PYTHON=python3.11)")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e "$(ROOT)[dev]"
+	@touch $@
+
+install: $(STAMP) ## create .venv and install the project with its dev extras
+
+test: $(STAMP) ## run the test suite (sets itself up)
+	cd $(ROOT) && $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP) ## write the embedded demo competition (scikit-learn digits) to data/demo
+	$(RUN) demo
+
+N_TRAIN ?=
+N_TEST  ?=
+data-fashion-mnist: $(STAMP) ## write Fashion-MNIST to data/fashion-mnist (N_TRAIN=/N_TEST= subsample)
+	$(RUN) fashion-mnist $(if $(N_TRAIN),--n-train $(N_TRAIN)) $(if $(N_TEST),--n-test $(N_TEST))
+
+check: $(STAMP) ## validate the competition config and its files
+	$(RUN) check -c $(COMPETITION) $(ARGS)
+
+folds: $(STAMP) ## assign every training row to a validation fold -> folds/folds.csv
+	$(RUN) folds -c $(COMPETITION) $(ARGS)
+
+clean: ## remove stage outputs (folds, runs, stacking, submissions, dist); keeps data and .venv
+	rm -rf runs dist
+	find folds stacking submissions -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+
+clean-all: clean ## also remove data/ and .venv
+	rm -rf data $(VENV)

@@ -1,0 +1,100 @@
+"""One entry point: `python -m pipeline <stage> [options] [key=value ...]`.
+
+Make targets are thin calls of these commands. Trailing `key=value` words override config keys.
+Errors the user can fix print one clear message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.config import ConfigError, load_competition
+from pipeline.data import DataError
+
+DEFAULT_COMPETITION = "configs/competition.yaml"
+
+
+def _competition(args: argparse.Namespace):
+    comp = load_competition(args.competition, args.overrides)
+    if comp.generator and not comp.data_dir.exists():
+        from pipeline.demo import GENERATORS
+
+        print(f"{comp.data_dir} is missing: writing the {comp.generator} demo competition")
+        GENERATORS[comp.generator](comp.data_dir)
+    return comp
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from pipeline.demo import write_digits
+
+    print(f"wrote {write_digits(args.out)}")
+
+
+def cmd_fashion_mnist(args: argparse.Namespace) -> None:
+    from pipeline.demo import write_fashion_mnist
+
+    out = write_fashion_mnist(args.out, source=args.source, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
+    print(f"wrote {out}")
+
+
+def cmd_folds(args: argparse.Namespace) -> None:
+    from pipeline.folds import make_folds
+
+    make_folds(_competition(args), out_dir=args.out, force=args.force, decode=not args.no_decode)
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from pipeline.data import read_sample, read_train
+
+    comp = _competition(args)
+    train, sample = read_train(comp), read_sample(comp)
+    print(f"{args.competition}: ok ({len(train)} train rows, {len(sample)} test rows, task {comp.task})")
+
+
+def _add_competition(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION, help="competition config (YAML)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
+
+    p = sub.add_parser("demo", help="write the embedded demo competition (scikit-learn digits)")
+    p.add_argument("--out", default="data/demo")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("fashion-mnist", help="write Fashion-MNIST in Kaggle layout from Debian's IDX files")
+    p.add_argument("--out", default="data/fashion-mnist")
+    p.add_argument("--source", default="/usr/share/datasets/fashion-mnist", help="folder of the IDX files")
+    p.add_argument("--n-train", type=int, default=None, help="class-stratified subsample of the 60,000 train images")
+    p.add_argument("--n-test", type=int, default=None, help="class-stratified subsample of the 10,000 test images")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_fashion_mnist)
+
+    p = sub.add_parser("check", help="validate the competition config and its files")
+    _add_competition(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("folds", help="assign every training row to a validation fold -> folds/folds.csv")
+    _add_competition(p)
+    p.add_argument("--out", default="folds", help="output folder")
+    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.add_argument("--no-decode", action="store_true", help="hash images without decoding them (faster)")
+    p.set_defaults(func=cmd_folds)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

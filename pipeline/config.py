@@ -1,0 +1,212 @@
+"""Typed configuration: YAML files validated by pydantic, with `key=value` overrides.
+
+Every error names the file, the key and what was expected. Unknown keys are errors, never silently
+ignored, and a close match is suggested when there is one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """A configuration problem the user must fix; the message says where and what."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+M = TypeVar("M", bound=BaseModel)
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+TASKS = ("binary", "multiclass", "multilabel", "ordinal")
+METRICS = ("accuracy", "logloss", "f1_macro", "auc", "qwk")
+
+
+class Competition(StrictModel):
+    """configs/competition.yaml: where the competition's files are and how it is scored."""
+
+    data_dir: Path = Field(description="folder holding the competition files")
+    train_csv: str = Field("train.csv", description="training table under data_dir")
+    sample_submission: str = Field(
+        "sample_submission.csv",
+        description="under data_dir; its id column lists the test rows, its header is the submission format",
+    )
+    id_col: str = Field("image_id", description="id column in train.csv and sample_submission.csv")
+    target: str | list[str] = Field(description="label column; a list of 0/1 columns for multilabel")
+    task: Literal["binary", "multiclass", "multilabel", "ordinal"] = "multiclass"
+    train_images: str = Field("train/{id}.png", description="image path template under data_dir")
+    test_images: str = Field("test/{id}.png", description="image path template under data_dir")
+    group_col: str | None = Field(None, description="rows sharing a group never straddle folds")
+    metric: Literal["accuracy", "logloss", "f1_macro", "auc", "qwk"] = "accuracy"
+    n_folds: int = Field(5, ge=2, le=100)
+    seed: int = 42
+    classes: list[str] | None = Field(
+        None, description="class order for probability columns; default: sorted labels of train.csv"
+    )
+    submission_format: Literal["auto", "labels", "probabilities"] = Field(
+        "auto", description="auto reads it off sample_submission.csv"
+    )
+    answers: Path | None = Field(
+        None, description="optional test answer key (id, target) kept outside data_dir, for a true test score"
+    )
+    generator: Literal["digits"] | None = Field(
+        None, description="write the competition on demand when data_dir is missing (the embedded demo)"
+    )
+    models_dir: Path = Field(Path("configs/models"), description="folder of model configs that train-all trains")
+
+    @field_validator("train_images", "test_images")
+    @classmethod
+    def _has_id(cls, v: str) -> str:
+        if "{id}" not in v:
+            raise ValueError(f"path template must contain '{{id}}', got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _task_matches_target(self) -> "Competition":
+        if self.task == "multilabel" and not isinstance(self.target, list):
+            raise ValueError("task multilabel expects target to be a list of 0/1 columns")
+        if self.task != "multilabel" and isinstance(self.target, list):
+            raise ValueError(f"task {self.task} expects target to be one column name, not a list")
+        if self.metric == "qwk" and self.task != "ordinal":
+            raise ValueError("metric qwk (quadratic weighted kappa) needs task: ordinal")
+        return self
+
+    # --- derived paths -------------------------------------------------------------------------
+    @property
+    def target_cols(self) -> list[str]:
+        return self.target if isinstance(self.target, list) else [self.target]
+
+    @property
+    def train_csv_path(self) -> Path:
+        return self.data_dir / self.train_csv
+
+    @property
+    def sample_submission_path(self) -> Path:
+        return self.data_dir / self.sample_submission
+
+    def image_path(self, split: Literal["train", "test"], image_id: str) -> Path:
+        template = self.train_images if split == "train" else self.test_images
+        return self.data_dir / template.format(id=image_id)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(items: list[str] | None, source: str = "command line") -> dict[str, Any]:
+    """Turn ["epochs=3", "optimizer.lr=1e-3"] into a nested dict; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{source}: override {item!r} must look like key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 as a string
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: override {item!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (possibly nested) model that `loc` points into."""
+    current: Any = model
+    for part in loc[:-1]:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ()) or ()
+        candidates = [annotation, *args]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc)
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            lines.append(f"  key '{key}': unknown key{hint}; allowed keys: {', '.join(allowed)}")
+        elif e["type"] == "missing":
+            lines.append(f"  key '{key}': required but missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  key '{key}': {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def validate(model: type[M], data: dict[str, Any], source: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source, model)) from None
+
+
+def load(model: type[M], path: str | Path, overrides: list[str] | None = None) -> M:
+    data = deep_merge(read_yaml(path), parse_overrides(overrides, source=f"{path} (command-line override)"))
+    source = f"{path}" + (" with overrides " + " ".join(overrides) if overrides else "")
+    return validate(model, data, source)
+
+
+def load_competition(path: str | Path, overrides: list[str] | None = None) -> Competition:
+    return load(Competition, path, overrides)
+
+
+def config_hash(cfg: BaseModel) -> str:
+    """A stable hash of a resolved config (its JSON with sorted keys)."""
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    return hashlib.md5(blob.encode()).hexdigest()

@@ -1,0 +1,77 @@
+"""Shared fixtures. Everything runs on CPU, in temporary folders, on tiny data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Keep CPU tests quick and reproducible on small machines.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("MKL_NUM_THREADS", "2")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def run_cli(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m pipeline ...` as a user would; return the completed process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pipeline {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def make_competition(
+    root: Path,
+    n_train: int = 60,
+    n_test: int = 12,
+    n_classes: int = 3,
+    size: int = 8,
+    seed: int = 0,
+    **config,
+) -> Path:
+    """A tiny random competition under root/data/tiny and its config root/competition.yaml."""
+    from pipeline.demo import write_competition
+
+    rng = np.random.default_rng(seed)
+    train_x = rng.integers(0, 256, (n_train, size, size), dtype=np.uint8)
+    test_x = rng.integers(0, 256, (n_test, size, size), dtype=np.uint8)
+    train_y = np.arange(n_train) % n_classes
+    test_y = np.arange(n_test) % n_classes
+    classes = [f"c{i}" for i in range(n_classes)]
+    write_competition(root / "data" / "tiny", train_x, train_y, test_x, test_y, classes)
+    cfg = {
+        "data_dir": "data/tiny", "id_col": "image_id", "target": "label", "task": "multiclass",
+        "metric": "accuracy", "n_folds": 3, "seed": 0, **config,
+    }
+    return write_yaml(root / "competition.yaml", cfg)
+
+
+def edit_train(root: Path, fn) -> None:
+    """Rewrite data/tiny/train.csv through fn(df) -> df."""
+    path = root / "data" / "tiny" / "train.csv"
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    fn(df).to_csv(path, index=False)
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    make_competition(tmp_path)
+    return tmp_path
