@@ -9,15 +9,16 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 COMPETITION ?= configs/competition.yaml
 ARGS        ?=
+COMP_ARGS   ?=
 PYTEST_ARGS ?=
 
 RUN := $(PY) -m pipeline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo data-fashion-mnist check folds clean clean-all
+.PHONY: help install test demo data-fashion-mnist check folds train train-all clean clean-all FORCE
 
 help: ## list every target with a one-line description
-	@echo "usage: make <target> [COMPETITION=configs/competition.yaml] [ARGS='key=value ...']"
+	@echo "usage: make <target> [COMPETITION=configs/competition.yaml] [COMP_ARGS='competition key=value ...'] [ARGS='model key=value ...']"
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
 
 $(STAMP): $(ROOT)pyproject.toml
@@ -41,10 +42,33 @@ data-fashion-mnist: $(STAMP) ## write Fashion-MNIST to data/fashion-mnist (N_TRA
 	$(RUN) fashion-mnist $(if $(N_TRAIN),--n-train $(N_TRAIN)) $(if $(N_TEST),--n-test $(N_TEST))
 
 check: $(STAMP) ## validate the competition config and its files
-	$(RUN) check -c $(COMPETITION) $(ARGS)
+	$(RUN) check -c $(COMPETITION) $(COMP_ARGS)
 
 folds: $(STAMP) ## assign every training row to a validation fold -> folds/folds.csv
-	$(RUN) folds -c $(COMPETITION) $(ARGS)
+	$(RUN) folds -c $(COMPETITION) $(COMP_ARGS)
+
+# --- training -----------------------------------------------------------------------------------
+# One target per model x fold: runs/<model>/fold<k>/done.json. The CLI skips a fold whose done.json
+# holds the same config and folds hashes, so Make always asks it (FORCE) and `make -j` trains folds in
+# parallel. NPROC>1 runs each fold with DDP through torchrun.
+MODELS ?=
+MODEL  ?=
+FOLD   ?=
+NPROC  ?= 1
+TRAIN  = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m pipeline,$(RUN)) train -c $(COMPETITION)
+
+train-all: folds ## train every model x fold not done yet (MODELS="a b" limits, NPROC=n for DDP, -j for parallel folds)
+	@targets=$$($(RUN) plan -c $(COMPETITION) --models "$(MODELS)") || exit 1; \
+	$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $$targets COMPETITION=$(COMPETITION) ARGS="$(ARGS)" NPROC=$(NPROC)
+
+runs/%/done.json: FORCE
+	$(TRAIN) --model $(patsubst %/,%,$(dir $*)) --fold $(patsubst fold%,%,$(notdir $*)) $(ARGS)
+
+train: $(STAMP) ## rerun exactly one fold: make train MODEL=name FOLD=k [ARGS="epochs=3 lr=1e-3"]
+	@test -n "$(MODEL)" -a -n "$(FOLD)" || { echo "usage: make train MODEL=<name> FOLD=<k>"; exit 2; }
+	$(TRAIN) --model $(MODEL) --fold $(FOLD) --rerun $(ARGS)
+
+FORCE:
 
 clean: ## remove stage outputs (folds, runs, stacking, submissions, dist); keeps data and .venv
 	rm -rf runs dist

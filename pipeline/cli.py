@@ -53,6 +53,39 @@ def cmd_check(args: argparse.Namespace) -> None:
     print(f"{args.competition}: ok ({len(train)} train rows, {len(sample)} test rows, task {comp.task})")
 
 
+def _model_config(comp, model: str, overrides: list[str]):
+    from pipeline.models import load_model_config
+
+    path = comp.models_dir / f"{model}.yaml"
+    return load_model_config(path, overrides), str(path)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from pipeline.train import TrainingError, train_fold
+
+    comp = load_competition(args.competition)
+    cfg, source = _model_config(comp, args.model, args.overrides)
+    try:
+        train_fold(comp, cfg, args.model, args.fold, folds_path=args.folds, runs=args.runs,
+                   rerun=args.rerun, source=source)
+    except TrainingError as e:
+        raise DataError(f"training {args.model} fold {args.fold} stopped: {e}") from None
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    """Print the done.json targets of every model x fold (Make runs them)."""
+    from pipeline.folds import read_folds
+
+    comp = load_competition(args.competition)
+    models = args.models.split() if args.models else sorted(p.stem for p in comp.models_dir.glob("*.yaml"))
+    if not models:
+        raise ConfigError(f"no model configs in {comp.models_dir} (competition key 'models_dir')")
+    for m in models:
+        _model_config(comp, m, [])  # fail early, naming the file
+    folds = sorted(read_folds(args.folds, comp.id_col)["fold"].unique())
+    print(" ".join(f"{args.runs}/{m}/fold{k}/done.json" for m in models for k in folds))
+
+
 def _add_competition(p: argparse.ArgumentParser) -> None:
     p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION, help="competition config (YAML)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
@@ -84,6 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p.add_argument("--no-decode", action="store_true", help="hash images without decoding them (faster)")
     p.set_defaults(func=cmd_folds)
+
+    p = sub.add_parser("train", help="train one model on one fold -> runs/<model>/fold<k>/ (resumes, skips done)")
+    p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION, help="competition config (YAML)")
+    p.add_argument("--model", "-m", required=True, help="name of a config in the competition's models_dir")
+    p.add_argument("--fold", "-f", type=int, required=True)
+    p.add_argument("--folds", default="folds/folds.csv")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--rerun", action="store_true", help="train again even when the fold is done")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override model config keys")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plan", help="list the runs/<model>/fold<k>/done.json targets (used by make train-all)")
+    p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION)
+    p.add_argument("--models", default="", help="space-separated model names (default: all in models_dir)")
+    p.add_argument("--folds", default="folds/folds.csv")
+    p.add_argument("--runs", default="runs")
+    p.set_defaults(func=cmd_plan)
     return parser
 
 

@@ -116,7 +116,7 @@ def check_rare(comp: Competition, y: np.ndarray) -> None:
         raise DataError(
             f"{comp.train_csv_path}: {what}(es) with fewer rows than n_folds={comp.n_folds}: {listing}. "
             f"Stratified folds cannot give each fold one of them. Use fewer folds (for example "
-            f"ARGS='n_folds={largest_ok}'), or merge or drop the rare classes in train.csv."
+            f"COMP_ARGS='n_folds={largest_ok}'), or merge or drop the rare classes in train.csv."
         )
 
 

@@ -1,0 +1,189 @@
+"""Model configs (`configs/models/<name>.yaml`) and building timm models from them.
+
+`None` means "the model's own default" (timm's pretrained_cfg / resolve_data_config), as in timm.
+A config may list `stages`: each stage overrides some keys for its own `epochs` (progressive
+resizing, freeze -> unfreeze, AdamW -> SGD). Every key can be overridden from the command line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.config import ConfigError, StrictModel, deep_merge, parse_overrides, read_yaml, validate
+
+
+class ModelConfig(StrictModel):
+    """One experiment: backbone, recipe, augmentation, TTA. Validated; unknown keys are errors."""
+
+    # --- backbone ---
+    backbone: str = Field(description="any timm model name, e.g. resnet18, efficientnet_b0, convnext_tiny")
+    pretrained: bool | str = Field(
+        False, description="false | true (timm hub, needs internet) | path to a local weights file (offline)"
+    )
+    img_size: int | None = Field(None, ge=8, description="square input size; null: the model's default")
+    in_chans: int = Field(3, description="1 reads images as grayscale, 3 as RGB")
+    mean: list[float] | None = Field(None, description="normalisation mean; null: the model's default")
+    std: list[float] | None = Field(None, description="normalisation std; null: the model's default")
+    interpolation: Literal["nearest", "bilinear", "bicubic", "area"] | None = Field(
+        None, description="resize interpolation; null: the model's default"
+    )
+    drop_rate: float | None = Field(None, ge=0, lt=1, description="dropout before the classifier")
+    drop_path_rate: float | None = Field(None, ge=0, lt=1, description="stochastic depth")
+
+    # --- recipe ---
+    epochs: int = Field(10, ge=0, description="epochs (when `stages` is empty)")
+    batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1, description="optimizer step every N batches")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm")
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0, description="peak learning rate of the head")
+    backbone_lr_mult: float = Field(1.0, gt=0, le=1, description="backbone lr = lr x this (lower for pretrained)")
+    weight_decay: float = Field(0.01, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    sam: bool = Field(False, description="wrap the optimizer in SAM (sharpness-aware minimisation)")
+    sam_rho: float = Field(0.05, gt=0)
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warmup, then cosine decay")
+    min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine ends at lr x this")
+    loss: Literal["auto", "ce", "focal", "bce"] = Field("auto", description="auto: ce, or bce for multilabel")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    focal_gamma: float = Field(2.0, ge=0)
+    class_weights: Literal["balanced"] | list[float] | None = Field(
+        None, description="per-class loss weights: 'balanced' (inverse frequency) or a list"
+    )
+    sampler: Literal["random", "balanced"] = Field("random", description="balanced: class-balanced sampling")
+    mixup: float = Field(0.0, ge=0, description="mixup alpha (0: off)")
+    cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0: off)")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="probability to mix a batch")
+    ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.999 (null: off)")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto: bf16/fp16 on CUDA, off on CPU")
+    channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the model (CUDA)")
+    freeze_backbone: bool = Field(False, description="train the head only")
+    early_stopping: int | None = Field(None, ge=1, description="stop after N epochs without a better metric")
+    seed: int = 42
+
+    # --- data ---
+    augment: str | list[dict[str, Any]] = Field(
+        "light", description="preset none|light|medium|heavy, or a list of {name: <albumentations class>, ...params}"
+    )
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
+    bad_images: Literal["fail", "skip"] = Field("fail", description="a corrupt image stops the run, or is skipped")
+    max_bad_images: int = Field(10, ge=0, description="with skip: fail past this many bad images")
+    nan_policy: Literal["stop", "skip"] = Field("skip", description="a NaN/Inf loss stops the run, or skips the step")
+    max_nan_steps: int = Field(20, ge=0, description="with skip: stop past this many skipped steps")
+
+    # --- prediction (stage `predict`) ---
+    tta: str | list[str] = Field(
+        ["none"], description="TTA views (none, hflip, vflip, transpose, rot90, d4, scale:0.9, ...) or a preset name"
+    )
+    tta_merge: Literal["mean", "gmean", "logit_mean", "max"] = "mean"
+    pseudo: str | None = Field(None, description="path to folds/pseudo.csv: pseudo-labelled test rows join training")
+
+    stages: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="training stages, each {epochs: N, <key>: <value> ...} overriding keys of this config",
+    )
+
+    @model_validator(mode="after")
+    def _checks(self) -> "ModelConfig":
+        if self.in_chans not in (1, 3):
+            raise ValueError("in_chans must be 1 (grayscale) or 3 (RGB)")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) not in (1, self.in_chans):
+                raise ValueError(f"{key} needs 1 or in_chans={self.in_chans} values, got {len(value)}")
+        if self.sam and self.grad_accum > 1:
+            raise ValueError("sam does not combine with grad_accum > 1")
+        return self
+
+
+STAGE_KEYS_FORBIDDEN = {"backbone", "in_chans", "stages", "seed", "tta", "tta_merge", "pseudo", "pretrained"}
+
+
+def resolve_stages(cfg: ModelConfig, source: str) -> list[ModelConfig]:
+    """One config per stage (the config itself when there are no stages); each is validated."""
+    if not cfg.stages:
+        return [cfg]
+    out = []
+    base = cfg.model_dump(exclude={"stages"})
+    for i, stage in enumerate(cfg.stages):
+        bad = sorted(set(stage) & STAGE_KEYS_FORBIDDEN)
+        if bad:
+            raise ConfigError(f"{source}: stages[{i}] may not change {bad}")
+        if "epochs" not in stage:
+            raise ConfigError(f"{source}: stages[{i}] needs its own 'epochs'")
+        out.append(validate(ModelConfig, {**base, **stage}, f"{source} stages[{i}]"))
+    return out
+
+
+def load_model_config(path: str | Path, overrides: list[str] | None = None) -> ModelConfig:
+    path = Path(path)
+    if not path.is_file():
+        models = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        raise ConfigError(f"{path}: model config not found; models in {path.parent}: {models}")
+    data = deep_merge(read_yaml(path), parse_overrides(overrides, source=f"{path} (command-line override)"))
+    source = f"{path}" + (" with overrides " + " ".join(overrides) if overrides else "")
+    cfg = validate(ModelConfig, data, source)
+    resolve_stages(cfg, source)  # stage errors surface at load time
+    return cfg
+
+
+def check_backbone(name: str) -> None:
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models()"
+        raise ConfigError(f"key 'backbone': unknown timm model {name!r}{hint}")
+
+
+def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | str | None = None):
+    """A timm model for cfg; `pretrained` overrides cfg.pretrained (prediction builds without weights)."""
+    import timm
+
+    check_backbone(cfg.backbone)
+    pretrained = cfg.pretrained if pretrained is None else pretrained
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": cfg.in_chans}
+    if cfg.drop_rate is not None:
+        kwargs["drop_rate"] = cfg.drop_rate
+    if cfg.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = cfg.drop_path_rate
+    if isinstance(pretrained, str):
+        weights = Path(pretrained)
+        if not weights.is_file():
+            raise ConfigError(f"key 'pretrained': weights file {weights} not found")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights.resolve())}
+        pretrained = True
+    return timm.create_model(cfg.backbone, pretrained=bool(pretrained), **kwargs)
+
+
+_INTERP = {"nearest": 0, "bilinear": 1, "bicubic": 2, "area": 3}
+
+
+def data_config(cfg: ModelConfig, model) -> dict[str, Any]:
+    """img_size, mean, std and interpolation: the config's values, else the model's own defaults."""
+    from timm.data import resolve_data_config
+
+    default = resolve_data_config({}, model=model)
+    mean = list(cfg.mean or default["mean"])
+    std = list(cfg.std or default["std"])
+    if cfg.in_chans == 1:  # one channel: average the model's RGB statistics
+        mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+    interpolation = cfg.interpolation or default.get("interpolation", "bilinear")
+    return {
+        "img_size": cfg.img_size or int(default["input_size"][-1]),
+        "mean": mean,
+        "std": std,
+        "interpolation": _INTERP.get(interpolation, 1),
+    }
+
+
+def head_parameter_names(model) -> set[str]:
+    """Names of the classifier's parameters (timm's get_classifier)."""
+    head = model.get_classifier()
+    ids = {id(p) for p in head.parameters()}
+    return {n for n, p in model.named_parameters() if id(p) in ids}

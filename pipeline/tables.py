@@ -1,0 +1,99 @@
+"""Level-1 prediction tables: the contract between stages and with the outside world.
+
+A table is a CSV with the id column and one probability column per class, named after the class (or
+the target column for multilabel), in the competition's class order. Beside `<name>.csv` a sidecar
+`<name>.json` records what made it (the folds hash above all). A table is refused when it misses ids,
+repeats ids, holds NaN or Inf, lacks class columns, or was made against another folds.csv.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.data import DataError, _examples
+from pipeline.io import write_csv, write_json
+
+
+class TableError(DataError):
+    """A prediction table that must not be trusted."""
+
+
+def sidecar(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".csv") + ".json")
+
+
+def write_table(
+    path: str | Path,
+    ids,
+    proba: np.ndarray,
+    classes: list[str],
+    id_col: str,
+    meta: dict | None = None,
+) -> Path:
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.shape != (len(ids), len(classes)):
+        raise ValueError(f"proba shape {proba.shape} does not match {len(ids)} ids x {len(classes)} classes")
+    df = pd.DataFrame(proba, columns=classes)
+    df.insert(0, id_col, list(map(str, ids)))
+    write_csv(path, df, float_format="%.7g")
+    if meta is not None:
+        write_json(sidecar(path), meta)
+    return Path(path)
+
+
+def read_meta(path: str | Path) -> dict:
+    import json
+
+    p = sidecar(path)
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def read_table(
+    path: str | Path,
+    id_col: str,
+    classes: list[str],
+    expected_ids=None,
+    folds_md5: str | None = None,
+) -> pd.DataFrame:
+    """Read and check a table; returns it indexed by id, columns in `classes` order, rows in expected order."""
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"{path}: not found")
+    df = pd.read_csv(path, dtype={id_col: str})
+    if id_col not in df.columns:
+        raise TableError(f"{path}: id column '{id_col}' missing; columns are {list(df.columns)}")
+    missing_cols = [c for c in classes if c not in df.columns]
+    if missing_cols:
+        raise TableError(f"{path}: class column(s) {missing_cols} missing; expected {[id_col, *classes]}")
+    ids = df[id_col]
+    dup = ids[ids.duplicated()].unique()
+    if len(dup):
+        raise TableError(f"{path}: {len(dup)} repeated id(s): {_examples(dup)}")
+    values = df[classes].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        raise TableError(f"{path}: NaN, Inf or non-numeric values in {bad.sum()} row(s), ids {_examples(ids[bad])}")
+    if expected_ids is not None:
+        expected = pd.Index(list(map(str, expected_ids)))
+        lacking = expected.difference(ids)
+        extra = pd.Index(ids).difference(expected)
+        if len(lacking) or len(extra):
+            raise TableError(
+                f"{path}: ids do not match: {len(lacking)} missing ({_examples(lacking)}), "
+                f"{len(extra)} unexpected ({_examples(extra)})"
+            )
+    if folds_md5 is not None:
+        made_with = read_meta(path).get("folds_md5")
+        if made_with is not None and made_with != folds_md5:
+            raise TableError(
+                f"{path}: made against another folds.csv (hash {made_with[:8]}, now {folds_md5[:8]}); "
+                "rerun its predictions or remove it"
+            )
+    out = pd.DataFrame(values, columns=classes, index=pd.Index(ids, name=id_col))
+    if expected_ids is not None:
+        out = out.loc[expected]
+    return out

@@ -1,0 +1,313 @@
+"""The training engine through its real entry points (CLI, Make, torchrun) on tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.augment import PRESETS, build_transform
+from pipeline.config import ConfigError
+from pipeline.models import ModelConfig, build_model, head_parameter_names, load_model_config
+from pipeline.train import SAM, load_checkpoint, make_optimizer
+from tests.conftest import REPO, make_competition, run_cli, write_yaml
+
+TINY_MODEL = {
+    "backbone": "test_resnet", "img_size": 16, "in_chans": 1, "epochs": 2, "batch_size": 16,
+    "lr": 0.01, "augment": "none", "num_workers": 0, "warmup_epochs": 0.5,
+}
+
+
+def setup(root, n_train=60, model=None, name="tiny", **comp):
+    make_competition(root, n_train=n_train, models_dir="models", **comp)
+    write_yaml(root / "models" / f"{name}.yaml", {**TINY_MODEL, **(model or {})})
+    run_cli("folds", "-c", "competition.yaml", cwd=root)
+    return root
+
+
+def train(root, *args, fold=0, model="tiny", check=True, env=None):
+    return run_cli("train", "-c", "competition.yaml", "--model", model, "--fold", str(fold), *args,
+                   cwd=root, check=check, env=env)
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- a whole fold ---------------------------------------------------------------------------------
+
+
+def test_fold_run_folder(tmp_path):
+    setup(tmp_path)
+    proc = train(tmp_path)
+    out = tmp_path / "runs" / "tiny" / "fold0"
+    for name in ("config.yaml", "log.csv", "last.pt", "best.pt", "oof.csv", "done.json"):
+        assert (out / name).is_file(), name
+    log = pd.read_csv(out / "log.csv")
+    assert list(log["epoch"]) == [1, 2]
+    assert {"train_loss", "val_loss", "accuracy", "lr", "img_per_s"} <= set(log.columns)
+    oof = pd.read_csv(out / "oof.csv", dtype={"image_id": str})
+    folds = pd.read_csv(tmp_path / "folds" / "folds.csv", dtype={"image_id": str})
+    assert sorted(oof.image_id) == sorted(folds.image_id[folds.fold == 0])
+    assert list(oof.columns) == ["image_id", "c0", "c1", "c2"]
+    assert np.allclose(oof[["c0", "c1", "c2"]].sum(axis=1), 1, atol=1e-5)
+    done = json.loads((out / "done.json").read_text())
+    assert done["folds_md5"] and done["config_hash"] and done["metric"] == "accuracy"
+    assert "epoch 2/2" in proc.stdout and "img/s" in proc.stdout
+    ckpt = load_checkpoint(out / "last.pt")  # weights_only=True load of the full state
+    assert {"model", "optimizer", "scaler", "epoch", "best", "rng", "stamp", "config"} <= set(ckpt)
+
+
+def test_done_is_skipped_and_stale_on_config_or_folds_change(tmp_path):
+    setup(tmp_path)
+    train(tmp_path)
+    done = tmp_path / "runs" / "tiny" / "fold0" / "done.json"
+    first = done.read_text()
+    assert "skipping" in train(tmp_path).stdout and done.read_text() == first
+    proc = train(tmp_path, "lr=0.02")  # another config hash -> retrained
+    assert "skipping" not in proc.stdout and json.loads(done.read_text())["config_hash"] != json.loads(first)["config_hash"]
+    run_cli("folds", "-c", "competition.yaml", "seed=3", cwd=tmp_path)  # another folds.csv -> stale
+    assert "skipping" not in train(tmp_path, "lr=0.02").stdout
+
+
+def test_make_train_all_and_rerun_one_fold(tmp_path):
+    setup(tmp_path, model={"epochs": 1})
+    make = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITION=competition.yaml"]
+    proc = subprocess.run([*make, "train-all"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dones = {k: tmp_path / "runs" / "tiny" / f"fold{k}" / "done.json" for k in range(3)}
+    assert all(p.is_file() for p in dones.values())
+    stamps = {k: p.read_text() for k, p in dones.items()}
+    proc = subprocess.run([*make, "train-all"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.stdout.count("skipping") == 3
+    proc = subprocess.run([*make, "train", "MODEL=tiny", "FOLD=1"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert dones[1].read_text() != stamps[1]  # retrained
+    assert dones[0].read_text() == stamps[0] and dones[2].read_text() == stamps[2]
+    bad = subprocess.run([*make, "train-all", "MODELS=nope"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode != 0 and "nope.yaml" in bad.stderr
+
+
+def test_sigkill_mid_run_then_resume_equals_unbroken(tmp_path):
+    """Kill after the first checkpoint (mid-epoch 2 or later), rerun: same final weights as no kill."""
+    model = {"epochs": 4, "img_size": 24, "augment": "medium", "mixup": 0.2, "cutmix": 0.2, "ema": 0.9,
+             "num_workers": 1, "batch_size": 8}
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        setup(root, n_train=150, model=model)
+    train(a)
+    cmd = [sys.executable, "-m", "pipeline", "train", "-c", "competition.yaml", "--model", "tiny", "--fold", "0"]
+    proc = subprocess.Popen(cmd, cwd=b, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = b / "runs" / "tiny" / "fold0" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # well into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (b / "runs" / "tiny" / "fold0" / "done.json").exists(), "the kill came too late to test resume"
+    assert "resuming after epoch" in train(b).stdout
+    assert same_weights(weights(a / "runs/tiny/fold0/last.pt"), weights(b / "runs/tiny/fold0/last.pt"))
+    ema_a, ema_b = (load_checkpoint(r / "runs/tiny/fold0/last.pt")["ema"] for r in (a, b))
+    assert same_weights(ema_a, ema_b)
+    assert pd.read_csv(a / "runs/tiny/fold0/oof.csv").equals(pd.read_csv(b / "runs/tiny/fold0/oof.csv"))
+
+
+# --- config and its errors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ("epoch=3", ["epoch", "did you mean 'epochs'"]),
+        ("optimizer=adam", ["optimizer", "'adamw'", "'sgd'"]),
+        ("backbone=resnet1", ["unknown timm model", "resnet18"]),
+        ("pretrained=weights/missing.pth", ["pretrained", "not found"]),
+        ("augment=extreme", ["unknown preset", "none, light, medium, heavy"]),
+        ("augment=[{name: HorizontalFlipp}]", ["HorizontalFlip", "unknown albumentations transform"]),
+        ("in_chans=2", ["in_chans"]),
+    ],
+)
+def test_bad_overrides_are_clear(tmp_path, override, needles):
+    if not (tmp_path / "models").exists():
+        setup(tmp_path)
+    proc = train(tmp_path, override, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs" / "tiny" / "fold0" / "done.json").exists()
+
+
+def test_overrides_land_in_resolved_config(tmp_path):
+    import yaml
+
+    setup(tmp_path, model={"epochs": 1})
+    train(tmp_path, "lr=0.005", "batch_size=8")
+    resolved = yaml.safe_load((tmp_path / "runs/tiny/fold0/config.yaml").read_text())
+    assert resolved["lr"] == 0.005 and resolved["batch_size"] == 8
+    assert resolved["_data"]["img_size"] == 16 and len(resolved["_data"]["mean"]) == 1
+
+
+def test_shipped_model_configs_are_valid():
+    for path in sorted((REPO / "configs").rglob("models/*.yaml")) + sorted((REPO / "configs/examples").glob("*.yaml")):
+        cfg = load_model_config(path)
+        assert cfg.backbone
+
+
+def test_stage_may_not_change_backbone(tmp_path):
+    path = write_yaml(tmp_path / "m.yaml", {**TINY_MODEL, "stages": [{"epochs": 1, "backbone": "resnet18"}]})
+    with pytest.raises(ConfigError, match="may not change"):
+        load_model_config(path)
+
+
+# --- augmentation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("chans", [1, 3])
+def test_each_preset_runs(preset, chans):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (20, 30) if chans == 1 else (20, 30, 3), dtype=np.uint8)
+    tf = build_transform(preset, 24, [0.5] * chans, [0.25] * chans, color=chans == 3)
+    x = tf(image=img)["image"]
+    assert tuple(x.shape) == (chans, 24, 24) and x.dtype == torch.float32
+    if preset == "none":  # no augmentation: deterministic
+        assert torch.equal(x, tf(image=img)["image"])
+
+
+# --- recipe pieces each change what they should ---------------------------------------------------
+
+
+def tiny_model(**kw):
+    cfg = ModelConfig(**{**TINY_MODEL, **kw})
+    torch.manual_seed(0)
+    return cfg, build_model(cfg, num_classes=3)
+
+
+def one_step(cfg, model):
+    x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 0])
+    opt = make_optimizer(cfg, model)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    return opt, x, y
+
+
+def test_sam_perturbs_then_restores_and_steps():
+    cfg, model = tiny_model(sam=True, optimizer="sgd", weight_decay=0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt, x, y = one_step(cfg, model)
+    assert isinstance(opt, SAM)
+    opt.first_step()
+    perturbed = {k: v.clone() for k, v in model.state_dict().items()}
+    name = next(n for n, p in model.named_parameters() if p.ndim > 1)
+    assert not torch.equal(perturbed[name], before[name])
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.second_step()
+    after = model.state_dict()
+    assert not torch.equal(after[name], before[name]) and not torch.equal(after[name], perturbed[name])
+
+
+def test_freeze_backbone_trains_head_only():
+    cfg, model = tiny_model(freeze_backbone=True)
+    make_optimizer(cfg, model)
+    head = head_parameter_names(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == head and head
+
+
+def test_backbone_lr_is_lower_than_head():
+    cfg, model = tiny_model(backbone_lr_mult=0.1, lr=0.01)
+    opt = make_optimizer(cfg, model)
+    assert sorted({g["base_lr"] for g in opt.param_groups}) == pytest.approx([0.001, 0.01])
+
+
+def test_mixup_mixes_images_and_targets():
+    from timm.data import Mixup
+
+    np.random.seed(0)
+    mixer = Mixup(mixup_alpha=1.0, cutmix_alpha=0.0, prob=1.0, num_classes=3)
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).repeat(1, 1, 2, 2)
+    lam = mixer._mix_batch(x)
+    assert 0 < lam < 1 and not torch.equal(x[:, 0, 0, 0], torch.arange(4, dtype=torch.float32))
+
+
+def test_ema_and_stages_end_to_end(tmp_path):
+    stages = [
+        {"epochs": 1, "img_size": 12, "freeze_backbone": True, "batch_size": 32},
+        {"epochs": 1, "img_size": 16, "optimizer": "sgd", "lr": 0.005},
+    ]
+    setup(tmp_path, model={"ema": 0.5, "stages": stages})
+    train(tmp_path)
+    out = tmp_path / "runs/tiny/fold0"
+    assert pd.read_csv(out / "log.csv")["stage"].tolist() == [0, 1]
+    ckpt = load_checkpoint(out / "last.pt")
+    assert "ema" in ckpt and not same_weights(ckpt["ema"], ckpt["model"])
+
+
+# --- faults ---------------------------------------------------------------------------------------
+
+
+def corrupt_one(root):
+    train_csv = pd.read_csv(root / "data/tiny/train.csv", dtype=str)
+    victim = train_csv.image_id[0]
+    (root / "data/tiny/train" / f"{victim}.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    return victim
+
+
+def test_corrupt_image_fail_and_skip_policies(tmp_path):
+    setup(tmp_path, model={"epochs": 1})
+    victim = corrupt_one(tmp_path)
+    folds = pd.read_csv(tmp_path / "folds/folds.csv", dtype=str)
+    fold = 1 if folds.set_index("image_id").fold[victim] == "0" else 0  # victim in the training part
+    proc = train(tmp_path, fold=fold, check=False)
+    assert proc.returncode == 2 and victim in proc.stderr and "Traceback" not in proc.stderr
+    proc = train(tmp_path, "bad_images=skip", fold=fold)
+    assert "skipping" in proc.stderr and victim in proc.stderr
+    assert (tmp_path / f"runs/tiny/fold{fold}/done.json").is_file()
+    proc = train(tmp_path, "bad_images=skip", "max_bad_images=0", "--rerun", fold=fold, check=False)
+    assert proc.returncode == 2 and "max_bad_images=0" in proc.stderr
+
+
+def test_nan_loss_policies_never_save_best(tmp_path):
+    setup(tmp_path, model={"epochs": 1, "std": [0.0]})  # std 0 -> infinite inputs -> non-finite loss
+    proc = train(tmp_path, "nan_policy=stop", check=False)
+    assert proc.returncode == 2 and "non-finite loss" in proc.stderr
+    assert not (tmp_path / "runs/tiny/fold0/best.pt").exists()
+    proc = train(tmp_path, "nan_policy=skip", "max_nan_steps=1000", check=False)
+    assert proc.returncode == 2 and "no epoch produced a finite" in proc.stderr
+    assert not (tmp_path / "runs/tiny/fold0/best.pt").exists()
+    assert not (tmp_path / "runs/tiny/fold0/done.json").exists()
+
+
+# --- DDP ------------------------------------------------------------------------------------------
+
+
+def test_ddp_gloo_two_processes(tmp_path):
+    setup(tmp_path, model={"epochs": 1})
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "pipeline", "train", "-c", "competition.yaml",
+         "--model", "tiny", "--fold", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "runs/tiny/fold0"
+    assert (out / "done.json").is_file()
+    oof = pd.read_csv(out / "oof.csv", dtype={"image_id": str})
+    folds = pd.read_csv(tmp_path / "folds/folds.csv", dtype={"image_id": str})
+    assert sorted(oof.image_id) == sorted(folds.image_id[folds.fold == 0])
+    assert proc.stdout.count("epoch 1/1") == 1  # only rank 0 reports
