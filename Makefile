@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 RUN := $(PY) -m pipeline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo data-fashion-mnist check folds train train-all clean clean-all FORCE
+.PHONY: help install test demo data-fashion-mnist check folds train train-all predict pseudo ensemble validate clean clean-all FORCE
 
 help: ## list every target with a one-line description
 	@echo "usage: make <target> [COMPETITION=configs/competition.yaml] [COMP_ARGS='competition key=value ...'] [ARGS='model key=value ...']"
@@ -57,18 +57,42 @@ FOLD   ?=
 NPROC  ?= 1
 TRAIN  = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m pipeline,$(RUN)) train -c $(COMPETITION)
 
-train-all: folds ## train every model x fold not done yet (MODELS="a b" limits, NPROC=n for DDP, -j for parallel folds)
-	@targets=$$($(RUN) plan -c $(COMPETITION) --models "$(MODELS)") || exit 1; \
-	$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $$targets COMPETITION=$(COMPETITION) ARGS="$(ARGS)" NPROC=$(NPROC)
+PSEUDO ?=
+train-all: folds ## train every model x fold not done yet (MODELS="a b" limits, NPROC=n DDP, -j parallel folds, PSEUDO=folds/pseudo.csv a pseudo round)
+	@targets=$$($(RUN) plan -c $(COMPETITION) --models "$(MODELS)" $(if $(PSEUDO),--pseudo)) || exit 1; \
+	$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $$targets COMPETITION=$(COMPETITION) ARGS="$(ARGS)" NPROC=$(NPROC) PSEUDO=$(PSEUDO)
 
+run_model = $(patsubst %/,%,$(dir $*))
 runs/%/done.json: FORCE
-	$(TRAIN) --model $(patsubst %/,%,$(dir $*)) --fold $(patsubst fold%,%,$(notdir $*)) $(ARGS)
+	$(TRAIN) --model $(patsubst %-pseudo,%,$(run_model)) --fold $(patsubst fold%,%,$(notdir $*)) \
+	  $(if $(filter %-pseudo,$(run_model)),--pseudo $(or $(PSEUDO),folds/pseudo.csv)) $(ARGS)
 
 train: $(STAMP) ## rerun exactly one fold: make train MODEL=name FOLD=k [ARGS="epochs=3 lr=1e-3"]
 	@test -n "$(MODEL)" -a -n "$(FOLD)" || { echo "usage: make train MODEL=<name> FOLD=<k>"; exit 2; }
 	$(TRAIN) --model $(MODEL) --fold $(FOLD) --rerun $(ARGS)
 
 FORCE:
+
+# --- predictions ----------------------------------------------------------------------------------
+TTA ?=
+predict: train-all ## OOF + test tables with TTA for every trained model -> stacking/ (TTA="[none,hflip]" overrides)
+	$(RUN) predict -c $(COMPETITION) $(if $(MODELS),--models "$(MODELS)") $(if $(TTA),tta=$(TTA))
+
+# --- blend and submission -------------------------------------------------------------------------
+METHOD ?= auto
+ensemble: predict ## blend every model honestly -> submissions/submission.csv, cv.md, cv.json (METHOD=auto|vote|mean|...)
+	$(RUN) ensemble -c $(COMPETITION) --method $(METHOD) $(COMP_ARGS)
+
+FILE ?= submissions/submission.csv
+validate: $(STAMP) ## check a CSV against the sample submission (FILE=path.csv)
+	$(RUN) validate $(FILE) -c $(COMPETITION)
+
+THRESHOLD ?=
+TOP_FRAC  ?=
+SOFT      ?=
+pseudo: $(STAMP) ## confident blend (or MODEL=) test rows -> folds/pseudo.csv (THRESHOLD=0.95 | TOP_FRAC=0.3, SOFT=1)
+	$(RUN) pseudo -c $(COMPETITION) $(if $(MODEL),--model $(MODEL)) $(if $(THRESHOLD),--threshold $(THRESHOLD)) \
+	  $(if $(TOP_FRAC),--top-frac $(TOP_FRAC)) $(if $(SOFT),--soft)
 
 clean: ## remove stage outputs (folds, runs, stacking, submissions, dist); keeps data and .venv
 	rm -rf runs dist

@@ -64,9 +64,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     from pipeline.train import TrainingError, train_fold
 
     comp = load_competition(args.competition)
-    cfg, source = _model_config(comp, args.model, args.overrides)
+    overrides = list(args.overrides) + ([f"pseudo={args.pseudo}"] if args.pseudo else [])
+    cfg, source = _model_config(comp, args.model, overrides)
+    name = args.model + ("-pseudo" if cfg.pseudo else "")  # a pseudo round gets its own runs and tables
     try:
-        train_fold(comp, cfg, args.model, args.fold, folds_path=args.folds, runs=args.runs,
+        train_fold(comp, cfg, name, args.fold, folds_path=args.folds, runs=args.runs,
                    rerun=args.rerun, source=source)
     except TrainingError as e:
         raise DataError(f"training {args.model} fold {args.fold} stopped: {e}") from None
@@ -83,7 +85,42 @@ def cmd_plan(args: argparse.Namespace) -> None:
     for m in models:
         _model_config(comp, m, [])  # fail early, naming the file
     folds = sorted(read_folds(args.folds, comp.id_col)["fold"].unique())
-    print(" ".join(f"{args.runs}/{m}/fold{k}/done.json" for m in models for k in folds))
+    suffix = "-pseudo" if args.pseudo else ""
+    print(" ".join(f"{args.runs}/{m}{suffix}/fold{k}/done.json" for m in models for k in folds))
+
+
+def _predict_overrides(overrides: list[str]) -> dict:
+    from pipeline.config import parse_overrides
+
+    values = parse_overrides(overrides)
+    unknown = sorted(set(values) - {"tta", "tta_merge"})
+    if unknown:
+        raise ConfigError(f"predict: only tta and tta_merge can be overridden, not {unknown}")
+    return values
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from pipeline.predict import predict_all
+
+    values = _predict_overrides(args.overrides)
+    models = args.models.split() or None
+    if args.name and (not models or len(models) != 1):
+        raise ConfigError("--name needs exactly one model in --models")
+    predict_all(load_competition(args.competition), models, runs=args.runs, folds_path=args.folds,
+                stacking=args.stacking, tta=values.get("tta"), tta_merge=values.get("tta_merge"),
+                out_name=args.name, force=args.force)
+
+
+def cmd_pseudo(args: argparse.Namespace) -> None:
+    from pipeline.predict import write_pseudo
+
+    source = Path(args.source) if args.source else (
+        Path(args.stacking) / f"{args.model}.test.csv" if args.model else Path("submissions/blend.test.csv"))
+    if not source.is_file():
+        raise DataError(f"{source}: not found; run `make ensemble` first, or name a model with MODEL=")
+    if args.threshold is None and args.top_frac is None:
+        args.threshold = 0.95
+    write_pseudo(load_competition(args.competition), source, args.out, args.threshold, args.top_frac, args.soft)
 
 
 def _add_competition(p: argparse.ArgumentParser) -> None:
@@ -125,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", default="folds/folds.csv")
     p.add_argument("--runs", default="runs")
     p.add_argument("--rerun", action="store_true", help="train again even when the fold is done")
+    p.add_argument("--pseudo", default=None, help="pseudo-label table: trains runs/<model>-pseudo/")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override model config keys")
     p.set_defaults(func=cmd_train)
 
@@ -133,7 +171,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="", help="space-separated model names (default: all in models_dir)")
     p.add_argument("--folds", default="folds/folds.csv")
     p.add_argument("--runs", default="runs")
+    p.add_argument("--pseudo", action="store_true", help="targets of the pseudo-label round")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("predict", help="OOF and test predictions with TTA -> stacking/<model>.{oof,test}.csv")
+    p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION)
+    p.add_argument("--models", default="", help="space-separated run names (default: every trained model)")
+    p.add_argument("--name", default=None, help="write the tables under this name (one model only)")
+    p.add_argument("--folds", default="folds/folds.csv")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--stacking", default="stacking")
+    p.add_argument("--force", action="store_true", help="remake tables even when up to date")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="tta=[none,hflip] tta_merge=gmean")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("pseudo", help="confident test predictions -> folds/pseudo.csv")
+    p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION)
+    p.add_argument("--model", default=None, help="use stacking/<model>.test.csv instead of the blend")
+    p.add_argument("--source", default=None, help="any test probability table (overrides --model)")
+    p.add_argument("--stacking", default="stacking")
+    p.add_argument("--out", default="folds/pseudo.csv")
+    p.add_argument("--threshold", type=float, default=None, help="top probability at least this (default 0.95)")
+    p.add_argument("--top-frac", type=float, default=None, help="instead: the most confident fraction per class")
+    p.add_argument("--soft", action="store_true", help="write probabilities (soft labels) instead of classes")
+    p.set_defaults(func=cmd_pseudo)
+
+    from pipeline.ensemble import add_commands as add_ensemble_commands  # ensemble, validate
+
+    add_ensemble_commands(sub)
     return parser
 
 

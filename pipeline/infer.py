@@ -35,10 +35,15 @@ def to_proba(logits: np.ndarray | torch.Tensor, task: str) -> np.ndarray:
 
 
 @torch.inference_mode()
-def predict_logits(model, loader, dev: torch.device, dtype: torch.dtype | None, channels_last: bool, n: int):
-    """Logits (n, C) for the dataset indices the loader yields. Images that could not be read (policy
-    skip) keep zero logits, i.e. the uniform prediction; a model's own NaN stays NaN."""
-    model.eval()
+def tta_logits(models: list, loader, views: list, dev: torch.device, dtype: torch.dtype | None,
+               channels_last: bool, n: int) -> np.ndarray:
+    """Logits (models, views, n, C) for the dataset indices the loader yields, each image read once.
+
+    Images that could not be read (policy skip) keep zero logits, i.e. the uniform prediction; a
+    model's own NaN stays NaN.
+    """
+    for m in models:
+        m.eval()
     out: np.ndarray | None = None
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     skipped = 0
@@ -46,15 +51,23 @@ def predict_logits(model, loader, dev: torch.device, dtype: torch.dtype | None, 
         skipped += n_bad
         if x is None:
             continue
-        x = x.to(dev, non_blocking=True, memory_format=fmt)
-        with autocast(dev, dtype):
-            logits = model(x)
-        logits = logits.float().cpu().numpy()
-        if out is None:
-            out = np.zeros((n, logits.shape[1]), dtype=np.float32)
-        out[idx.numpy()] = logits
+        x = x.to(dev, non_blocking=True)
+        rows = idx.numpy()
+        for v, view in enumerate(views):
+            xv = view(x).contiguous(memory_format=fmt)
+            for m, model in enumerate(models):
+                with autocast(dev, dtype):
+                    logits = model(xv).float().cpu().numpy()
+                if out is None:
+                    out = np.zeros((len(models), len(views), n, logits.shape[1]), dtype=np.float32)
+                out[m, v, rows] = logits
     if skipped:
         print(f"warning: {skipped} image(s) could not be read; predicted as uniform")
     if out is None:
         raise RuntimeError("no image could be read for prediction")
     return out
+
+
+def predict_logits(model, loader, dev: torch.device, dtype: torch.dtype | None, channels_last: bool, n: int):
+    """Logits (n, C) of one model without TTA."""
+    return tta_logits([model], loader, [lambda x: x], dev, dtype, channels_last, n)[0, 0]

@@ -76,3 +76,54 @@ def is_better(metric: str, new: float, old: float | None) -> bool:
     if old is None or np.isnan(old):
         return not np.isnan(new)
     return new > old if GREATER_IS_BETTER[metric] else new < old
+
+
+# --- ordinal thresholds (used by the ensemble stage for metric qwk) -----------------------------
+
+
+def quadratic_kappa(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Quadratic weighted kappa over the full class range 0..n_classes-1 (fast; for threshold search)."""
+    y, pred = np.asarray(y, dtype=int), np.asarray(pred, dtype=int)
+    observed = np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / max(len(y), 1)
+    idx = np.arange(n_classes)
+    weights = (idx[:, None] - idx[None, :]) ** 2
+    denominator = (weights * expected).sum()
+    return float(1.0 - (weights * observed).sum() / denominator) if denominator > 0 else 0.0
+
+
+def apply_thresholds(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Class index per value: the number of (sorted) thresholds at or below it."""
+    return np.searchsorted(np.sort(np.asarray(thresholds, dtype=np.float64)), np.asarray(values), side="right")
+
+
+def fit_thresholds(
+    y: np.ndarray, values: np.ndarray, n_classes: int, passes: int = 3, max_candidates: int = 64
+) -> np.ndarray:
+    """Cut points on a continuous score (e.g. the expected class index) that maximise quadratic kappa.
+
+    Coordinate search, deterministic: start at 0.5, 1.5, ...; move one threshold at a time to the best
+    candidate between its neighbours (midpoints of the observed values, at most `max_candidates`).
+    """
+    y, values = np.asarray(y, dtype=int), np.asarray(values, dtype=np.float64)
+    thresholds = np.arange(n_classes - 1, dtype=np.float64) + 0.5
+    uniq = np.unique(values)
+    mids = (uniq[:-1] + uniq[1:]) / 2 if len(uniq) > 1 else uniq
+    best = quadratic_kappa(y, apply_thresholds(values, thresholds), n_classes)
+    for _ in range(passes):
+        moved = False
+        for j in range(n_classes - 1):
+            lo = thresholds[j - 1] if j > 0 else -np.inf
+            hi = thresholds[j + 1] if j < n_classes - 2 else np.inf
+            cands = mids[(mids > lo) & (mids < hi)]
+            if len(cands) > max_candidates:
+                cands = np.quantile(cands, np.linspace(0, 1, max_candidates))
+            for c in cands:
+                trial = thresholds.copy()
+                trial[j] = c
+                s = quadratic_kappa(y, apply_thresholds(values, trial), n_classes)
+                if s > best + 1e-12:
+                    best, thresholds, moved = s, trial, True
+        if not moved:
+            break
+    return thresholds

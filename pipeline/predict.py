@@ -1,0 +1,205 @@
+"""`predict`: trained folds -> stacking/<model>.oof.csv and stacking/<model>.test.csv, with TTA.
+
+Each fold's best checkpoint predicts its own validation rows (OOF) and the whole test set; the test
+table is the mean of the folds' probabilities. Test images are read once per model: every batch goes
+through all fold models and all TTA views. A model whose tables were made from the same checkpoints,
+folds and TTA is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.augment import build_transform
+from pipeline.config import Competition, ConfigError
+from pipeline.data import DataError, class_names, encode_targets, read_sample, read_train
+from pipeline.folds import read_folds
+from pipeline.infer import amp_dtype, device, tta_logits
+from pipeline.io import file_md5
+from pipeline.loader import ImageDataset, make_loader
+from pipeline.metrics import score
+from pipeline.tables import read_meta, write_table
+from pipeline.tta import expand, get_view, merge
+
+
+def trained_models(runs: str | Path = "runs") -> list[str]:
+    """Names of runs/<name>/ folders holding at least one finished fold."""
+    runs = Path(runs)
+    return sorted(p.name for p in runs.iterdir() if p.is_dir() and any(p.glob("fold*/done.json"))) if runs.is_dir() else []
+
+
+def fold_runs(name: str, folds: list[int], runs: str | Path, folds_md5: str) -> list[Path]:
+    """The finished run folder of every fold, checked against the current folds.csv."""
+    dirs = [Path(runs) / name / f"fold{k}" for k in folds]
+    missing = [k for k, d in zip(folds, dirs) if not (d / "done.json").is_file()]
+    if missing:
+        raise DataError(f"{name}: fold(s) {missing} not trained yet; run `make train-all MODELS={name}`")
+    stale = [k for k, d in zip(folds, dirs) if json.loads((d / "done.json").read_text())["folds_md5"] != folds_md5]
+    if stale:
+        raise DataError(f"{name}: fold(s) {stale} were trained on another folds.csv; run `make train-all` again")
+    return dirs
+
+
+def predict_model(
+    comp: Competition,
+    name: str,
+    runs: str | Path = "runs",
+    folds_path: str | Path = "folds/folds.csv",
+    stacking: str | Path = "stacking",
+    tta: str | list[str] | None = None,
+    tta_merge: str | None = None,
+    out_name: str | None = None,
+    force: bool = False,
+) -> dict:
+    """Write the model's OOF and test tables; return {'cv': ..., 'per_fold': [...]}."""
+    from pipeline.train import load_fold_model
+
+    folds_path, stacking = Path(folds_path), Path(stacking)
+    folds = read_folds(folds_path, comp.id_col)
+    folds_md5 = file_md5(folds_path)
+    fold_ids = sorted(int(k) for k in folds["fold"].unique())
+    dirs = fold_runs(name, fold_ids, runs, folds_md5)
+    out_name = out_name or name
+    oof_path, test_path = stacking / f"{out_name}.oof.csv", stacking / f"{out_name}.test.csv"
+
+    dev = device()
+    loaded = [load_fold_model(d, "best", dev) for d in dirs]
+    cfg, ckpt = loaded[0][1], loaded[0][2]
+    views = expand(tta if tta is not None else cfg.tta)
+    how = tta_merge or cfg.tta_merge
+    merge(np.zeros((1, 1, 2)), how, comp.task)  # an unknown merge fails before any work
+    stamp = {
+        "folds_md5": folds_md5,
+        "runs": [json.loads((d / "done.json").read_text())["finished"] for d in dirs],
+        "checkpoints": [file_md5(d / "best.pt") for d in dirs],
+        "tta": views,
+        "tta_merge": how,
+    }
+    if not force and oof_path.is_file() and test_path.is_file() and read_meta(oof_path).get("stamp") == stamp:
+        meta = read_meta(oof_path)
+        print(f"{out_name}: tables up to date ({comp.metric} {meta['cv']:.4f}); --force remakes them")
+        return meta
+
+    train = read_train(comp)
+    classes = class_names(comp, train)
+    if ckpt["classes"] != classes:
+        raise DataError(f"{name}: trained on classes {ckpt['classes']}, the competition now has {classes}")
+    y = encode_targets(comp, train, classes)
+    ids = train[comp.id_col].to_numpy()
+    fold_of = folds.set_index(comp.id_col)["fold"].loc[ids].to_numpy()
+    dcfg = ckpt["data_config"]
+    tf = build_transform("none", dcfg["img_size"], dcfg["mean"], dcfg["std"], dcfg["interpolation"],
+                         cfg.in_chans == 3, train=False)
+    dtype, view_fns = amp_dtype(cfg.amp, dev), [get_view(v) for v in views]
+
+    def logits_for(models, paths):
+        ds = ImageDataset(paths, None, tf, cfg.in_chans, cfg.bad_images)
+        loader = make_loader(ds, cfg.batch_size * 2, cfg.num_workers, pin_memory=dev.type == "cuda")
+        return tta_logits(models, loader, view_fns, dev, dtype, cfg.channels_last, len(ds))
+
+    oof = np.zeros((len(ids), len(classes)))
+    per_fold = []
+    for k, (model, _, _) in zip(fold_ids, loaded):
+        rows = np.flatnonzero(fold_of == k)
+        oof[rows] = merge(logits_for([model], [comp.image_path("train", i) for i in ids[rows]])[0], how, comp.task)
+        per_fold.append(score(comp.metric, comp.task, y[rows], oof[rows]))
+    cv = score(comp.metric, comp.task, y, oof)
+
+    test_ids = read_sample(comp)[comp.id_col].tolist()
+    test_logits = logits_for([m for m, _, _ in loaded], [comp.image_path("test", i) for i in test_ids])
+    test = np.mean([merge(fold_logits, how, comp.task) for fold_logits in test_logits], axis=0)
+
+    meta = {"stamp": stamp, "folds_md5": folds_md5, "model": name, "metric": comp.metric, "cv": cv,
+            "per_fold": per_fold, "tta": views, "tta_merge": how, "classes": classes}
+    write_table(oof_path, ids, oof, classes, comp.id_col, meta=meta)
+    write_table(test_path, test_ids, test, classes, comp.id_col, meta={"folds_md5": folds_md5, "model": name})
+    folds_txt = " ".join(f"{s:.4f}" for s in per_fold)
+    print(f"{out_name}: {comp.metric} {cv:.4f} (folds {folds_txt}; TTA {'+'.join(views)}, {how}) -> {oof_path}, {test_path}")
+    return meta
+
+
+def predict_all(comp: Competition, models: list[str] | None = None, runs: str | Path = "runs", **kwargs) -> dict:
+    names = models or trained_models(runs)
+    if not names:
+        raise DataError(f"no trained models in {runs}/; run `make train-all` first")
+    return {name: predict_model(comp, name, runs=runs, **kwargs) for name in names}
+
+
+# --- pseudo-labels --------------------------------------------------------------------------------
+
+
+def select_pseudo(
+    proba: pd.DataFrame,
+    task: str,
+    threshold: float | None = None,
+    top_frac: float | None = None,
+    prior: pd.Series | None = None,
+) -> pd.Index:
+    """Confident rows of a test probability table (indexed by id).
+
+    threshold: rows whose top probability reaches it; then no class may take more than 1.5x its share
+    of the training set among the chosen rows (the least confident extras are dropped).
+    top_frac: per predicted class, its most confident fraction of rows; balanced by construction.
+    Multilabel: a row is confident when every label is at least `threshold` away from undecided.
+    """
+    if (threshold is None) == (top_frac is None):
+        raise ConfigError("choose one of threshold or top_frac")
+    if task == "multilabel":
+        t = threshold if threshold is not None else 0.9
+        conf = np.minimum(proba.to_numpy(), 1 - proba.to_numpy()).max(axis=1)
+        return proba.index[conf <= 1 - t]
+    conf = proba.max(axis=1)
+    label = proba.idxmax(axis=1)
+    if top_frac is not None:
+        keep = []
+        for _, group in conf.groupby(label):
+            n = int(np.floor(len(group) * top_frac))
+            keep.extend(group.sort_values(ascending=False).index[:n])
+        return pd.Index(keep)
+    chosen = conf[conf >= threshold]
+    if prior is not None and len(chosen):
+        keep = []
+        for cls, group in chosen.groupby(label[chosen.index]):
+            cap = int(np.ceil(1.5 * prior.get(cls, 0.0) * len(chosen)))
+            keep.extend(group.sort_values(ascending=False).index[:cap])
+        chosen = chosen.loc[keep]
+    return chosen.index
+
+
+def write_pseudo(
+    comp: Competition,
+    source: str | Path,
+    out: str | Path = "folds/pseudo.csv",
+    threshold: float | None = None,
+    top_frac: float | None = None,
+    soft: bool = False,
+) -> Path:
+    """folds/pseudo.csv from a test probability table: hard labels (id, target) or soft (id, classes)."""
+    from pipeline.io import write_csv
+    from pipeline.tables import read_table
+
+    train = read_train(comp)
+    classes = class_names(comp, train)
+    test_ids = read_sample(comp)[comp.id_col].tolist()
+    proba = read_table(source, comp.id_col, classes, expected_ids=test_ids)
+    prior = None
+    if comp.task != "multilabel":
+        prior = train[comp.target].astype(str).value_counts(normalize=True)
+        prior.index = prior.index.astype(str)
+    chosen = select_pseudo(proba, comp.task, threshold, top_frac, prior)
+    picked = proba.loc[chosen]
+    if soft or comp.task == "multilabel":
+        df = picked.reset_index()
+    else:
+        df = pd.DataFrame({comp.id_col: picked.index, comp.target: picked.idxmax(axis=1).to_numpy()})
+    write_csv(out, df)
+    counts = picked.idxmax(axis=1).value_counts().reindex(classes, fill_value=0) if comp.task != "multilabel" else None
+    print(f"pseudo-labels: {len(df)} of {len(proba)} test rows from {source} -> {out} "
+          f"({'soft' if soft else 'hard'} labels)")
+    if counts is not None:
+        print("per class: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+    return Path(out)
