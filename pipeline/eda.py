@@ -1,0 +1,237 @@
+"""`eda`: a first look at a competition's data -> submissions/eda/ (index.md, eda.json, CSV tables, PNG plots).
+
+Class distribution; image sizes, channels and per-channel statistics; exact duplicates (md5 of the
+files) within train, within test and across; and a train/test shift check by adversarial validation:
+a LightGBM classifier (fixed seed, one thread, deterministic) tries to tell train images from test
+images on simple per-image statistics, scored by cross-validated ROC AUC (0.5: no visible shift).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline.config import Competition
+from pipeline.data import class_names, read_sample, read_train
+from pipeline.io import write_csv, write_json, write_text
+from pipeline.report import md_table, pyplot, save_fig
+
+FEATURES = ["height", "width", "aspect", "channels", "bytes", "mean_0", "mean_1", "mean_2", "std_0", "std_1",
+            "std_2", "min", "max", "sharpness", "entropy"]
+
+
+def image_stats(path: Path) -> dict:
+    """md5 of the file and simple statistics of the decoded image (NaN where it cannot be decoded)."""
+    row: dict = {"md5": None, "readable": False}
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return row
+    row["md5"], row["bytes"] = hashlib.md5(data).hexdigest(), len(data)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        return row
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, :3]  # alpha is not content
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if img.dtype != np.uint8:  # 16-bit and float images: scale to 0..255 for comparable statistics
+        img = cv2.normalize(img.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    h, w = img.shape[:2]
+    chans = 1 if img.ndim == 2 else img.shape[2]
+    planes = [img] * 3 if chans == 1 else [img[:, :, c] for c in range(3)]
+    gray = img if chans == 1 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    hist = np.bincount(gray.ravel(), minlength=256) / gray.size
+    row.update({
+        "readable": True, "height": h, "width": w, "aspect": w / h, "channels": chans,
+        **{f"mean_{c}": float(p.mean()) for c, p in enumerate(planes)},
+        **{f"std_{c}": float(p.std()) for c, p in enumerate(planes)},
+        "min": int(gray.min()), "max": int(gray.max()),
+        "sharpness": float(cv2.Laplacian(gray, cv2.CV_64F).var()),
+        "entropy": float(-(hist[hist > 0] * np.log2(hist[hist > 0])).sum()),
+    })
+    return row
+
+
+def scan(comp: Competition, split: str, ids: list[str], threads: int = 4) -> pd.DataFrame:
+    paths = [comp.image_path(split, i) for i in ids]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        rows = list(tqdm(pool.map(image_stats, paths), total=len(paths), desc=f"{split} images", leave=False))
+    df = pd.DataFrame(rows)
+    df.insert(0, "split", split)
+    df.insert(1, "id", ids)
+    for c in FEATURES:
+        if c not in df.columns:
+            df[c] = np.nan
+    return df
+
+
+def duplicates(stats: pd.DataFrame) -> dict:
+    """Exact duplicates by md5: extra copies within train and test, and test images also in train."""
+    out = {}
+    for split in ("train", "test"):
+        md5 = stats.loc[stats.split == split, "md5"].dropna()
+        counts = md5.value_counts()
+        out[split] = {"groups": int((counts > 1).sum()), "extra_copies": int((counts - 1).sum()),
+                      "images_in_groups": int(counts[counts > 1].sum())}
+    train_md5 = set(stats.loc[stats.split == "train", "md5"].dropna())
+    out["test_in_train"] = int(stats.loc[stats.split == "test", "md5"].isin(train_md5).sum())
+    return out
+
+
+def conflicting_labels(comp: Competition, train: pd.DataFrame, stats: pd.DataFrame) -> int:
+    """Train duplicate groups whose copies carry different labels."""
+    md5 = stats.loc[stats.split == "train"].set_index("id")["md5"]
+    labels = train.set_index(train[comp.id_col].astype(str))[comp.target_cols].astype(str).agg("|".join, axis=1)
+    df = pd.DataFrame({"md5": md5, "label": labels.loc[md5.index]}).dropna()
+    per_group = df.groupby("md5")["label"].nunique()
+    return int((per_group > 1).sum())
+
+
+def adversarial_auc(stats: pd.DataFrame, seed: int = 0, n_splits: int = 5) -> dict:
+    """Cross-validated ROC AUC of LightGBM telling test (1) from train (0) on per-image statistics."""
+    import lightgbm as lgb
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    df = stats[stats.readable.astype(bool)]
+    X = df[FEATURES].to_numpy(dtype=np.float64)
+    y = (df.split == "test").to_numpy(dtype=int)
+    n_min = int(min(y.sum(), len(y) - y.sum()))
+    if n_min < 2:
+        return {"auc": None, "note": "needs at least 2 readable images in both train and test"}
+    k = min(n_splits, n_min)
+    oof = np.zeros(len(y))
+    importance = np.zeros(len(FEATURES))
+    params = dict(n_estimators=200, learning_rate=0.05, num_leaves=15, min_child_samples=max(2, min(20, n_min // 4)),
+                  subsample=0.8, subsample_freq=1, colsample_bytree=0.8, random_state=seed, n_jobs=1,
+                  deterministic=True, force_row_wise=True, verbose=-1)
+    for tr, va in StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y):
+        model = lgb.LGBMClassifier(**params)
+        model.fit(X[tr], y[tr])
+        oof[va] = model.predict_proba(X[va])[:, 1]
+        importance += model.booster_.feature_importance("gain")
+    auc = float(roc_auc_score(y, oof))
+    top = sorted(zip(FEATURES, importance / k), key=lambda t: -t[1])
+    return {"auc": auc, "folds": k, "n_train": int((y == 0).sum()), "n_test": int(y.sum()),
+            "importance": {f: round(float(v), 4) for f, v in top}}
+
+
+def class_counts(comp: Competition, train: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    if comp.task == "multilabel":
+        counts = [int(train[c].astype(int).sum()) for c in classes]
+    else:
+        labels = train[comp.target].astype(str)
+        if comp.task == "ordinal":
+            labels = pd.Series([str(v) for v in pd.to_numeric(train[comp.target])])
+        vc = labels.value_counts()
+        counts = [int(vc.get(c, 0)) for c in classes]
+    df = pd.DataFrame({"class": classes, "count": counts})
+    df["fraction"] = df["count"] / len(train)
+    return df
+
+
+def run_eda(comp: Competition, out: str | Path = "submissions/eda", seed: int | None = None,
+            sample: int | None = None) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed = comp.seed if seed is None else seed
+    train = read_train(comp)
+    classes = class_names(comp, train)
+    test_ids = read_sample(comp)[comp.id_col].astype(str).tolist()
+    train_ids = train[comp.id_col].astype(str).tolist()
+    if sample:  # image statistics on a random subset of each split (large competitions)
+        rng = np.random.default_rng(seed)
+        pick = lambda ids: sorted(rng.choice(ids, min(sample, len(ids)), replace=False).tolist())  # noqa: E731
+        train_ids, test_ids = pick(train_ids), pick(test_ids)
+    stats = pd.concat([scan(comp, "train", train_ids), scan(comp, "test", test_ids)], ignore_index=True)
+    write_csv(out / "image_stats.csv", stats)
+    plt = pyplot()
+    md = ["# EDA", "", f"{len(train)} training rows, {len(read_sample(comp))} test rows, task {comp.task}."
+          + (f" Image statistics on a random {sample} per split." if sample else ""), ""]
+
+    cc = class_counts(comp, train, classes)
+    write_csv(out / "class_counts.csv", cc)
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(cc)), 3.5))
+    ax.bar(cc["class"].astype(str), cc["count"])
+    ax.set_title("class distribution" + (" (positives per label)" if comp.task == "multilabel" else ""))
+    ax.tick_params(axis="x", rotation=60, labelsize=7)
+    md += ["## Class distribution", "", md_table(cc), "", f"![classes]({save_fig(fig, out / 'classes.png')})", ""]
+
+    readable = stats[stats.readable.astype(bool)]
+    unreadable = stats.loc[~stats.readable.astype(bool), ["split", "id"]]
+    sizes = (readable.groupby(["split", "height", "width", "channels"]).size().rename("images").reset_index()
+             .sort_values(["split", "images"], ascending=[True, False]))
+    write_csv(out / "image_sizes.csv", sizes)
+    summary = readable.groupby("split")[["height", "width", "mean_0", "mean_1", "mean_2", "std_0", "std_1", "std_2",
+                                          "sharpness", "bytes"]].mean().reset_index()
+    md += ["## Images", "", f"{len(unreadable)} missing or unreadable"
+           + (f" ({', '.join(unreadable.id.head(5))}{' ...' if len(unreadable) > 5 else ''})" if len(unreadable) else "")
+           + ".", "", "Sizes and channels (most common first):", "", md_table(sizes.head(20)), "",
+           "Means per split (channel 0..2 = R, G, B; grayscale repeats one channel):", "", md_table(summary, "{:.2f}"), ""]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
+    for split, part in readable.groupby("split"):
+        brightness = part[["mean_0", "mean_1", "mean_2"]].mean(axis=1)
+        axes[0].hist(brightness, bins=30, alpha=0.5, density=True, label=split)
+        axes[1].hist(np.log10(part["sharpness"] + 1), bins=30, alpha=0.5, density=True, label=split)
+        axes[2].scatter(part["width"], part["height"], s=8, alpha=0.5, label=split)
+    for ax, title in zip(axes, ("mean brightness", "log10 sharpness (Laplacian variance)", "width x height")):
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    md += [f"![stats]({save_fig(fig, out / 'image_stats.png')})", ""]
+
+    dups = duplicates(stats)
+    dups["train_conflicting_labels"] = conflicting_labels(comp, train, stats)
+    md += ["## Duplicates (identical files, md5)", "",
+           f"- train: {dups['train']['extra_copies']} extra copies in {dups['train']['groups']} groups "
+           f"({dups['train_conflicting_labels']} groups with conflicting labels)",
+           f"- test: {dups['test']['extra_copies']} extra copies in {dups['test']['groups']} groups",
+           f"- test images identical to a train image: {dups['test_in_train']}", ""]
+
+    adv = adversarial_auc(stats, seed)
+    auc_text = "n/a" if adv["auc"] is None else f"{adv['auc']:.4f}"
+    verdict = ("n/a" if adv["auc"] is None else "no visible shift" if adv["auc"] < 0.6
+               else "some shift" if adv["auc"] < 0.8 else "strong shift: train and test look different")
+    md += ["## Train/test shift (adversarial validation)", "",
+           f"LightGBM (seed {seed}, one thread, deterministic) telling test from train on {', '.join(FEATURES)}: "
+           f"cross-validated ROC AUC **{auc_text}** ({verdict}; 0.5 = "
+           "indistinguishable)." + (f" {adv['note']}" if "note" in adv else ""), ""]
+    if adv.get("importance"):
+        md += ["Most telling features (mean gain): "
+               + ", ".join(f"{f} {v:.1f}" for f, v in list(adv["importance"].items())[:5]), ""]
+
+    result = {"n_train": len(train), "n_test": len(read_sample(comp)), "task": comp.task,
+              "classes": dict(zip(cc["class"], cc["count"].astype(int).tolist())),
+              "unreadable": unreadable.id.tolist(), "duplicates": dups, "adversarial": adv,
+              "sizes": sizes.astype({"height": int, "width": int, "channels": int}).to_dict("records")}
+    write_json(out / "eda.json", result)
+    write_text(out / "index.md", "\n".join(md))
+    print(f"wrote {out / 'index.md'}: {len(cc)} classes, {dups['train']['extra_copies']} duplicate train copies, "
+          f"{dups['test_in_train']} test images in train, adversarial AUC "
+          f"{auc_text}")
+    return result
+
+
+def cmd_eda(args: argparse.Namespace) -> None:
+    from pipeline.cli import _competition
+
+    run_eda(_competition(args), out=args.out, seed=args.seed, sample=args.sample)
+
+
+def add_eda_command(sub) -> None:
+    from pipeline.cli import _add_competition
+
+    p = sub.add_parser("eda", help="class balance, image statistics, duplicates, train/test shift -> submissions/eda/")
+    _add_competition(p)
+    p.add_argument("--out", default="submissions/eda")
+    p.add_argument("--seed", type=int, default=None, help="adversarial validation seed (default: competition seed)")
+    p.add_argument("--sample", type=int, default=None, help="image statistics on at most this many images per split")
+    p.set_defaults(func=cmd_eda)
+
