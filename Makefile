@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 RUN := $(PY) -m pipeline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo data-fashion-mnist check folds train train-all predict pseudo ensemble validate clean clean-all FORCE
+.PHONY: help install test demo data-fashion-mnist check folds train train-all predict pseudo ensemble validate report eda lr-find package clean clean-all FORCE
 
 help: ## list every target with a one-line description
 	@echo "usage: make <target> [COMPETITION=configs/competition.yaml] [COMP_ARGS='competition key=value ...'] [ARGS='model key=value ...']"
@@ -83,6 +83,17 @@ METHOD ?= auto
 ensemble: predict ## blend every model honestly -> submissions/submission.csv, cv.md, cv.json (METHOD=auto|vote|mean|...)
 	$(RUN) ensemble -c $(COMPETITION) --method $(METHOD) $(COMP_ARGS)
 
+# --- Kaggle bundle ----------------------------------------------------------------------------------
+KAGGLE_USER ?=
+WHEELS      ?=
+TEST_SIZE   ?=
+GPU_FACTOR  ?=
+FP16        ?=
+package: ensemble ## offline Kaggle kernel + dataset of the chosen blend -> dist/kaggle/ (KAGGLE_USER=, WHEELS="timm albumentations", TEST_SIZE=, GPU_FACTOR=, FP16=1)
+	$(RUN) package -c $(COMPETITION) $(if $(KAGGLE_USER),--kaggle-user $(KAGGLE_USER)) \
+	  $(if $(WHEELS),--wheels "$(WHEELS)") $(if $(TEST_SIZE),--test-size $(TEST_SIZE)) \
+	  $(if $(GPU_FACTOR),--gpu-factor $(GPU_FACTOR)) $(if $(FP16),--fp16) $(COMP_ARGS)
+
 FILE ?= submissions/submission.csv
 validate: $(STAMP) ## check a CSV against the sample submission (FILE=path.csv)
 	$(RUN) validate $(FILE) -c $(COMPETITION)
@@ -93,6 +104,18 @@ SOFT      ?=
 pseudo: $(STAMP) ## confident blend (or MODEL=) test rows -> folds/pseudo.csv (THRESHOLD=0.95 | TOP_FRAC=0.3, SOFT=1)
 	$(RUN) pseudo -c $(COMPETITION) $(if $(MODEL),--model $(MODEL)) $(if $(THRESHOLD),--threshold $(THRESHOLD)) \
 	  $(if $(TOP_FRAC),--top-frac $(TOP_FRAC)) $(if $(SOFT),--soft)
+
+# --- reports and tools -----------------------------------------------------------------------------
+report: $(STAMP) ## leaderboard, curves, confusion, per-class scores, mistakes, Grad-CAM -> submissions/report/ (after make ensemble)
+	@test -f submissions/cv.json || { echo "make report: submissions/cv.json not found; run 'make ensemble' first" >&2; exit 2; }
+	$(RUN) report -c $(COMPETITION) $(COMP_ARGS)
+
+eda: $(STAMP) ## classes, image statistics, duplicates, adversarial train/test shift -> submissions/eda/
+	$(RUN) eda -c $(COMPETITION) $(COMP_ARGS)
+
+lr-find: $(STAMP) ## LR range test: make lr-find MODEL=name [ARGS="batch_size=32"] -> runs/<model>/lr_find.png, suggested lr
+	@test -n "$(MODEL)" || { echo "usage: make lr-find MODEL=<name> [ARGS='key=value ...']" >&2; exit 2; }
+	$(RUN) lr-find -c $(COMPETITION) --model $(MODEL) $(ARGS)
 
 clean: ## remove stage outputs (folds, runs, stacking, submissions, dist); keeps data and .venv
 	rm -rf runs dist

@@ -196,9 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soft", action="store_true", help="write probabilities (soft labels) instead of classes")
     p.set_defaults(func=cmd_pseudo)
 
-    from pipeline.ensemble import add_commands as add_ensemble_commands  # ensemble, validate
+    # Later stages register their own commands: ensemble + validate, report + eda + lr-find, package + kernel.
+    from pipeline import ensemble, package, report
 
-    add_ensemble_commands(sub)
+    for module in (ensemble, report, package):
+        module.add_commands(sub)
     return parser
 
 

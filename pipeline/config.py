@@ -63,6 +63,9 @@ class Competition(StrictModel):
         None, description="write the competition on demand when data_dir is missing (the embedded demo)"
     )
     models_dir: Path = Field(Path("configs/models"), description="folder of model configs that train-all trains")
+    time_limit_hours: float = Field(
+        9.0, gt=0, description="the competition's notebook run-time limit; `make package` warns when the kernel may pass it"
+    )
 
     @field_validator("train_images", "test_images")
     @classmethod

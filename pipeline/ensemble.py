@@ -258,6 +258,31 @@ class Blend(ClassifierMixin, BaseEstimator):
         p = self.predict_proba(X)
         return (p >= 0.5).astype(int) if self.task == "multilabel" else p.argmax(axis=1)
 
+    # --- export / import of the fitted state as JSON-safe data (used by `package` and `kernel`) ---
+
+    def export_state(self) -> dict:
+        """The constructor parameters and fitted state as JSON-safe values (no pickle)."""
+        check_is_fitted(self, "n_features_in_")
+        return {"class": type(self).__name__, "params": self.get_params(deep=False),
+                "n_classes_": int(self.n_classes_), "n_models_": int(self.n_models_),
+                "n_features_in_": int(self.n_features_in_), "state": self._export_fitted()}
+
+    def _export_fitted(self) -> dict:
+        return {}
+
+    @classmethod
+    def import_state(cls, data: dict) -> "Blend":
+        """Inverse of export_state: a fitted blend that predicts exactly as the exported one."""
+        est = cls(**data["params"])
+        est.n_classes_, est.n_models_ = int(data["n_classes_"]), int(data["n_models_"])
+        est.n_features_in_ = int(data["n_features_in_"])
+        est.classes_ = np.arange(est.n_classes_)
+        est._import_fitted(data.get("state", {}))
+        return est
+
+    def _import_fitted(self, state: dict) -> None:
+        pass
+
 
 class VoteBlend(Blend):
     """Hard majority vote; ties go to the highest mean probability; output one-hot (0/1 per label)."""
@@ -316,6 +341,13 @@ class WeightsBlend(Blend):
 
     def _predict(self, P, X):
         return _finish(self.task, np.tensordot(self.weights_, P, axes=1))
+
+    def _export_fitted(self) -> dict:
+        return {"weights": [float(w) for w in self.weights_], "path": [float(v) for v in self.path_]}
+
+    def _import_fitted(self, state: dict) -> None:
+        self.weights_ = np.asarray(state["weights"], dtype=np.float64)
+        self.path_ = list(state.get("path", []))
 
 
 def _targets(task: str, y: np.ndarray, n_classes: int) -> list[tuple[np.ndarray, int]]:
@@ -399,6 +431,18 @@ class LGBMStacker(Blend):
             parts.append(p[:, 1] if self.task == "multilabel" else p)
         return _assemble(self.task, parts, self.n_classes_)
 
+    def _export_fitted(self) -> dict:
+        boosters = [{"constant": [float(v) for v in b]} if isinstance(b, np.ndarray)
+                    else {"model": b.model_to_string(num_iteration=-1)} for b in self.boosters_]
+        return {"boosters": boosters, "best_iterations": [int(i) for i in self.best_iterations_]}
+
+    def _import_fitted(self, state: dict) -> None:
+        import lightgbm as lgb
+
+        self.boosters_ = [np.asarray(b["constant"], dtype=np.float64) if "constant" in b
+                          else lgb.Booster(model_str=b["model"]) for b in state["boosters"]]
+        self.best_iterations_ = [int(i) for i in state["best_iterations"]]
+
 
 class LogRegStacker(Blend):
     """Logistic regression on log-probabilities (multiclass) or logits of the positive column.
@@ -444,6 +488,33 @@ class LogRegStacker(Blend):
             parts.append(p[:, 1] if self.task == "multilabel" else p)
         return _assemble(self.task, parts, self.n_classes_)
 
+    def _export_fitted(self) -> dict:
+        out = []
+        for est in self.estimators_:
+            if isinstance(est, np.ndarray):
+                out.append({"constant": [float(v) for v in est]})
+            else:
+                out.append({"params": est.get_params(), "coef": est.coef_.tolist(),
+                            "intercept": est.intercept_.tolist(), "classes": est.classes_.tolist(),
+                            "n_iter": np.asarray(est.n_iter_).tolist()})
+        return {"estimators": out}
+
+    def _import_fitted(self, state: dict) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        self.estimators_ = []
+        for e in state["estimators"]:
+            if "constant" in e:
+                self.estimators_.append(np.asarray(e["constant"], dtype=np.float64))
+                continue
+            est = LogisticRegression(**e["params"])
+            est.coef_ = np.asarray(e["coef"], dtype=np.float64)
+            est.intercept_ = np.asarray(e["intercept"], dtype=np.float64)
+            est.classes_ = np.asarray(e["classes"])
+            est.n_features_in_ = est.coef_.shape[1]
+            est.n_iter_ = np.asarray(e["n_iter"])
+            self.estimators_.append(est)
+
 
 class Thresholded(ClassifierMixin, BaseEstimator):
     """Ordinal: a blend, then class thresholds on its expected class index fitted on the training rows."""
@@ -470,6 +541,37 @@ class Thresholded(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)
+
+    def export_state(self) -> dict:
+        check_is_fitted(self, "thresholds_")
+        return {"class": "Thresholded", "estimator": self.estimator_.export_state(),
+                "thresholds": [float(t) for t in self.thresholds_]}
+
+    @classmethod
+    def import_state(cls, data: dict) -> "Thresholded":
+        inner = import_blend_state(data["estimator"])
+        est = cls(clone(inner))
+        est.estimator_ = inner
+        est.n_classes_, est.n_features_in_ = inner.n_classes_, inner.n_features_in_
+        est.classes_ = np.arange(est.n_classes_)
+        est.thresholds_ = np.asarray(data["thresholds"], dtype=np.float64)
+        return est
+
+
+def import_blend_state(data: dict):
+    """A fitted blend (or Thresholded) from `export_state()` output."""
+    classes = {c.__name__: c for c in (VoteBlend, MeanBlend, GMeanBlend, RankBlend, WeightsBlend, LGBMStacker,
+                                       LogRegStacker, Thresholded)}
+    if data.get("class") not in classes:
+        raise ConfigError(f"unknown blend class {data.get('class')!r} in exported blend state")
+    return classes[data["class"]].import_state(data)
+
+
+def blend_test_prediction(learned: bool, learners: list, X_test: np.ndarray, task: str) -> np.ndarray:
+    """The test prediction exactly as `evaluate_blend` makes it from fitted learners."""
+    if learned:
+        return _combine_tests(learners, np.asarray(X_test, dtype=np.float64), task)
+    return learners[0].predict_proba(X_test)
 
 
 BLENDS: dict[str, type[Blend] | partial] = {
@@ -760,6 +862,8 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
     blend_table = write_table(out / "blend.test.csv", level1.test_ids, best.test, level1.classes, comp.id_col,
                               meta={"method": best.name, "cv": _num(best.cv), "metric": metric,
                                     "folds_md5": file_md5(folds_path), "models": level1.models})
+    write_table(out / "blend.oof.csv", level1.train_ids, best.oof, level1.classes, comp.id_col,  # for `make report`
+                meta={"method": best.name, "cv": _num(best.cv), "metric": metric, "folds_md5": file_md5(folds_path)})
     submission = {"submission": str(path), "history": str(history), "format": fmt.kind,
                   "blend_test_table": str(blend_table), "submission_test": _num(best.test_score)}
     text, report = build_report(comp, level1, model_rows, blends, errors, best.name, y_test is not None, submission)

@@ -164,7 +164,7 @@ def select_pseudo(
     if prior is not None and len(chosen):
         keep = []
         for cls, group in chosen.groupby(label[chosen.index]):
-            cap = int(np.ceil(1.5 * prior.get(cls, 0.0) * len(chosen)))
+            cap = int(np.ceil(1.5 * prior.get(cls, 0.0) * len(chosen) - 1e-9))  # no float round-up
             keep.extend(group.sort_values(ascending=False).index[:cap])
         chosen = chosen.loc[keep]
     return chosen.index

@@ -35,10 +35,18 @@ PRESETS: dict[str, list[str]] = {
 
 
 def _scale(factor: float) -> View:
+    """Zoom by `factor` around the centre, keeping the input size: > 1 crops the enlarged image, < 1
+    pads the shrunk one by edge replication. Same size in, same size out, so any model accepts it."""
+
     def view(x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        size = (max(1, round(h * factor)), max(1, round(w * factor)))
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        sh, sw = max(1, round(h * factor)), max(1, round(w * factor))
+        y = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False)
+        if sh >= h and sw >= w:
+            top, left = (sh - h) // 2, (sw - w) // 2
+            return y[..., top : top + h, left : left + w]
+        top, left = (h - sh) // 2, (w - sw) // 2
+        return F.pad(y, (left, w - sw - left, top, h - sh - top), mode="replicate")
 
     return view
 

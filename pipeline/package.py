@@ -1,0 +1,462 @@
+"""`package`: the chosen blend as an offline Kaggle bundle -> dist/kaggle/{dataset,kernel}/ + manifest.json.
+
+dataset/ holds what the kernel needs and nothing else: every fold's weights (EMA when trained with
+EMA) as safetensors, the resolved model configs, the blend's fitted parameters as JSON (refitted here
+exactly as `ensemble` fitted them and checked against submissions/blend.test.csv), the project as a
+wheel, a wheelhouse of dependencies the Kaggle image lacks, and dataset-metadata.json. kernel/ holds
+kernel-metadata.json and a short script that installs the wheels offline and runs `python -m pipeline
+kernel`. No credential is ever copied: the bundle is checked for kaggle.json, also inside the wheels.
+
+A runtime planner times every model and TTA view here, scales to the hidden test size and the GPU
+factor, warns when the estimate passes the competition's `time_limit_hours`, and proposes what to drop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import Competition
+from pipeline.data import DataError
+from pipeline.io import file_md5, write_json, write_text
+from pipeline.kernel import BLEND_FILE, BUNDLE_FILE, add_kernel_command
+
+# What the Kaggle image lacks or has in other versions; `name` alone takes the installed version.
+DEFAULT_WHEELS = ("iterative-stratification", "albumentations", "timm")
+DATASET_KEYS = {"title", "subtitle", "description", "id", "id_no", "licenses", "keywords", "collaborators",
+                "data", "resources", "isPrivate"}
+KERNEL_KEYS = {"id", "id_no", "title", "code_file", "language", "kernel_type", "is_private", "enable_gpu",
+               "enable_tpu", "enable_internet", "dataset_sources", "competition_sources", "kernel_sources",
+               "model_sources", "docker_image_pinning_type"}
+CREDENTIAL_NAMES = {"kaggle.json", ".netrc", "credentials.json"}
+KERNEL_OVERHEAD_S = 120.0  # start-up, pip install, reading the sample: a rough constant
+
+
+class PackageError(DataError):
+    """The bundle cannot be made; the message says why."""
+
+
+# --- ids --------------------------------------------------------------------------------------
+
+
+def slugify(text: str, max_len: int = 50) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")[:max_len].strip("-")
+    return s if len(s) >= 3 else (s + "-kfold").strip("-")
+
+
+def kaggle_ids(comp: Competition, user: str | None, competition: str | None, dataset: str | None,
+               kernel: str | None) -> dict:
+    import os
+
+    comp_slug = competition or comp.data_dir.resolve().name
+    user = user or os.environ.get("KAGGLE_USERNAME") or "your-kaggle-username"
+    return {"user": user, "competition": comp_slug,
+            "dataset": slugify(dataset or f"{comp_slug}-kfold-bundle"),
+            "kernel": slugify(kernel or f"{comp_slug}-kfold-inference")}
+
+
+def dataset_metadata(ids: dict) -> dict:
+    return {"title": f"{ids['competition']} k-fold bundle"[:50], "id": f"{ids['user']}/{ids['dataset']}",
+            "licenses": [{"name": "CC0-1.0"}]}
+
+
+def kernel_metadata(ids: dict, code_file: str, private: bool = True) -> dict:
+    return {"id": f"{ids['user']}/{ids['kernel']}", "title": ids["kernel"], "code_file": code_file,
+            "language": "python", "kernel_type": "script", "is_private": private, "enable_gpu": True,
+            "enable_internet": False, "dataset_sources": [f"{ids['user']}/{ids['dataset']}"],
+            "competition_sources": [ids["competition"]], "kernel_sources": []}
+
+
+# --- pieces of the bundle ------------------------------------------------------------------------
+
+
+def export_weights(run: Path, dest: Path, fp16: bool) -> dict:
+    """best.pt -> dest (safetensors of the EMA weights when present); -> config, classes, data_config."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pipeline.train import load_checkpoint
+
+    ckpt = load_checkpoint(run / "best.pt")
+    state = ckpt.get("ema") or ckpt["model"]
+    tensors = {}
+    for k, v in state.items():
+        v = v.detach().to("cpu")
+        if fp16 and v.is_floating_point():
+            v = v.to(torch.float16)
+        tensors[k] = v.contiguous().clone()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(dest), metadata={"source": "best.pt", "ema": str("ema" in ckpt and bool(ckpt["ema"]))})
+    return {"config": ckpt["config"], "classes": ckpt["classes"], "data_config": ckpt["data_config"]}
+
+
+def refit_blend(comp: Competition, method: str, stacking: Path, folds: Path, submissions: Path):
+    """The chosen blend fitted again exactly as `ensemble` did; checked against blend.test.csv."""
+    from pipeline.ensemble import blend_test_prediction, evaluate_blend, load_level1, make_blend, stack
+    from pipeline.tables import read_table
+
+    level1 = load_level1(comp, stacking, folds)
+    X, X_test = stack(level1.oof), stack(level1.test)
+    est = make_blend(method, comp.task, len(level1.classes), comp.metric, comp.seed)
+    result = evaluate_blend(method, est, X, level1.y, level1.fold, X_test, comp.metric, comp.task)
+    for learner in result.learners:
+        if not hasattr(learner, "export_state"):
+            raise PackageError(f"blend {method!r} cannot be exported to JSON; rerun `make ensemble METHOD=mean`")
+    learners = [learner.export_state() for learner in result.learners]
+    from pipeline.ensemble import import_blend_state
+
+    again = blend_test_prediction(result.learned, [import_blend_state(s) for s in learners], X_test, comp.task)
+    if not np.allclose(again, result.test, atol=1e-9):
+        raise PackageError(f"blend {method!r}: exported parameters do not reproduce its test prediction")
+    table = submissions / "blend.test.csv"
+    if table.is_file():
+        written = read_table(table, comp.id_col, level1.classes, level1.test_ids).to_numpy()
+        if not np.allclose(written, result.test, atol=1e-5):
+            raise PackageError(f"{table} does not match the blend refitted from {stacking}/; rerun `make ensemble`")
+    blend = {"method": method, "learned": result.learned, "models": level1.models, "classes": level1.classes,
+             "cv": result.cv, "learners": learners}
+    return level1, blend
+
+
+def model_entries(level1, runs: Path, stacking: Path, folds_md5: str) -> list[dict]:
+    """Run folders and TTA of every model the blend uses (from the stacking tables' sidecars)."""
+    from pipeline.predict import fold_runs
+    from pipeline.tables import read_meta
+
+    fold_ids = sorted(int(k) for k in np.unique(level1.fold))
+    entries = []
+    for name in level1.models:
+        meta = read_meta(stacking / f"{name}.oof.csv")
+        if "tta" not in meta or not (runs / name).is_dir():
+            raise PackageError(
+                f"model {name!r}: stacking/{name}.oof.csv was not made by `predict` from {runs}/{name}/, so its "
+                "test predictions cannot be reproduced offline; remove its tables or retrain it here")
+        dirs = fold_runs(name, fold_ids, runs, folds_md5)
+        stamp = meta.get("stamp", {})
+        if stamp.get("checkpoints") and stamp["checkpoints"] != [file_md5(d / "best.pt") for d in dirs]:
+            raise PackageError(f"model {name!r}: checkpoints changed since `predict`; rerun `make ensemble`")
+        entries.append({"name": name, "dirs": dirs, "folds": fold_ids, "tta": meta["tta"],
+                        "tta_merge": meta["tta_merge"]})
+    return entries
+
+
+def build_wheel(project: Path, dest: Path) -> Path:
+    """`pip wheel --no-deps` of a clean copy of the project (only pyproject, README and the package)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for name in ("pyproject.toml", "README.md", "setup.py", "setup.cfg", "LICENSE"):
+            if (project / name).is_file():
+                shutil.copy2(project / name, src / name)
+        shutil.copytree(project / "pipeline", src / "pipeline",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *CREDENTIAL_NAMES))
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                               "-w", str(dest), str(src)], capture_output=True, text=True)
+        if proc.returncode:
+            raise PackageError(f"pip wheel {project} failed:\n{proc.stderr[-2000:]}")
+    wheels = sorted(dest.glob("kaggle_kfold_pipeline-*.whl"))
+    if not wheels:
+        raise PackageError(f"pip wheel wrote no project wheel into {dest}")
+    return wheels[-1]
+
+
+def pinned(spec: str) -> str:
+    """'timm' -> 'timm==<installed version>'; a spec with a version is kept."""
+    if re.search(r"[=<>!~ ]", spec):
+        return spec
+    try:
+        return f"{spec}=={metadata.version(spec)}"
+    except metadata.PackageNotFoundError:
+        return spec
+
+
+def download_wheels(specs: list[str], dest: Path, find_links: list[str]) -> list[Path]:
+    if not specs:
+        return []
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(dest)]
+    for link in find_links:
+        cmd += ["--find-links", link]
+    proc = subprocess.run(cmd + [pinned(s) for s in specs], capture_output=True, text=True)
+    if proc.returncode:
+        raise PackageError(f"pip download {' '.join(specs)} failed:\n{proc.stderr[-2000:]}")
+    return sorted(dest.glob("*.whl"))
+
+
+def scrub_credentials(root: Path) -> list[str]:
+    """Remove credential files under root; refuse an archive that holds one. -> removed paths."""
+    removed = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name in CREDENTIAL_NAMES:
+            path.unlink()
+            removed.append(str(path.relative_to(root)))
+        elif path.is_dir() and path.name == ".kaggle":
+            shutil.rmtree(path)
+            removed.append(str(path.relative_to(root)))
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix in (".whl", ".zip"):
+            with zipfile.ZipFile(path) as z:
+                bad = [n for n in z.namelist() if Path(n).name in CREDENTIAL_NAMES]
+            if bad:
+                raise PackageError(f"{path}: holds credential file(s) {bad}; refusing to package it")
+    for msg in removed:
+        print(f"warning: removed credential file {msg} from the bundle")
+    return removed
+
+
+KERNEL_SCRIPT = '''"""Offline inference for {competition}: installs the bundled wheels, then runs `python -m pipeline kernel`.
+
+Written by `make package`; change the paths below (or pass --bundle/--data-dir/--out) to run it elsewhere.
+"""
+import argparse
+import glob
+import os
+import subprocess
+import sys
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--bundle", default="/kaggle/input/{dataset}")
+parser.add_argument("--data-dir", default="/kaggle/input/{competition}")
+parser.add_argument("--out", default="/kaggle/working/submission.csv")
+parser.add_argument("--time-budget", type=float, default={budget!r}, help="seconds before extra TTA views are dropped")
+parser.add_argument("--skip-install", action="store_true")
+args, _ = parser.parse_known_args()
+
+wheels = os.path.join(args.bundle, "wheels")
+if not args.skip_install:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                           "--force-reinstall", "--find-links", wheels,
+                           *sorted(glob.glob(os.path.join(wheels, "*.whl")))])
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # albumentations would look for a newer version online
+subprocess.check_call([sys.executable, "-m", "pipeline", "kernel", "--bundle", args.bundle,
+                       "--data-dir", args.data_dir, "--out", args.out, "--time-budget", str(args.time_budget)])
+'''
+
+
+# --- runtime planner -----------------------------------------------------------------------------
+
+
+def time_views(bundle: Path, entry: dict, repeats: int = 3) -> dict[str, float]:
+    """Images per second of one fold model for every TTA view, measured on this machine (CPU or GPU)."""
+    import torch
+
+    from pipeline.infer import device
+    from pipeline.kernel import load_models
+    from pipeline.tta import get_view
+
+    dev = device()
+    models, cfg, cfg_data = load_models(bundle, {**entry, "weights": entry["weights"][:1]}, dev)
+    size = cfg_data["data_config"]["img_size"]
+    batch = max(8, min(64, cfg.batch_size * 2))
+    x = torch.randn(batch, cfg.in_chans, size, size, device=dev)
+    out = {}
+    with torch.inference_mode():
+        for view in cfg_data["tta"]:
+            fn = get_view(view)
+            models[0](fn(x))  # warm-up
+            t0, n = time.perf_counter(), 0
+            while n < repeats or time.perf_counter() - t0 < 0.2:
+                models[0](fn(x))
+                n += 1
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            out[view] = batch * n / (time.perf_counter() - t0)
+    return out
+
+
+def plan_runtime(speeds: dict[str, dict[str, float]], folds: dict[str, int], n_test: int, limit_s: float,
+                 gpu_factor: float = 1.0, overhead_s: float = KERNEL_OVERHEAD_S) -> dict:
+    """Estimated kernel seconds, and what to drop (views, then folds, then models) to fit the limit."""
+    cost = {m: {v: n_test / (ips * gpu_factor) for v, ips in views.items()} for m, views in speeds.items()}
+    n_folds = dict(folds)
+    views = {m: list(v) for m, v in cost.items()}
+
+    def total():
+        return overhead_s + sum(n_folds[m] * sum(cost[m][v] for v in views[m]) for m in views)
+
+    estimate = total()
+    proposals = []
+    while total() > limit_s:
+        with_views = [m for m in views if len(views[m]) > 1]
+        if with_views:
+            m = max(with_views, key=lambda m: n_folds[m] * cost[m][views[m][-1]])
+            proposals.append(f"drop TTA view {views[m].pop()} of {m}")
+            continue
+        with_folds = [m for m in views if n_folds[m] > 1]
+        if with_folds:
+            m = max(with_folds, key=lambda m: sum(cost[m][v] for v in views[m]))
+            n_folds[m] -= 1
+            proposals.append(f"use one fold fewer of {m} ({n_folds[m]} left)")
+            continue
+        if len(views) > 1:
+            m = max(views, key=lambda m: sum(cost[m][v] for v in views[m]))
+            del views[m]
+            proposals.append(f"drop model {m} (then re-run `make ensemble` without it)")
+            continue
+        proposals.append("even one fold of one model with one view does not fit: use a smaller model or image size")
+        break
+    return {"n_test": n_test, "gpu_factor": gpu_factor, "limit_s": limit_s, "overhead_s": overhead_s,
+            "images_per_s": speeds, "seconds_per_model": {
+                m: round(folds[m] * sum(c.values()), 3) for m, c in cost.items()},
+            "estimate_s": round(estimate, 3), "fits": estimate <= limit_s, "proposals": proposals,
+            "estimate_after_s": round(total(), 3)}
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def build_package(comp: Competition, out: str | Path = "dist/kaggle", runs: str | Path = "runs",
+                  stacking: str | Path = "stacking", folds: str | Path = "folds/folds.csv",
+                  submissions: str | Path = "submissions", method: str | None = None,
+                  wheels: list[str] | None = None, find_links: list[str] | None = None,
+                  project: str | Path | None = None, fp16: bool = False, user: str | None = None,
+                  competition_slug: str | None = None, dataset_slug: str | None = None,
+                  kernel_slug: str | None = None, private: bool = True, test_size: int | None = None,
+                  test_factor: float = 1.0, gpu_factor: float = 1.0, time_budget_frac: float = 0.9) -> dict:
+    out, runs, stacking, folds, submissions = map(Path, (out, runs, stacking, folds, submissions))
+    cv_json = submissions / "cv.json"
+    if method is None:
+        if not cv_json.is_file():
+            raise PackageError(f"{cv_json}: not found; run `make ensemble` first")
+        method = json.loads(cv_json.read_text())["chosen"]
+    level1, blend = refit_blend(comp, method, stacking, folds, submissions)
+    entries = model_entries(level1, runs, stacking, file_md5(folds))
+
+    if out.exists():
+        shutil.rmtree(out)
+    dataset, kernel = out / "dataset", out / "kernel"
+    models_info = []
+    for e in entries:
+        weights = []
+        cfg = None
+        for k, d in zip(e["folds"], e["dirs"]):
+            rel = f"models/{e['name']}/fold{k}.safetensors"
+            cfg = export_weights(d, dataset / rel, fp16)
+            weights.append(rel)
+        rel_cfg = f"models/{e['name']}/config.json"
+        write_json(dataset / rel_cfg, {**cfg, "tta": e["tta"], "tta_merge": e["tta_merge"], "folds": e["folds"]})
+        models_info.append({"name": e["name"], "config": rel_cfg, "weights": weights})
+    write_json(dataset / BLEND_FILE, blend)
+
+    ids = kaggle_ids(comp, user, competition_slug, dataset_slug, kernel_slug)
+    limit_s = comp.time_limit_hours * 3600.0
+    budget = round(limit_s * time_budget_frac - KERNEL_OVERHEAD_S, 1)
+    comp_fields = comp.model_dump(mode="json", exclude={"data_dir", "answers", "generator", "models_dir"})
+    write_json(dataset / BUNDLE_FILE, {
+        "competition": comp_fields, "classes": level1.classes, "models": models_info, "blend": method,
+        "time_budget_s": budget, "kaggle": ids, "fp16": fp16,
+        "made": time.strftime("%Y-%m-%d %H:%M:%S"),
+    })
+
+    project = Path(project) if project else Path(__file__).resolve().parents[1]
+    wheel_dir = dataset / "wheels"
+    project_wheel = build_wheel(project, wheel_dir)
+    specs = list(DEFAULT_WHEELS if wheels is None else wheels)
+    dep_wheels = [w for w in download_wheels(specs, wheel_dir, find_links or []) if w != project_wheel]
+    write_json(dataset / "dataset-metadata.json", dataset_metadata(ids))
+
+    code_file = f"{ids['kernel']}.py"
+    write_text(kernel / code_file, KERNEL_SCRIPT.format(competition=ids["competition"], dataset=ids["dataset"],
+                                                        budget=budget))
+    write_json(kernel / "kernel-metadata.json", kernel_metadata(ids, code_file, private))
+    scrub_credentials(out)
+
+    # planner
+    n_public = len(level1.test_ids)
+    n_test = int(test_size) if test_size else int(round(n_public * test_factor))
+    speeds = {m["name"]: time_views(dataset, m) for m in models_info}
+    plan = plan_runtime(speeds, {m["name"]: len(m["weights"]) for m in models_info}, n_test, limit_s, gpu_factor)
+
+    parts = {
+        "weights": sum(_size(dataset / w) for m in models_info for w in m["weights"]),
+        "configs": sum(_size(dataset / m["config"]) for m in models_info) + _size(dataset / BUNDLE_FILE),
+        "blend": _size(dataset / BLEND_FILE),
+        "project_wheel": _size(project_wheel),
+        "wheelhouse": sum(_size(w) for w in dep_wheels),
+        "metadata": _size(dataset / "dataset-metadata.json") + _size(kernel / "kernel-metadata.json"),
+        "kernel_script": _size(kernel / code_file),
+    }
+    manifest = {"method": method, "models": [m["name"] for m in models_info], "kaggle": ids, "bytes": parts,
+                "total_bytes": sum(parts.values()),
+                "files": {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()},
+                "wheels": [w.name for w in [project_wheel, *dep_wheels]], "plan": plan}
+    write_json(out / "manifest.json", manifest)
+
+    print(f"package: blend {method} of {len(models_info)} model(s) -> {out}/")
+    width = max(len(k) for k in parts)
+    for k, v in parts.items():
+        print(f"  {k:<{width}}  {v:>12,d} bytes")
+    print(f"  {'total':<{width}}  {manifest['total_bytes']:>12,d} bytes")
+    print(f"runtime plan: {n_test} test images, gpu factor {gpu_factor:g}: about {plan['estimate_s']:.0f}s "
+          f"of the {limit_s:.0f}s limit ({comp.time_limit_hours:g} h)")
+    if not plan["fits"]:
+        print(f"warning: the kernel may pass the competition's time limit ({plan['estimate_s']:.0f}s > {limit_s:.0f}s); "
+              "the kernel drops TTA views when its clock runs short. Proposed:")
+        for p in plan["proposals"]:
+            print(f"  - {p}")
+        print(f"  -> about {plan['estimate_after_s']:.0f}s")
+    print(f"upload: kaggle datasets create -p {dataset} ; kaggle kernels push -p {kernel}")
+    return manifest
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def cmd_package(args: argparse.Namespace) -> None:
+    from pipeline.cli import _competition
+
+    wheels = None if args.wheels is None else args.wheels.split()
+    build_package(_competition(args), out=args.out, runs=args.runs, stacking=args.stacking, folds=args.folds,
+                  submissions=args.submissions, method=args.method, wheels=wheels, find_links=args.find_links,
+                  project=args.project, fp16=args.fp16, user=args.kaggle_user,
+                  competition_slug=args.competition_slug, dataset_slug=args.dataset_slug,
+                  kernel_slug=args.kernel_slug, private=not args.public, test_size=args.test_size,
+                  test_factor=args.test_factor, gpu_factor=args.gpu_factor)
+
+
+def add_commands(sub) -> None:
+    """Register `package` and `kernel` on an argparse subparsers object."""
+    from pipeline.cli import _add_competition
+
+    p = sub.add_parser("package", help="offline Kaggle kernel + dataset of the chosen blend -> dist/kaggle/")
+    _add_competition(p)
+    p.add_argument("--out", default="dist/kaggle")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--stacking", default="stacking")
+    p.add_argument("--folds", default="folds/folds.csv")
+    p.add_argument("--submissions", default="submissions", help="where `ensemble` wrote cv.json")
+    p.add_argument("--method", default=None, help="blend to package (default: the one cv.json chose)")
+    p.add_argument("--wheels", default=None,
+                   help=f"space-separated pip specs for the wheelhouse (default: {' '.join(DEFAULT_WHEELS)}, "
+                        "pinned to the installed versions); '' for none")
+    p.add_argument("--find-links", action="append", default=[], help="extra wheel folder for pip download")
+    p.add_argument("--project", default=None, help="project folder to build the wheel from (default: this one)")
+    p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size)")
+    p.add_argument("--kaggle-user", default=None, help="Kaggle username (default: $KAGGLE_USERNAME)")
+    p.add_argument("--competition-slug", default=None, help="default: the data folder's name")
+    p.add_argument("--dataset-slug", default=None, help="default: <competition>-kfold-bundle")
+    p.add_argument("--kernel-slug", default=None, help="default: <competition>-kfold-inference")
+    p.add_argument("--public", action="store_true", help="make the kernel public (default private)")
+    p.add_argument("--test-size", type=int, default=None, help="hidden test-set size for the runtime plan")
+    p.add_argument("--test-factor", type=float, default=1.0, help="else: public test size x this")
+    p.add_argument("--gpu-factor", type=float, default=1.0, help="Kaggle speed / this machine's speed")
+    p.set_defaults(func=cmd_package)
+    add_kernel_command(sub)

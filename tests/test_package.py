@@ -1,0 +1,212 @@
+"""`package` and `kernel`: a tiny trained demo packaged, installed offline in a fresh venv, run without network."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.package import DATASET_KEYS, KERNEL_KEYS, PackageError, plan_runtime, scrub_credentials
+from tests.conftest import REPO, make_competition, run_cli, write_yaml
+from tests.test_train import TINY_MODEL
+
+pytestmark = pytest.mark.slow
+
+# The kaggle CLI's documented metadata fields (kaggle-api wiki: Dataset / Kernel Metadata).
+DATASET_REQUIRED = {"title", "id", "licenses"}
+KERNEL_REQUIRED = {"id", "title", "code_file", "language", "kernel_type", "is_private", "enable_gpu",
+                   "enable_internet", "dataset_sources", "competition_sources", "kernel_sources"}
+FAKE_CREDENTIAL = '{"username": "someone", "key": "0123456789abcdef"}'
+
+
+def offline_prefix(tmp: Path) -> tuple[list[str], dict]:
+    """A command prefix and env that block the network for real: `unshare -n`, else a socket guard."""
+    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
+        return ["unshare", "-n"], {}
+    guard = tmp / "guard"
+    guard.mkdir(exist_ok=True)
+    (guard / "sitecustomize.py").write_text(
+        "import socket\n"
+        "def _blocked(*a, **k):\n    raise OSError('network blocked by the test')\n"
+        "socket.socket.connect = _blocked\nsocket.create_connection = _blocked\n")
+    return [], {"PYTHONPATH": str(guard)}
+
+
+def project_copy(dest: Path) -> Path:
+    """The project's wheel sources, with kaggle.json planted at the top and inside the package."""
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, dest / name)
+    shutil.copytree(REPO / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "kaggle.json").write_text(FAKE_CREDENTIAL)
+    (dest / "pipeline" / "kaggle.json").write_text(FAKE_CREDENTIAL)
+    return dest
+
+
+def same_submission(a: Path, b: Path) -> None:
+    x, y = pd.read_csv(a, dtype=str), pd.read_csv(b, dtype=str)
+    assert list(x.columns) == list(y.columns) and list(x.iloc[:, 0]) == list(y.iloc[:, 0])
+    for col in x.columns[1:]:
+        try:
+            np.testing.assert_allclose(x[col].astype(float), y[col].astype(float), atol=1e-5)
+        except ValueError:  # labels: exact
+            assert list(x[col]) == list(y[col])
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """A tiny trained demo: 3 folds of one tiny model with 2 TTA views, predicted, blended with mean."""
+    root = tmp_path_factory.mktemp("pkg")
+    make_competition(root, n_train=45, n_test=12, models_dir="models")
+    write_yaml(root / "models" / "tiny.yaml", {**TINY_MODEL, "epochs": 1, "tta": ["none", "hflip"]})
+    run_cli("folds", "-c", "competition.yaml", cwd=root)
+    for k in range(3):
+        run_cli("train", "-c", "competition.yaml", "--model", "tiny", "--fold", str(k), cwd=root)
+    run_cli("predict", "-c", "competition.yaml", cwd=root)
+    run_cli("ensemble", "-c", "competition.yaml", "--method", "mean", cwd=root)
+    (root / "kaggle.json").write_text(FAKE_CREDENTIAL)  # a credential in the project folder
+    project = project_copy(root / "project")
+    proc = run_cli("package", "-c", "competition.yaml", "--project", str(project), "--kaggle-user", "alice",
+                   "--competition-slug", "tiny-comp", cwd=root)
+    (root / "package.log").write_text(proc.stdout)
+    # the competition as the kernel sees it: sample submission and test images, no training data
+    shutil.copytree(root / "data" / "tiny", root / "input" / "tiny-comp",
+                    ignore=shutil.ignore_patterns("train", "train.csv"))
+    return root
+
+
+def test_bundle_layout_sizes_and_metadata(demo):
+    out = demo / "dist" / "kaggle"
+    dataset, kernel = out / "dataset", out / "kernel"
+    assert sorted(p.name for p in (dataset / "models" / "tiny").iterdir()) == [
+        "config.json", "fold0.safetensors", "fold1.safetensors", "fold2.safetensors"]
+    assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
+    names = {w.name.split("-")[0] for w in (dataset / "wheels").glob("*.whl")}
+    assert names == {"kaggle_kfold_pipeline", "timm", "albumentations", "iterative_stratification"}
+    cfg = json.loads((dataset / "models" / "tiny" / "config.json").read_text())
+    assert {"config", "classes", "data_config", "tta", "tta_merge"} <= set(cfg) and cfg["tta"] == ["none", "hflip"]
+    assert json.loads((dataset / "blend.json").read_text())["method"] == "mean"
+
+    meta = json.loads((dataset / "dataset-metadata.json").read_text())
+    assert DATASET_REQUIRED <= set(meta) <= DATASET_KEYS
+    assert meta["id"] == "alice/tiny-comp-kfold-bundle" and all("name" in lic for lic in meta["licenses"])
+    kmeta = json.loads((kernel / "kernel-metadata.json").read_text())
+    assert KERNEL_REQUIRED <= set(kmeta) <= KERNEL_KEYS
+    assert kmeta["enable_internet"] is False and kmeta["enable_gpu"] is True
+    assert kmeta["language"] == "python" and kmeta["kernel_type"] == "script"
+    assert kmeta["dataset_sources"] == [meta["id"]] and kmeta["competition_sources"] == ["tiny-comp"]
+    assert (kernel / kmeta["code_file"]).is_file()
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["total_bytes"] == sum(manifest["bytes"].values()) > 0
+    assert manifest["bytes"]["weights"] > 0 and manifest["plan"]["fits"]
+    assert "total" in (demo / "package.log").read_text()
+
+
+def test_no_credentials_in_bundle(demo):
+    out = demo / "dist" / "kaggle"
+    assert not [p for p in out.rglob("*") if p.name == "kaggle.json"]
+    for wheel in out.rglob("*.whl"):
+        with zipfile.ZipFile(wheel) as z:
+            assert not [n for n in z.namelist() if n.endswith("kaggle.json")], wheel
+    assert not any("0123456789abcdef" in p.read_text(errors="ignore") for p in out.rglob("*.json"))
+
+
+def test_scrub_credentials_removes_files_and_refuses_archives(tmp_path):
+    (tmp_path / "a" / ".kaggle").mkdir(parents=True)
+    (tmp_path / "a" / "kaggle.json").write_text(FAKE_CREDENTIAL)
+    (tmp_path / "a" / ".kaggle" / "kaggle.json").write_text(FAKE_CREDENTIAL)
+    assert scrub_credentials(tmp_path) and not list(tmp_path.rglob("kaggle.json"))
+    with zipfile.ZipFile(tmp_path / "x-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("x/kaggle.json", FAKE_CREDENTIAL)
+    with pytest.raises(PackageError, match="credential"):
+        scrub_credentials(tmp_path)
+
+
+def test_kernel_in_fresh_venv_offline_reproduces_submission(demo, tmp_path):
+    venv = tmp_path / "kv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # the Kaggle image's preinstalled torch, pip etc.: the project venv's packages, behind the venv's own
+    Path(site, "kaggle_image.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    prefix, env = offline_prefix(tmp_path)
+    kernel = demo / "dist" / "kaggle" / "kernel"
+    script = kernel / json.loads((kernel / "kernel-metadata.json").read_text())["code_file"]
+    out = tmp_path / "working" / "submission.csv"
+    proc = subprocess.run(
+        [*prefix, str(py), str(script), "--bundle", str(demo / "dist" / "kaggle" / "dataset"),
+         "--data-dir", str(demo / "input" / "tiny-comp"), "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    where = subprocess.run([str(py), "-c", "import pipeline, timm; print(pipeline.__file__, timm.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert where.count(str(venv)) == 2, where  # the bundled wheels were installed and used
+    same_submission(out, demo / "submissions" / "submission.csv")
+    ours = pd.read_csv(tmp_path / "working" / "stacking" / "tiny.test.csv", dtype={"image_id": str})
+    theirs = pd.read_csv(demo / "stacking" / "tiny.test.csv", dtype={"image_id": str})
+    np.testing.assert_allclose(ours.iloc[:, 1:].to_numpy(), theirs.iloc[:, 1:].to_numpy(), atol=1e-6)
+    assert json.loads((tmp_path / "working" / "kernel_report.json").read_text())["dropped_views"] == []
+
+
+def test_learned_blend_reproduced_and_tiny_time_limit_warns(demo, tmp_path):
+    run_cli("ensemble", "-c", "competition.yaml", "--method", "logreg", "--out", "sub_logreg", cwd=demo)
+    proc = run_cli("package", "-c", "competition.yaml", "--submissions", "sub_logreg", "--out", "dist/logreg",
+                   "--wheels", "", "time_limit_hours=0.0001", cwd=demo)
+    assert "may pass the competition's time limit" in proc.stdout and "drop TTA view hflip of tiny" in proc.stdout
+    plan = json.loads((demo / "dist" / "logreg" / "manifest.json").read_text())["plan"]
+    assert not plan["fits"] and plan["proposals"]
+    blend = json.loads((demo / "dist" / "logreg" / "dataset" / "blend.json").read_text())
+    assert blend["method"] == "logreg" and blend["learned"] and len(blend["learners"]) == 3
+    prefix, env = offline_prefix(tmp_path)
+
+    def kernel(out, *args):
+        cmd = [*prefix, sys.executable, "-m", "pipeline", "kernel", "--bundle", str(demo / "dist" / "logreg" / "dataset"),
+               "--data-dir", str(demo / "input" / "tiny-comp"), "--out", str(out), *args]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **env})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    kernel(tmp_path / "full" / "submission.csv", "--time-budget", "100000")
+    same_submission(tmp_path / "full" / "submission.csv", demo / "sub_logreg" / "submission.csv")
+    proc = kernel(tmp_path / "short" / "submission.csv", "--time-budget", "0")
+    assert "dropping TTA view hflip" in proc.stdout  # the clock keeps the kernel inside its budget
+    assert json.loads((tmp_path / "short" / "kernel_report.json").read_text())["dropped_views"] == ["tiny:hflip"]
+    run_cli("validate", str(tmp_path / "short" / "submission.csv"), "-c", "competition.yaml", cwd=demo)
+
+
+def test_blend_states_round_trip_through_json():
+    from pipeline.ensemble import blend_test_prediction, evaluate_blend, import_blend_state, make_blend, stack
+
+    rng = np.random.default_rng(0)
+    n, m, c = 90, 2, 3
+    y = np.arange(n) % c
+    P = rng.dirichlet(np.ones(c), size=(m, n)) * 0.5 + 0.5 * np.eye(c)[y][None]
+    Pt = rng.dirichlet(np.ones(c), size=(m, 20))
+    fold = np.arange(n) % 3
+    for name in ("vote", "mean", "gmean", "rank", "weights", "weights_scipy", "lgbm", "logreg"):
+        for task, metric, suffix in (("multiclass", "accuracy", ""), ("ordinal", "qwk", "+thr")):
+            est = make_blend(name + suffix, task, c, metric, 0)
+            r = evaluate_blend(name, est, stack(P), y, fold, stack(Pt), metric, task)
+            states = json.loads(json.dumps([s.export_state() for s in r.learners]))
+            again = blend_test_prediction(r.learned, [import_blend_state(s) for s in states], stack(Pt), task)
+            np.testing.assert_allclose(again, r.test, atol=1e-12, err_msg=name + suffix)
+
+
+def test_planner_proposes_drops_in_order():
+    plan = plan_runtime({"a": {"none": 100.0, "hflip": 100.0}, "b": {"none": 50.0}}, {"a": 5, "b": 5},
+                        n_test=1000, limit_s=150.0, gpu_factor=1.0, overhead_s=0.0)
+    assert plan["estimate_s"] == pytest.approx(5 * 20 + 5 * 20)
+    assert plan["proposals"][0] == "drop TTA view hflip of a" and not plan["fits"]
+    assert plan["estimate_after_s"] <= 150.0
+    assert plan_runtime({"a": {"none": 1e6}}, {"a": 5}, 1000, 3600.0)["fits"]
