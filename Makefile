@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 RUN := $(PY) -m pipeline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo data-fashion-mnist check folds train train-all predict pseudo ensemble validate report eda lr-find package clean clean-all FORCE
+.PHONY: help install test demo data-fashion-mnist check folds train train-all predict pseudo ensemble validate report eda lr-find package bench clean clean-all FORCE
 
 help: ## list every target with a one-line description
 	@echo "usage: make <target> [COMPETITION=configs/competition.yaml] [COMP_ARGS='competition key=value ...'] [ARGS='model key=value ...']"
@@ -116,6 +116,10 @@ eda: $(STAMP) ## classes, image statistics, duplicates, adversarial train/test s
 lr-find: $(STAMP) ## LR range test: make lr-find MODEL=name [ARGS="batch_size=32"] -> runs/<model>/lr_find.png, suggested lr
 	@test -n "$(MODEL)" || { echo "usage: make lr-find MODEL=<name> [ARGS='key=value ...']" >&2; exit 2; }
 	$(RUN) lr-find -c $(COMPETITION) --model $(MODEL) $(ARGS)
+
+BENCH_ARGS ?=
+bench: $(STAMP) ## benchmark table: data-path efficiency, TTA img/s, Fashion-MNIST quality, blend times -> docs/benchmarks.md
+	$(RUN) bench $(BENCH_ARGS)
 
 clean: ## remove stage outputs (folds, runs, stacking, submissions, dist); keeps data and .venv
 	rm -rf runs dist

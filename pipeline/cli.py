@@ -196,10 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soft", action="store_true", help="write probabilities (soft labels) instead of classes")
     p.set_defaults(func=cmd_pseudo)
 
-    # Later stages register their own commands: ensemble + validate, report + eda + lr-find, package + kernel.
-    from pipeline import ensemble, package, report
+    # Later stages register their own commands: ensemble + validate, report + eda + lr-find, package + kernel,
+    # bench.
+    from pipeline import bench, ensemble, package, report
 
-    for module in (ensemble, report, package):
+    for module in (ensemble, report, package, bench):
         module.add_commands(sub)
     return parser
 

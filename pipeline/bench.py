@@ -1,0 +1,276 @@
+"""`bench`: one table, measured in one run on one machine (never part of `make test`).
+
+1. Data path: training images/s through the real pipeline (PNG decode, augmentation, DataLoader)
+   over model-only images/s (same model, batch and precision on tensors already in memory).
+2. Inference: images/s per TTA view.
+3. Quality on Fashion-MNIST: folds -> train -> predict -> ensemble on a stated subset and recipe, with
+   the CV per model and blend, the submission's official test accuracy, and the best single fold's.
+4. Blend and stacker fit times (nested CV), with their size: rows x models x classes.
+
+Writes <out>/bench.json and docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from pipeline.io import write_json, write_text
+
+BENCH_MODELS = {
+    # The stated recipe: small real CNNs from random init, 32 px grayscale, light augmentation.
+    "bench_resnet18": {"backbone": "resnet18", "epochs": 4, "lr": 0.003, "label_smoothing": 0.1, "ema": 0.99},
+    "bench_convnext": {"backbone": "test_convnext", "epochs": 6, "lr": 0.004, "label_smoothing": 0.1,
+                       "mixup": 0.2, "ema": 0.99},
+}
+COMMON = {"pretrained": False, "img_size": 32, "in_chans": 1, "batch_size": 64, "optimizer": "adamw",
+          "weight_decay": 0.05, "warmup_epochs": 1, "augment": "light", "num_workers": 2,
+          "tta": ["none", "hflip"]}
+
+
+def _timed_steps(model, batches, steps: int, warmup: int = 3) -> float:
+    """Training images/s over `steps` optimizer steps of the given batch iterator."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    seen, t0 = 0, None
+    for i, (x, y) in enumerate(batches):
+        if i == warmup:
+            t0, seen = time.perf_counter(), 0
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += len(x)
+        if i + 1 >= steps + warmup:
+            break
+    return seen / (time.perf_counter() - t0)
+
+
+def data_path(data_dir: Path, backbone: str, batch: int, steps: int, num_workers: int) -> dict:
+    from pipeline.augment import build_transform
+    from pipeline.loader import EpochSampler, ImageDataset, make_loader
+    from pipeline.models import ModelConfig, build_model
+
+    train = pd.read_csv(data_dir / "train.csv", dtype=str)
+    classes = sorted(train.label.unique())
+    y = train.label.map({c: i for i, c in enumerate(classes)}).to_numpy()
+    cfg = ModelConfig(**{**COMMON, "backbone": backbone})
+    torch.manual_seed(0)
+    model = build_model(cfg, len(classes))
+    tf = build_transform("light", 32, [0.5], [0.5], color=False)
+    ds = ImageDataset([data_dir / "train" / f"{i}.png" for i in train.image_id],
+                      np.eye(len(classes), dtype=np.float32)[y], tf, 1, "fail")
+    loader = make_loader(ds, batch, num_workers, EpochSampler(len(ds), 0), generator_seed=0)
+
+    def real():
+        while True:
+            for x, t, _, _ in loader:
+                yield x, t.argmax(1)
+
+    x_mem = torch.randn(batch, 1, 32, 32)
+    y_mem = torch.randint(0, len(classes), (batch,))
+    model_only = _timed_steps(model, iter(lambda: (x_mem, y_mem), None), steps)
+    pipeline = _timed_steps(model, real(), steps)
+    return {"backbone": backbone, "batch": batch, "img_size": 32, "num_workers": num_workers,
+            "pipeline_img_s": pipeline, "model_only_img_s": model_only, "efficiency": pipeline / model_only}
+
+
+@torch.inference_mode()
+def inference(backbone: str, batch: int, reps: int) -> dict[str, float]:
+    from pipeline.models import ModelConfig, build_model
+    from pipeline.tta import expand, get_view
+
+    model = build_model(ModelConfig(**{**COMMON, "backbone": backbone}), 10).eval()
+    x = torch.randn(batch, 1, 32, 32)
+    out = {}
+    for name in expand(["none", "hflip", "rot90", "scale:0.9"]):
+        view = get_view(name)
+        model(view(x))
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            model(view(x))
+        out[name] = batch * reps / (time.perf_counter() - t0)
+    return out
+
+
+def _cli(*args: str, cwd: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pipeline {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def quality(work: Path, n_train: int, n_test: int, n_folds: int) -> dict:
+    """The whole pipeline on a Fashion-MNIST subset in its own folder."""
+    from pipeline.config import load_competition
+    from pipeline.demo import write_fashion_mnist
+    from pipeline.ensemble import read_answers
+    from pipeline.infer import predict_logits, to_proba
+    from pipeline.augment import build_transform
+    from pipeline.loader import ImageDataset, make_loader
+    from pipeline.train import load_fold_model
+
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "data" / "fmnist"
+    if not (data / "train.csv").is_file():
+        write_fashion_mnist(data, n_train=n_train, n_test=n_test)
+    (work / "models").mkdir(exist_ok=True)
+    comp_cfg = {"data_dir": "data/fmnist", "target": "label", "task": "multiclass", "metric": "accuracy",
+                "n_folds": n_folds, "seed": 42, "answers": "data/fmnist-answers.csv", "models_dir": "models"}
+    (work / "competition.yaml").write_text(yaml.safe_dump(comp_cfg))
+    for name, cfg in BENCH_MODELS.items():
+        (work / "models" / f"{name}.yaml").write_text(yaml.safe_dump({**COMMON, **cfg}))
+    t0 = time.time()
+    _cli("folds", "-c", "competition.yaml", cwd=work)
+    for name in BENCH_MODELS:
+        for k in range(n_folds):
+            _cli("train", "-c", "competition.yaml", "--model", name, "--fold", str(k), cwd=work)
+    _cli("predict", "-c", "competition.yaml", cwd=work)
+    _cli("ensemble", "-c", "competition.yaml", cwd=work)
+    wall = time.time() - t0
+    report = json.loads((work / "submissions" / "cv.json").read_text())
+
+    # The best single fold's official test accuracy (no TTA): what one model alone would score.
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        comp = load_competition("competition.yaml")
+        sample = pd.read_csv(comp.sample_submission_path, dtype=str)
+        classes = sorted(pd.read_csv(comp.train_csv_path, dtype=str).label.unique())
+        y_test = read_answers(comp, classes, sample.image_id.tolist())
+        paths = [comp.image_path("test", i) for i in sample.image_id]
+        fold_acc = {}
+        for name in BENCH_MODELS:
+            for k in range(n_folds):
+                model, cfg, ckpt = load_fold_model(Path("runs") / name / f"fold{k}", dev=torch.device("cpu"))
+                d = ckpt["data_config"]
+                tf = build_transform("none", d["img_size"], d["mean"], d["std"], d["interpolation"], False, False)
+                loader = make_loader(ImageDataset(paths, None, tf, 1, "fail"), 256, 0)
+                proba = to_proba(predict_logits(model, loader, torch.device("cpu"), None, False, len(paths)), comp.task)
+                fold_acc[f"{name}/fold{k}"] = float((proba.argmax(1) == y_test).mean())
+    finally:
+        os.chdir(cwd)
+    best_fold = max(fold_acc, key=fold_acc.get)
+    return {"subset": {"train": n_train, "test": n_test, "folds": n_folds}, "recipe": BENCH_MODELS,
+            "common": COMMON, "wall_s": wall, "cv_table": report, "fold_test_accuracy": fold_acc,
+            "best_single_fold": {"run": best_fold, "test_accuracy": fold_acc[best_fold]}}
+
+
+def blend_times(work: Path) -> list[dict]:
+    from pipeline.config import load_competition
+    from pipeline.ensemble import BLENDS, evaluate_blend, load_level1, make_blend, stack
+
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        comp = load_competition("competition.yaml")
+        level1 = load_level1(comp)
+    finally:
+        os.chdir(cwd)
+    X, X_test = stack(level1.oof), stack(level1.test)
+    n_models, n, c = level1.oof.shape
+    rows = []
+    for name in BLENDS:
+        if name.endswith("+thr"):
+            continue
+        est = make_blend(name, comp.task, c, comp.metric, comp.seed)
+        t0 = time.perf_counter()
+        result = evaluate_blend(name, est, X, level1.y, level1.fold, X_test, comp.metric, comp.task)
+        rows.append({"blend": name, "seconds": time.perf_counter() - t0, "rows": n, "models": n_models,
+                     "classes": c, "cv": result.cv})
+    return rows
+
+
+def machine() -> dict:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "gpu": gpu}
+
+
+def markdown(res: dict) -> str:
+    m, d = res["machine"], res["data_path"]
+    lines = [
+        "# Benchmarks", "",
+        f"Latest `make bench` run: {res['date']} on {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}, "
+        f"GPU: {m['gpu'] or 'none'}. Command: `{res['command']}`.", "",
+        "## 1. Data path (training images/s)", "",
+        "| model | batch | pipeline img/s | model-only img/s | efficiency |", "|---|---|---|---|---|",
+        f"| {d['backbone']} 32 px | {d['batch']} | {d['pipeline_img_s']:.0f} | {d['model_only_img_s']:.0f} | "
+        f"{d['efficiency']:.2f} |", "",
+        "## 2. Inference (images/s per TTA view)", "",
+        "| view | img/s |", "|---|---|",
+        *[f"| {k} | {v:.0f} |" for k, v in res["inference"].items()], "",
+    ]
+    q = res.get("quality")
+    if q:
+        s = q["subset"]
+        lines += [
+            f"## 3. Quality on Fashion-MNIST ({s['train']} train / {s['test']} official test images, "
+            f"{s['folds']} folds, {q['wall_s'] / 60:.1f} min for folds + train + predict + ensemble)", "",
+            "| name | kind | CV accuracy | official test accuracy |", "|---|---|---|---|",
+        ]
+        table = q["cv_table"]
+        for kind in ("models", "blends"):
+            for name, row in table.get(kind, {}).items():
+                mark = " (chosen)" if name == table.get("chosen") else ""
+                test = row.get("test")
+                lines.append(f"| {name}{mark} | {kind[:-1]} | {row['cv']:.4f} | "
+                             f"{'-' if test is None else f'{test:.4f}'} |")
+        b = q["best_single_fold"]
+        lines += ["", f"Best single fold on the official test set: {b['run']} at {b['test_accuracy']:.4f} "
+                  "(no TTA) — the gap to the blend is what folds, TTA and blending add.", ""]
+    if res.get("blend_times"):
+        lines += ["## 4. Blend and stacker fit times (nested CV)", "",
+                  "| blend | seconds | rows x models x classes |", "|---|---|---|"]
+        lines += [f"| {r['blend']} | {r['seconds']:.2f} | {r['rows']} x {r['models']} x {r['classes']} |"
+                  for r in res["blend_times"]]
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(out: Path, n_train: int, n_test: int, n_folds: int, steps: int, skip_quality: bool,
+              docs: Path | None) -> dict:
+    from pipeline.demo import FASHION_MNIST_DIR, write_digits
+
+    out.mkdir(parents=True, exist_ok=True)
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+                 "command": " ".join(["python -m pipeline bench", *sys.argv[2:]])}
+    if FASHION_MNIST_DIR.is_dir() and not skip_quality:
+        res["quality"] = quality(out / "fmnist", n_train, n_test, n_folds)
+        res["blend_times"] = blend_times(out / "fmnist")
+        data_dir = out / "fmnist" / "data" / "fmnist"
+    else:
+        data_dir = out / "digits"
+        if not (data_dir / "train.csv").is_file():
+            write_digits(data_dir)
+    res["data_path"] = data_path(data_dir, "resnet18", 64, steps, num_workers=2)
+    res["inference"] = inference("resnet18", 64, reps=max(3, steps // 4))
+    write_json(out / "bench.json", res)
+    text = markdown(res)
+    if docs is not None:
+        write_text(docs, text)
+    print(text)
+    return res
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("bench", help="data-path efficiency, TTA img/s, Fashion-MNIST quality, blend fit times")
+    p.add_argument("--out", default="bench", help="working folder (its own data, folds, runs)")
+    p.add_argument("--n-train", type=int, default=3000, help="Fashion-MNIST training subset")
+    p.add_argument("--n-test", type=int, default=1000, help="Fashion-MNIST official test subset")
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=40, help="timed training steps for the data-path ratio")
+    p.add_argument("--skip-quality", action="store_true", help="only the speed measurements")
+    p.add_argument("--docs", default="docs/benchmarks.md", help="where the latest table goes ('' for nowhere)")
+    p.set_defaults(func=lambda a: run_bench(Path(a.out), a.n_train, a.n_test, a.folds, a.steps, a.skip_quality,
+                                            Path(a.docs) if a.docs else None))
