@@ -118,8 +118,6 @@ def cmd_pseudo(args: argparse.Namespace) -> None:
         Path(args.stacking) / f"{args.model}.test.csv" if args.model else Path("submissions/blend.test.csv"))
     if not source.is_file():
         raise DataError(f"{source}: not found; run `make ensemble` first, or name a model with MODEL=")
-    if args.threshold is None and args.top_frac is None:
-        args.threshold = 0.95
     write_pseudo(load_competition(args.competition), source, args.out, args.threshold, args.top_frac, args.soft)
 
 
@@ -191,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="any test probability table (overrides --model)")
     p.add_argument("--stacking", default="stacking")
     p.add_argument("--out", default="folds/pseudo.csv")
-    p.add_argument("--threshold", type=float, default=None, help="top probability at least this (default 0.95)")
+    p.add_argument("--threshold", type=float, default=None, help="top probability at least this (default 0.95; top-frac 0.3 for rank/vote blends)")
     p.add_argument("--top-frac", type=float, default=None, help="instead: the most confident fraction per class")
     p.add_argument("--soft", action="store_true", help="write probabilities (soft labels) instead of classes")
     p.set_defaults(func=cmd_pseudo)

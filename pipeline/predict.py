@@ -131,6 +131,8 @@ def predict_all(comp: Competition, models: list[str] | None = None, runs: str | 
 
 # --- pseudo-labels --------------------------------------------------------------------------------
 
+UNCALIBRATED = {"rank", "vote"}  # blends whose outputs are scores or one-hot votes, not probabilities
+
 
 def select_pseudo(
     proba: pd.DataFrame,
@@ -186,11 +188,22 @@ def write_pseudo(
     classes = class_names(comp, train)
     test_ids = read_sample(comp)[comp.id_col].tolist()
     proba = read_table(source, comp.id_col, classes, expected_ids=test_ids)
+    method = read_meta(source).get("method")
+    if threshold is None and top_frac is None:  # defaults: a probability threshold, or ranks where scores are not
+        threshold, top_frac = (None, 0.3) if method in UNCALIBRATED else (0.95, None)
+    if threshold is not None and method in UNCALIBRATED:
+        raise ConfigError(
+            f"{source} comes from the {method} blend, whose scores are not probabilities; a probability "
+            "threshold means nothing there. Use TOP_FRAC=0.3 (most confident fraction per class) or MODEL=<name>"
+        )
     prior = None
     if comp.task != "multilabel":
         prior = train[comp.target].astype(str).value_counts(normalize=True)
         prior.index = prior.index.astype(str)
     chosen = select_pseudo(proba, comp.task, threshold, top_frac, prior)
+    if len(chosen) == 0:
+        raise DataError(f"no test row of {source} passes the selection (threshold={threshold}, top_frac={top_frac}); "
+                        "lower THRESHOLD or use TOP_FRAC")
     picked = proba.loc[chosen]
     if soft or comp.task == "multilabel":
         df = picked.reset_index()

@@ -62,6 +62,8 @@ def read_pseudo(path: str | Path, comp: Competition, classes: list[str]) -> tupl
     if not path.is_file():
         raise ConfigError(f"key 'pseudo': {path} not found (make pseudo writes folds/pseudo.csv)")
     df = pd.read_csv(path, dtype={comp.id_col: str})
+    if df.empty:
+        raise DataError(f"{path}: holds no pseudo-labelled rows")
     if all(c in df.columns for c in classes):
         targets = df[classes].to_numpy(dtype=np.float32)
     elif comp.task != "multilabel" and comp.target in df.columns:

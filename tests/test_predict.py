@@ -247,3 +247,22 @@ def test_pseudo_round_end_to_end_with_make(trained):
     train = pd.read_csv(root / "data/tiny/train.csv", dtype=str)
     assert sorted(oof.image_id) == sorted(train.image_id)  # OOF rows stay the original training rows
     assert (root / "stacking/tiny.oof.csv").is_file()  # round 0 kept beside it
+
+
+def test_pseudo_refusals(trained):
+    root, _ = trained
+    make = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITION=competition.yaml"]
+    proc = subprocess.run([*make, "pseudo", "MODEL=tiny", "THRESHOLD=1.01"], cwd=root, capture_output=True, text=True)
+    assert proc.returncode != 0 and "no test row" in proc.stderr
+    table = pd.read_csv(root / "stacking/tiny.test.csv", dtype={"image_id": str})
+    table.to_csv(root / "ranked.csv", index=False)
+    (root / "ranked.json").write_text(json.dumps({"method": "rank"}))
+    proc = run_cli("pseudo", "-c", "competition.yaml", "--source", "ranked.csv", "--threshold", "0.5",
+                   cwd=root, check=False)
+    assert proc.returncode == 2 and "TOP_FRAC" in proc.stderr
+    proc = run_cli("pseudo", "-c", "competition.yaml", "--source", "ranked.csv", "--out", "p.csv", cwd=root)
+    assert len(pd.read_csv(root / "p.csv")) > 0  # rank scores default to the top fraction per class
+    (root / "empty.csv").write_text("image_id,label\n")
+    proc = run_cli("train", "-c", "competition.yaml", "--model", "tiny", "--fold", "0", "--pseudo", "empty.csv",
+                   cwd=root, check=False)
+    assert proc.returncode == 2 and "no pseudo-labelled rows" in proc.stderr
