@@ -452,7 +452,7 @@ def train_fold(
         t0, seen, loss_sum, loss_n = time.time(), 0, 0.0, 0
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         bar = tqdm(loader, desc=f"{model_name} fold{fold} epoch {epoch + 1}/{total_epochs}",
-                   leave=False, disable=not main, dynamic_ncols=True)
+                   leave=False, disable=None if main else True, dynamic_ncols=True)  # None: off outside a terminal
         opt.zero_grad(set_to_none=True)
         lr = set_lr(opt, lr_factor(step, warmup, total_steps, scfg.min_lr_ratio))
         try:
