@@ -109,3 +109,9 @@ def build_transform(
     else:
         body = _from_list(augment, img_size, interpolation)
     return A.Compose([*body, A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()])
+
+
+def eval_transform(data_config: dict, in_chans: int) -> A.Compose:
+    """The evaluation pipeline (resize + normalise) for a resolved data config (models.data_config)."""
+    d = data_config
+    return build_transform("none", d["img_size"], d["mean"], d["std"], d["interpolation"], in_chans == 3, train=False)

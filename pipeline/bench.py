@@ -12,7 +12,6 @@ Writes <out>/bench.json and docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -117,7 +116,7 @@ def quality(work: Path, n_train: int, n_test: int, n_folds: int) -> dict:
     from pipeline.demo import write_fashion_mnist
     from pipeline.ensemble import read_answers
     from pipeline.infer import predict_logits, to_proba
-    from pipeline.augment import build_transform
+    from pipeline.augment import eval_transform
     from pipeline.loader import ImageDataset, make_loader
     from pipeline.train import load_fold_model
 
@@ -154,8 +153,7 @@ def quality(work: Path, n_train: int, n_test: int, n_folds: int) -> dict:
         for name in BENCH_MODELS:
             for k in range(n_folds):
                 model, cfg, ckpt = load_fold_model(Path("runs") / name / f"fold{k}", dev=torch.device("cpu"))
-                d = ckpt["data_config"]
-                tf = build_transform("none", d["img_size"], d["mean"], d["std"], d["interpolation"], False, False)
+                tf = eval_transform(ckpt["data_config"], 1)
                 loader = make_loader(ImageDataset(paths, None, tf, 1, "fail"), 256, 0)
                 proba = to_proba(predict_logits(model, loader, torch.device("cpu"), None, False, len(paths)), comp.task)
                 fold_acc[f"{name}/fold{k}"] = float((proba.argmax(1) == y_test).mean())

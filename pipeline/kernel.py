@@ -73,7 +73,7 @@ def load_models(bundle: Path, entry: dict, dev):
 def run_kernel(bundle: str | Path, data_dir: str | Path, out: str | Path, work_dir: str | Path | None = None,
                time_budget: float | None = None) -> Path:
     """Predict, blend, validate and write the submission; returns its path."""
-    from pipeline.augment import build_transform
+    from pipeline.augment import eval_transform
     from pipeline.data import read_sample
     from pipeline.ensemble import blend_test_prediction, import_blend_state, stack
     from pipeline.infer import amp_dtype, device, tta_logits
@@ -100,8 +100,7 @@ def run_kernel(bundle: str | Path, data_dir: str | Path, out: str | Path, work_d
     for entry in info["models"]:  # pass 1: the first view of every model (never dropped)
         models, cfg, cfg_data = load_models(bundle, entry, dev)
         dcfg = cfg_data["data_config"]
-        tf = build_transform("none", dcfg["img_size"], dcfg["mean"], dcfg["std"], dcfg["interpolation"],
-                             cfg.in_chans == 3, train=False)
+        tf = eval_transform(dcfg, cfg.in_chans)
         ds = ImageDataset([comp.image_path("test", i) for i in test_ids], None, tf, cfg.in_chans, cfg.bad_images)
         loader = make_loader(ds, cfg.batch_size * 2, cfg.num_workers, pin_memory=dev.type == "cuda")
         dtype = amp_dtype(cfg.amp, dev)

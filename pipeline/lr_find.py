@@ -45,7 +45,6 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> dict:
 def lr_range_test(comp: Competition, cfg, model_name: str, runs: str | Path = "runs", start: float = 1e-7,
                   end: float = 10.0, steps: int = 100, epochs: float = 1.0, beta: float = 0.98,
                   diverge: float = 4.0, seed: int | None = None) -> dict:
-    import torch
     from tqdm import tqdm
 
     from pipeline.augment import build_transform

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.augment import build_transform
+from pipeline.augment import eval_transform
 from pipeline.config import Competition, ConfigError
 from pipeline.data import DataError, class_names, encode_targets, read_sample, read_train
 from pipeline.folds import read_folds
@@ -92,8 +92,7 @@ def predict_model(
     ids = train[comp.id_col].to_numpy()
     fold_of = folds.set_index(comp.id_col)["fold"].loc[ids].to_numpy()
     dcfg = ckpt["data_config"]
-    tf = build_transform("none", dcfg["img_size"], dcfg["mean"], dcfg["std"], dcfg["interpolation"],
-                         cfg.in_chans == 3, train=False)
+    tf = eval_transform(dcfg, cfg.in_chans)
     dtype, view_fns = amp_dtype(cfg.amp, dev), [get_view(v) for v in views]
 
     def logits_for(models, paths):

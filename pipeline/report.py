@@ -303,7 +303,7 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
     """Image + heatmap of the predicted class for the first n mistakes, each by the fold model that held it out."""
     import torch
 
-    from pipeline.augment import build_transform
+    from pipeline.augment import eval_transform
     from pipeline.loader import read_image
     from pipeline.train import load_fold_model
 
@@ -322,8 +322,7 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
                 return None, f"{run / 'best.pt'} not found"
             model, cfg, ckpt = load_fold_model(run, "best", dev)
             d = ckpt["data_config"]
-            tf = build_transform("none", d["img_size"], d["mean"], d["std"], d["interpolation"], cfg.in_chans == 3,
-                                 train=False)
+            tf = eval_transform(d, cfg.in_chans)
             cache[k] = (model.float().to(memory_format=torch.contiguous_format), cfg, tf)
         model, cfg, tf = cache[k]
         img = read_image(comp.image_path("train", m.id), cfg.in_chans)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from pipeline.augment import build_transform
+from pipeline.augment import build_transform, eval_transform
 from pipeline.config import Competition, ConfigError, config_hash
 from pipeline.data import DataError, class_names, encode_targets, read_sample, read_train
 from pipeline.folds import read_folds
@@ -420,8 +420,7 @@ def train_fold(
             color = cfg.in_chans == 3
             train_tf = build_transform(scfg.augment, sdcfg["img_size"], sdcfg["mean"], sdcfg["std"],
                                        sdcfg["interpolation"], color, train=True)
-            val_ds.transform = build_transform("none", dcfg["img_size"], dcfg["mean"], dcfg["std"],
-                                               dcfg["interpolation"], color, train=False)
+            val_ds.transform = eval_transform(dcfg, cfg.in_chans)
             train_ds = ImageDataset(data.train_paths, data.train_targets, train_tf, cfg.in_chans, cfg.bad_images)
             opt = make_optimizer(scfg, model)
             sampler = EpochSampler(len(train_ds), cfg.seed, sample_weights, rank, world)
@@ -578,8 +577,7 @@ def finish(out: Path, comp, cfg, model_name, fold, data: FoldData, dcfg, expecte
     if not (out / "best.pt").is_file():
         raise TrainingError(f"{out}: no epoch produced a finite {comp.metric}; nothing to keep")
     model, _, _ = load_fold_model(out, "best", dev)
-    tf = build_transform("none", dcfg["img_size"], dcfg["mean"], dcfg["std"], dcfg["interpolation"],
-                         cfg.in_chans == 3, train=False)
+    tf = eval_transform(dcfg, cfg.in_chans)
     ds = ImageDataset(data.val_paths, None, tf, cfg.in_chans, cfg.bad_images)
     loader = make_loader(ds, cfg.batch_size * 2, cfg.num_workers)
     proba = to_proba(predict_logits(model, loader, dev, dtype, cfg.channels_last, len(ds)), comp.task)

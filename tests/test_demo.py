@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import cv2
 import pandas as pd
 import pytest

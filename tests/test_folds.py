@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, edit_train, make_competition, run_cli, write_yaml
+from tests.conftest import REPO, edit_train, make_competition, run_cli
 
 
 def read(root):
