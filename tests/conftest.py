@@ -64,6 +64,26 @@ def make_competition(
     return write_yaml(root / "competition.yaml", cfg)
 
 
+TINY_MODEL = {
+    "backbone": "test_resnet", "img_size": 16, "in_chans": 1, "epochs": 2, "batch_size": 16,
+    "lr": 0.01, "augment": "none", "num_workers": 0, "warmup_epochs": 0.5,
+}
+
+
+def train_tiny(root: Path, n_train: int, n_test: int, model: dict | None = None, blend: str | None = None):
+    """A tiny competition with one tiny model `tiny` trained on 3 folds and predicted through the CLI,
+    then blended with `blend` when given; returns the predict command's completed process."""
+    make_competition(root, n_train=n_train, n_test=n_test, models_dir="models")
+    write_yaml(root / "models" / "tiny.yaml", {**TINY_MODEL, **(model or {})})
+    run_cli("folds", "-c", "competition.yaml", cwd=root)
+    for k in range(3):
+        run_cli("train", "-c", "competition.yaml", "--model", "tiny", "--fold", str(k), cwd=root)
+    proc = run_cli("predict", "-c", "competition.yaml", cwd=root)
+    if blend:
+        run_cli("ensemble", "-c", "competition.yaml", "--method", blend, cwd=root)
+    return proc
+
+
 def edit_train(root: Path, fn) -> None:
     """Rewrite data/tiny/train.csv through fn(df) -> df."""
     path = root / "data" / "tiny" / "train.csv"

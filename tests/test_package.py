@@ -16,8 +16,7 @@ import pandas as pd
 import pytest
 
 from pipeline.package import DATASET_KEYS, KERNEL_KEYS, PackageError, plan_runtime, scrub_credentials
-from tests.conftest import REPO, make_competition, run_cli, write_yaml
-from tests.test_train import TINY_MODEL
+from tests.conftest import REPO, run_cli, train_tiny
 
 pytestmark = pytest.mark.slow
 
@@ -66,13 +65,7 @@ def same_submission(a: Path, b: Path) -> None:
 def demo(tmp_path_factory) -> Path:
     """A tiny trained demo: 3 folds of one tiny model with 2 TTA views, predicted, blended with mean."""
     root = tmp_path_factory.mktemp("pkg")
-    make_competition(root, n_train=45, n_test=12, models_dir="models")
-    write_yaml(root / "models" / "tiny.yaml", {**TINY_MODEL, "epochs": 1, "tta": ["none", "hflip"]})
-    run_cli("folds", "-c", "competition.yaml", cwd=root)
-    for k in range(3):
-        run_cli("train", "-c", "competition.yaml", "--model", "tiny", "--fold", str(k), cwd=root)
-    run_cli("predict", "-c", "competition.yaml", cwd=root)
-    run_cli("ensemble", "-c", "competition.yaml", "--method", "mean", cwd=root)
+    train_tiny(root, n_train=45, n_test=12, model={"epochs": 1, "tta": ["none", "hflip"]}, blend="mean")
     (root / "kaggle.json").write_text(FAKE_CREDENTIAL)  # a credential in the project folder
     project = project_copy(root / "project")
     proc = run_cli("package", "-c", "competition.yaml", "--project", str(project), "--kaggle-user", "alice",

@@ -14,8 +14,7 @@ from pipeline.config import ConfigError
 from pipeline.data import DataError
 from pipeline.tables import TableError, read_table, write_table
 from pipeline.tta import PRESETS, VIEWS, expand, get_view, merge
-from tests.conftest import REPO, make_competition, run_cli, write_yaml
-from tests.test_train import TINY_MODEL
+from tests.conftest import REPO, make_competition, run_cli, train_tiny
 
 # --- TTA views ------------------------------------------------------------------------------------
 
@@ -128,12 +127,7 @@ def test_table_refusals(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("pred")
-    make_competition(root, n_train=60, n_test=15, models_dir="models")
-    write_yaml(root / "models" / "tiny.yaml", {**TINY_MODEL, "epochs": 1, "tta": ["none", "hflip"]})
-    run_cli("folds", "-c", "competition.yaml", cwd=root)
-    for k in range(3):
-        run_cli("train", "-c", "competition.yaml", "--model", "tiny", "--fold", str(k), cwd=root)
-    proc = run_cli("predict", "-c", "competition.yaml", cwd=root)
+    proc = train_tiny(root, n_train=60, n_test=15, model={"epochs": 1, "tta": ["none", "hflip"]})
     return root, proc
 
 

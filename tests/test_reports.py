@@ -15,13 +15,7 @@ import pandas as pd
 import pytest
 
 from pipeline.cli import main
-from tests.conftest import REPO, make_competition, write_yaml
-
-TINY_MODEL = {
-    "backbone": "test_resnet", "img_size": 16, "in_chans": 1, "epochs": 1, "batch_size": 16,
-    "lr": 0.01, "augment": "none", "num_workers": 0, "warmup_epochs": 0.5,
-}
-
+from tests.conftest import REPO, TINY_MODEL, make_competition, write_yaml
 
 @contextlib.contextmanager
 def cwd(path):
@@ -43,7 +37,7 @@ def cli(root, *args) -> int:
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("reports")
     make_competition(root, n_train=60, models_dir="models")
-    write_yaml(root / "models" / "tiny.yaml", TINY_MODEL)
+    write_yaml(root / "models" / "tiny.yaml", {**TINY_MODEL, "epochs": 1})
     steps = [["folds", "-c", "competition.yaml"]]
     steps += [["train", "-c", "competition.yaml", "--model", "tiny", "--fold", str(k)] for k in range(3)]
     steps += [["predict", "-c", "competition.yaml"], ["ensemble", "-c", "competition.yaml", "--method", "mean"]]

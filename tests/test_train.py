@@ -19,13 +19,7 @@ from pipeline.augment import PRESETS, build_transform
 from pipeline.config import ConfigError
 from pipeline.models import ModelConfig, build_model, head_parameter_names, load_model_config
 from pipeline.train import SAM, load_checkpoint, make_optimizer
-from tests.conftest import REPO, make_competition, run_cli, write_yaml
-
-TINY_MODEL = {
-    "backbone": "test_resnet", "img_size": 16, "in_chans": 1, "epochs": 2, "batch_size": 16,
-    "lr": 0.01, "augment": "none", "num_workers": 0, "warmup_epochs": 0.5,
-}
-
+from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml
 
 def setup(root, n_train=60, model=None, name="tiny", **comp):
     make_competition(root, n_train=n_train, models_dir="models", **comp)
