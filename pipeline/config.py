@@ -172,10 +172,27 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return []
 
 
+_TYPE_TAGS = {"int", "float", "bool", "str", "list", "dict", "none"}
+
+
+def _is_union_branch(part) -> bool:
+    """pydantic names each branch of a union in the error location ('constrained-int', "literal['auto']")."""
+    return isinstance(part, str) and (part in _TYPE_TAGS or not part.isidentifier())
+
+
 def format_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
     lines = [f"{source}: invalid configuration"]
+    union: dict[str, list[str]] = {}  # one line per key whose every union branch failed
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        if len(loc) > 1 and _is_union_branch(loc[-1]) and e["type"] not in ("extra_forbidden", "missing"):
+            key = ".".join(str(p) for p in loc[:-1])
+            got = e.get("input")
+            if key not in union:
+                union[key] = []
+                lines.append((key, f" (got {got!r})" if not isinstance(got, dict) else ""))
+            union[key].append(e["msg"].removeprefix("Value error, ").removeprefix("Input should be ").split(",")[0])
+            continue
         key = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc)
@@ -189,7 +206,8 @@ def format_validation_error(err: ValidationError, source: str, model: type[BaseM
             got = e.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
             lines.append(f"  key '{key}': {msg}{got_s}")
-    return "\n".join(lines)
+    return "\n".join(line if isinstance(line, str) else
+                     f"  key '{line[0]}': should be {' or '.join(union[line[0]])}{line[1]}" for line in lines)
 
 
 def validate(model: type[M], data: dict[str, Any], source: str) -> M:
@@ -209,7 +227,7 @@ def load_competition(path: str | Path, overrides: list[str] | None = None) -> Co
     return load(Competition, path, overrides)
 
 
-def config_hash(cfg: BaseModel) -> str:
-    """A stable hash of a resolved config (its JSON with sorted keys)."""
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+def config_hash(cfg: BaseModel, exclude: set[str] | frozenset[str] = frozenset()) -> str:
+    """A stable hash of a resolved config (its JSON with sorted keys), leaving out the `exclude` keys."""
+    blob = json.dumps(cfg.model_dump(mode="json", exclude=set(exclude)), sort_keys=True)
     return hashlib.md5(blob.encode()).hexdigest()
