@@ -13,6 +13,20 @@ def test_repo_config_is_valid():
     assert comp.id_col == "image_id" and comp.n_folds == 5 and comp.generator == "digits"
 
 
+def test_fashion_mnist_config_matches_what_make_data_fashion_mnist_writes(tmp_path):
+    from pipeline.demo import FASHION_MNIST_DIR, write_fashion_mnist
+
+    config = REPO / "configs" / "fashion-mnist" / "competition.yaml"
+    comp = load_competition(config)
+    assert sorted(p.name for p in (REPO / comp.models_dir).glob("*.yaml")) == [
+        "fm_convnext_tiny.yaml", "fm_efficientnet_b2.yaml"]
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    write_fashion_mnist(tmp_path / comp.data_dir, n_train=200, n_test=50)
+    proc = run_cli("check", "-c", str(config), cwd=tmp_path)
+    assert "200" in proc.stdout and (tmp_path / comp.answers).is_file()
+
+
 def test_unknown_key_names_file_key_and_suggestion(tmp_path):
     path = write_yaml(tmp_path / "c.yaml", {**BASE, "n_fold": 5})
     with pytest.raises(ConfigError) as e:
