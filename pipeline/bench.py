@@ -34,71 +34,145 @@ BENCH_MODELS = {
                        "mixup": 0.2, "ema": 0.99},
 }
 COMMON = {"pretrained": False, "img_size": 32, "in_chans": 1, "batch_size": 64, "optimizer": "adamw",
-          "weight_decay": 0.05, "warmup_epochs": 1, "augment": "light", "num_workers": 2,
+          "weight_decay": 0.05, "warmup_epochs": 1, "augment": "light",
           "tta": ["none", "hflip"]}
 
 
-def _timed_steps(model, batches, steps: int, warmup: int = 3) -> float:
-    """Training images/s over `steps` optimizer steps of the given batch iterator."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.train()
-    seen, t0 = 0, None
-    for i, (x, y) in enumerate(batches):
-        if i == warmup:
-            t0, seen = time.perf_counter(), 0
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
+class _Trainer:
+    """One training step of `model` on a batch, timed to the end of its device work."""
+
+    def __init__(self, model, dev: torch.device):
+        from pipeline.infer import amp_dtype
+
+        self.model, self.dev, self.dtype = model.to(dev).train(), dev, amp_dtype("auto", dev)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def __call__(self, x, y) -> float:
+        from pipeline.infer import autocast
+
+        t0 = time.perf_counter()
+        x, y = x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
+        with autocast(self.dev, self.dtype):
+            loss = torch.nn.functional.cross_entropy(self.model(x), y)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        seen += len(x)
-        if i + 1 >= steps + warmup:
-            break
-    return seen / (time.perf_counter() - t0)
+        self.opt.step()
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
 
 
-def data_path(data_dir: Path, backbone: str, batch: int, steps: int, num_workers: int) -> dict:
+def data_path(data_dir: Path, backbone: str, batch: int, steps: int, rounds: int = 5,
+              epoch_images: int = 48_000) -> dict:
+    """Pipeline over model-only training img/s, for images decoded every epoch and from the RAM cache.
+
+    The loader runs as training runs it: `num_workers: auto` (0 on CPU, worker processes on a GPU).
+    CPU speed drifts by tens of percent within a minute on shared machines, so the two are measured
+    side by side. With no workers every pipeline step (fetch + train) is paired with a model-only step
+    right after it. With workers, which also load while model-only steps run, blocks of `steps` steps
+    alternate and each pipeline block is compared with the mean of the model-only blocks either side.
+    The efficiency is model-only time over pipeline time for the same number of images.
+    """
     from pipeline.augment import build_transform
-    from pipeline.loader import EpochSampler, ImageDataset, make_loader
+    from pipeline.infer import device
+    from pipeline.loader import EpochSampler, ImageCache, ImageDataset, make_loader, resolve_workers
     from pipeline.models import ModelConfig, build_model
 
     train = pd.read_csv(data_dir / "train.csv", dtype=str)
     classes = sorted(train.label.unique())
     y = train.label.map({c: i for i, c in enumerate(classes)}).to_numpy()
-    cfg = ModelConfig(**{**COMMON, "backbone": backbone})
+    dev = device()
+    workers = resolve_workers("auto", dev)
     torch.manual_seed(0)
-    model = build_model(cfg, len(classes))
+    step = _Trainer(build_model(ModelConfig(**{**COMMON, "backbone": backbone}), len(classes)), dev)
     tf = build_transform("light", 32, [0.5], [0.5], color=False)
-    ds = ImageDataset([data_dir / "train" / f"{i}.png" for i in train.image_id],
-                      np.eye(len(classes), dtype=np.float32)[y], tf, 1, "fail")
-    loader = make_loader(ds, batch, num_workers, EpochSampler(len(ds), 0), generator_seed=0)
+    # Epochs as long as a full Fashion-MNIST fold's (48,000 images: the subset repeated), so anything
+    # done once per epoch (worker start-up) weighs what it weighs in a real run.
+    reps = max(1, -(-epoch_images // len(train)))
+    paths = [data_dir / "train" / f"{i}.png" for i in train.image_id] * reps
+    targets = np.tile(np.eye(len(classes), dtype=np.float32)[y], (reps, 1))
+    cache = ImageCache(paths, 1)
 
-    def real():
+    def batches(ds):
+        sampler, epoch = EpochSampler(len(ds), 0), 0
         while True:
-            for x, t, _, _ in loader:
+            sampler.set_epoch(epoch)
+            for x, t, _, _ in make_loader(ds, batch, "auto", sampler, generator_seed=epoch, dev=dev):
                 yield x, t.argmax(1)
+            epoch += 1
+
+    def pipeline_step(source) -> float:
+        t0 = time.perf_counter()
+        x, t = next(source)
+        return (time.perf_counter() - t0) + step(x, t)
 
     x_mem = torch.randn(batch, 1, 32, 32)
     y_mem = torch.randint(0, len(classes), (batch,))
-    model_only = _timed_steps(model, iter(lambda: (x_mem, y_mem), None), steps)
-    pipeline = _timed_steps(model, real(), steps)
-    return {"backbone": backbone, "batch": batch, "img_size": 32, "num_workers": num_workers,
-            "pipeline_img_s": pipeline, "model_only_img_s": model_only, "efficiency": pipeline / model_only}
+    sources = {"disk": batches(ImageDataset(paths, targets, tf, 1, "fail")),
+               "ram_cache": batches(ImageDataset(paths, targets, tf, 1, "fail", cache))}
+    for source in sources.values():  # warm-up: first batches, allocator, caches
+        for _ in range(3):
+            pipeline_step(source)
+            step(x_mem, y_mem)
+    times: dict[str, list[float]] = {"model_only": [], "disk": [], "ram_cache": []}
+    ratios: dict[str, list[float]] = {"disk": [], "ram_cache": []}
+    if workers == 0:
+        for _ in range(rounds):
+            block = {k: 0.0 for k in times}
+            for _ in range(steps):
+                for name, source in sources.items():
+                    block[name] += pipeline_step(source)
+                    block["model_only"] += step(x_mem, y_mem) / len(sources)
+            for name, seconds in block.items():
+                times[name].append(seconds)
+            for name in sources:
+                ratios[name].append(block["model_only"] / block[name])
+    else:
+        def model_block() -> float:
+            return sum(step(x_mem, y_mem) for _ in range(steps))
+
+        before = model_block()
+        for _ in range(rounds):
+            for name, source in sources.items():
+                seconds = sum(pipeline_step(source) for _ in range(steps))
+                after = model_block()
+                times[name].append(seconds)
+                times["model_only"].append(after)
+                ratios[name].append((before + after) / 2 / seconds)
+                before = after
+    img_s = {k: float(np.median([batch * steps / t for t in v])) for k, v in times.items()}
+    return {"backbone": backbone, "batch": batch, "img_size": 32, "device": dev.type, "num_workers": workers,
+            "rounds": rounds, "steps": steps, "epoch_images": len(paths), "model_only_img_s": img_s["model_only"],
+            "pipeline_img_s": img_s["ram_cache"], "efficiency": float(np.median(ratios["ram_cache"])),
+            "disk_img_s": img_s["disk"], "disk_efficiency": float(np.median(ratios["disk"])),
+            "cache_mib": cache.nbytes / 2**20, "ratios": ratios}
 
 
 @torch.inference_mode()
 def inference(backbone: str, batch: int, reps: int) -> dict[str, float]:
+    """Images/s per TTA view: forward passes on the default device with the default autocast."""
+    from pipeline.infer import amp_dtype, autocast, device
     from pipeline.models import ModelConfig, build_model
     from pipeline.tta import expand, get_view
 
-    model = build_model(ModelConfig(**{**COMMON, "backbone": backbone}), 10).eval()
-    x = torch.randn(batch, 1, 32, 32)
+    dev = device()
+    dtype = amp_dtype("auto", dev)
+    model = build_model(ModelConfig(**{**COMMON, "backbone": backbone}), 10).to(dev).eval()
+    x = torch.randn(batch, 1, 32, 32, device=dev)
+
+    def run(view) -> None:
+        with autocast(dev, dtype):
+            model(view(x))
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
     out = {}
     for name in expand(["none", "hflip", "rot90", "scale:0.9"]):
         view = get_view(name)
-        model(view(x))
+        run(view)
         t0 = time.perf_counter()
         for _ in range(reps):
-            model(view(x))
+            run(view)
         out[name] = batch * reps / (time.perf_counter() - t0)
     return out
 
@@ -115,7 +189,7 @@ def quality(work: Path, n_train: int, n_test: int, n_folds: int) -> dict:
     from pipeline.config import load_competition
     from pipeline.demo import write_fashion_mnist
     from pipeline.ensemble import read_answers
-    from pipeline.infer import predict_logits, to_proba
+    from pipeline.infer import amp_dtype, device, predict_logits, to_proba
     from pipeline.augment import eval_transform
     from pipeline.loader import ImageDataset, make_loader
     from pipeline.train import load_fold_model
@@ -149,13 +223,14 @@ def quality(work: Path, n_train: int, n_test: int, n_folds: int) -> dict:
         classes = sorted(pd.read_csv(comp.train_csv_path, dtype=str).label.unique())
         y_test = read_answers(comp, classes, sample.image_id.tolist())
         paths = [comp.image_path("test", i) for i in sample.image_id]
-        fold_acc = {}
+        dev, fold_acc = device(), {}
         for name in BENCH_MODELS:
             for k in range(n_folds):
-                model, cfg, ckpt = load_fold_model(Path("runs") / name / f"fold{k}", dev=torch.device("cpu"))
+                model, cfg, ckpt = load_fold_model(Path("runs") / name / f"fold{k}", dev=dev)
                 tf = eval_transform(ckpt["data_config"], 1)
-                loader = make_loader(ImageDataset(paths, None, tf, 1, "fail"), 256, 0)
-                proba = to_proba(predict_logits(model, loader, torch.device("cpu"), None, False, len(paths)), comp.task)
+                loader = make_loader(ImageDataset(paths, None, tf, 1, "fail"), 256, "auto", dev=dev)
+                logits = predict_logits(model, loader, dev, amp_dtype("auto", dev), False, len(paths))
+                proba = to_proba(logits, comp.task)
                 fold_acc[f"{name}/fold{k}"] = float((proba.argmax(1) == y_test).mean())
     finally:
         os.chdir(cwd)
@@ -203,9 +278,14 @@ def markdown(res: dict) -> str:
         f"Latest `make bench` run: {res['date']} on {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}, "
         f"GPU: {m['gpu'] or 'none'}. Command: `{res['command']}`.", "",
         "## 1. Data path (training images/s)", "",
-        "| model | batch | pipeline img/s | model-only img/s | efficiency |", "|---|---|---|---|---|",
-        f"| {d['backbone']} 32 px | {d['batch']} | {d['pipeline_img_s']:.0f} | {d['model_only_img_s']:.0f} | "
-        f"{d['efficiency']:.2f} |", "",
+        f"{d['backbone']} at 32 px on {d['device']}, batch {d['batch']}, light augmentation, {d['num_workers']} "
+        f"DataLoader workers (`num_workers: auto`), epochs of {d['epoch_images']:,} images; medians of "
+        f"{d['rounds']} rounds of {d['steps']} steps, pipeline and model-only measured side by side.", "",
+        "| images come from | pipeline img/s | model-only img/s | efficiency |", "|---|---|---|---|",
+        f"| RAM cache (`cache_images: auto`, the default when they fit; {d['cache_mib']:.0f} MiB) | "
+        f"{d['pipeline_img_s']:.0f} | {d['model_only_img_s']:.0f} | {d['efficiency']:.3f} |",
+        f"| PNG decode every epoch (`cache_images: false`) | {d['disk_img_s']:.0f} | {d['model_only_img_s']:.0f} | "
+        f"{d['disk_efficiency']:.3f} |", "",
         "## 2. Inference (images/s per TTA view)", "",
         "| view | img/s |", "|---|---|",
         *[f"| {k} | {v:.0f} |" for k, v in res["inference"].items()], "",
@@ -237,7 +317,7 @@ def markdown(res: dict) -> str:
 
 
 def run_bench(out: Path, n_train: int, n_test: int, n_folds: int, steps: int, skip_quality: bool,
-              docs: Path | None) -> dict:
+              docs: Path | None, epoch_images: int = 48_000) -> dict:
     from pipeline.demo import FASHION_MNIST_DIR, write_digits
 
     out.mkdir(parents=True, exist_ok=True)
@@ -251,7 +331,7 @@ def run_bench(out: Path, n_train: int, n_test: int, n_folds: int, steps: int, sk
         data_dir = out / "digits"
         if not (data_dir / "train.csv").is_file():
             write_digits(data_dir)
-    res["data_path"] = data_path(data_dir, "resnet18", 64, steps, num_workers=2)
+    res["data_path"] = data_path(data_dir, "resnet18", 64, steps, epoch_images=epoch_images)
     res["inference"] = inference("resnet18", 64, reps=max(3, steps // 4))
     write_json(out / "bench.json", res)
     text = markdown(res)
@@ -267,8 +347,10 @@ def add_commands(sub) -> None:
     p.add_argument("--n-train", type=int, default=3000, help="Fashion-MNIST training subset")
     p.add_argument("--n-test", type=int, default=1000, help="Fashion-MNIST official test subset")
     p.add_argument("--folds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=40, help="timed training steps for the data-path ratio")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per round for the data-path ratio")
+    p.add_argument("--epoch-images", type=int, default=48_000,
+                   help="data-path epochs repeat the training images to this length (a full Fashion-MNIST fold)")
     p.add_argument("--skip-quality", action="store_true", help="only the speed measurements")
     p.add_argument("--docs", default="docs/benchmarks.md", help="where the latest table goes ('' for nowhere)")
     p.set_defaults(func=lambda a: run_bench(Path(a.out), a.n_train, a.n_test, a.folds, a.steps, a.skip_quality,
-                                            Path(a.docs) if a.docs else None))
+                                            Path(a.docs) if a.docs else None, a.epoch_images))

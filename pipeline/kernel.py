@@ -102,7 +102,7 @@ def run_kernel(bundle: str | Path, data_dir: str | Path, out: str | Path, work_d
         dcfg = cfg_data["data_config"]
         tf = eval_transform(dcfg, cfg.in_chans)
         ds = ImageDataset([comp.image_path("test", i) for i in test_ids], None, tf, cfg.in_chans, cfg.bad_images)
-        loader = make_loader(ds, cfg.batch_size * 2, cfg.num_workers, pin_memory=dev.type == "cuda")
+        loader = make_loader(ds, cfg.batch_size * 2, cfg.num_workers, dev=dev)
         dtype = amp_dtype(cfg.amp, dev)
 
         def one_view(view, models=models, loader=loader, dtype=dtype, cfg=cfg, n=len(ds)):

@@ -87,7 +87,8 @@ def lr_range_test(comp: Competition, cfg, model_name: str, runs: str | Path = "r
     while step < n_steps:
         sampler = EpochSampler(len(ds), cfg.seed)
         sampler.set_epoch(epoch)
-        for x, t, _, _ in make_loader(ds, cfg.batch_size, cfg.num_workers, sampler, generator_seed=cfg.seed + epoch):
+        loader = make_loader(ds, cfg.batch_size, cfg.num_workers, sampler, generator_seed=cfg.seed + epoch, dev=dev)
+        for x, t, _, _ in loader:
             if step >= n_steps:
                 break
             if x is None:

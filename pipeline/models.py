@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -64,13 +64,20 @@ class ModelConfig(StrictModel):
     compile: bool = Field(False, description="torch.compile the model (CUDA)")
     freeze_backbone: bool = Field(False, description="train the head only")
     early_stopping: int | None = Field(None, ge=1, description="stop after N epochs without a better metric")
+    tensorboard: bool = Field(False, description="also write the log.csv scalars as TensorBoard events to <run>/tb")
     seed: int = 42
 
     # --- data ---
     augment: str | list[dict[str, Any]] = Field(
         "light", description="preset none|light|medium|heavy, or a list of {name: <albumentations class>, ...params}"
     )
-    num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes; auto: 0 on CPU (workers would take the cores the "
+        "model trains on), else the CPUs per GPU process, at most 8"
+    )
+    cache_images: bool | Literal["auto"] = Field(
+        "auto", description="decode train/val images once into RAM; auto: when they fit in 4 GiB and 1/4 of free RAM"
+    )
     bad_images: Literal["fail", "skip"] = Field("fail", description="a corrupt image stops the run, or is skipped")
     max_bad_images: int = Field(10, ge=0, description="with skip: fail past this many bad images")
     nan_policy: Literal["stop", "skip"] = Field("skip", description="a NaN/Inf loss stops the run, or skips the step")
@@ -100,6 +107,10 @@ class ModelConfig(StrictModel):
             raise ValueError("sam does not combine with grad_accum > 1")
         return self
 
+
+# Keys that change how a run is carried out but not what it learns: changing them neither retrains a
+# finished fold nor refuses to resume one.
+RESULT_NEUTRAL_KEYS = frozenset({"cache_images", "tensorboard"})
 
 STAGE_KEYS_FORBIDDEN = {"backbone", "in_chans", "stages", "seed", "tta", "tta_merge", "pseudo", "pretrained"}
 

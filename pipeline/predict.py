@@ -97,7 +97,7 @@ def predict_model(
 
     def logits_for(models, paths):
         ds = ImageDataset(paths, None, tf, cfg.in_chans, cfg.bad_images)
-        loader = make_loader(ds, cfg.batch_size * 2, cfg.num_workers, pin_memory=dev.type == "cuda")
+        loader = make_loader(ds, cfg.batch_size * 2, cfg.num_workers, dev=dev)
         return tta_logits(models, loader, view_fns, dev, dtype, cfg.channels_last, len(ds))
 
     oof = np.zeros((len(ids), len(classes)))

@@ -29,9 +29,16 @@ from pipeline.data import DataError, class_names, encode_targets, read_sample, r
 from pipeline.folds import read_folds
 from pipeline.infer import amp_dtype, autocast, device, predict_logits, to_proba
 from pipeline.io import atomic_path, file_md5, write_csv, write_json, write_text
-from pipeline.loader import EpochSampler, ImageDataset, make_loader
+from pipeline.loader import EpochSampler, ImageDataset, make_loader, maybe_cache, resolve_workers
 from pipeline.metrics import GREATER_IS_BETTER, is_better, score
-from pipeline.models import ModelConfig, build_model, data_config, head_parameter_names, resolve_stages
+from pipeline.models import (
+    RESULT_NEUTRAL_KEYS,
+    ModelConfig,
+    build_model,
+    data_config,
+    head_parameter_names,
+    resolve_stages,
+)
 from pipeline.tables import write_table
 
 
@@ -285,7 +292,7 @@ def run_dir(model_name: str, fold: int, runs: str | Path = "runs") -> Path:
 
 def stamp(cfg: ModelConfig, folds_path: Path, classes: list[str], comp: Competition) -> dict:
     return {
-        "config_hash": config_hash(cfg),
+        "config_hash": config_hash(cfg, RESULT_NEUTRAL_KEYS),
         "folds_md5": file_md5(folds_path),
         "classes": classes,
         "task": comp.task,
@@ -392,7 +399,7 @@ def train_fold(
     if main:
         out.mkdir(parents=True, exist_ok=True)
         resolved = {**cfg.model_dump(mode="json"), "_model": model_name, "_fold": fold, "_data": dcfg,
-                    "_classes": data.classes}
+                    "_classes": data.classes, "_num_workers": resolve_workers(cfg.num_workers, dev, world)}
         write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
     total_epochs = sum(s.epochs for s in stages)
@@ -407,7 +414,12 @@ def train_fold(
         if main:
             print(f"{out}: resuming after epoch {epoch} of {total_epochs}")
 
-    val_ds = ImageDataset(data.val_paths, None, None, cfg.in_chans, cfg.bad_images)
+    train_cache = maybe_cache(cfg.cache_images, data.train_paths, cfg.in_chans, cfg.bad_images,
+                              f"{model_name} fold{fold} train", verbose=main)
+    val_cache = maybe_cache(cfg.cache_images, data.val_paths, cfg.in_chans, cfg.bad_images,
+                            f"{model_name} fold{fold} val", verbose=main)
+    val_ds = ImageDataset(data.val_paths, None, None, cfg.in_chans, cfg.bad_images, val_cache)
+    board = open_tensorboard(out, log_rows, comp.metric) if cfg.tensorboard and main else None
     n_bad = nan_steps = 0
     opt = current_stage = None
     mixer = None
@@ -421,7 +433,8 @@ def train_fold(
             train_tf = build_transform(scfg.augment, sdcfg["img_size"], sdcfg["mean"], sdcfg["std"],
                                        sdcfg["interpolation"], color, train=True)
             val_ds.transform = eval_transform(dcfg, cfg.in_chans)
-            train_ds = ImageDataset(data.train_paths, data.train_targets, train_tf, cfg.in_chans, cfg.bad_images)
+            train_ds = ImageDataset(data.train_paths, data.train_targets, train_tf, cfg.in_chans, cfg.bad_images,
+                                    train_cache)
             opt = make_optimizer(scfg, model)
             sampler = EpochSampler(len(train_ds), cfg.seed, sample_weights, rank, world)
             steps_per_epoch = math.ceil(math.ceil(len(sampler) / scfg.batch_size) / scfg.grad_accum)
@@ -445,7 +458,7 @@ def train_fold(
         # ---- one epoch of training ----
         sampler.set_epoch(epoch)
         loader = make_loader(train_ds, scfg.batch_size, cfg.num_workers, sampler,
-                             generator_seed=cfg.seed * 1000 + epoch, pin_memory=dev.type == "cuda")
+                             generator_seed=cfg.seed * 1000 + epoch, dev=dev, world=world)
         net.train()
         step = (epoch - stage_start) * steps_per_epoch
         t0, seen, loss_sum, loss_n = time.time(), 0, 0.0, 0
@@ -517,7 +530,7 @@ def train_fold(
         # ---- validation ----
         eval_model = ema.module if ema is not None else model
         val_sampler = list(range(rank, len(val_ds), world))
-        val_loader = make_loader(val_ds, scfg.batch_size * 2, cfg.num_workers, val_sampler)
+        val_loader = make_loader(val_ds, scfg.batch_size * 2, cfg.num_workers, val_sampler, dev=dev, world=world)
         logits = gather_rows(predict_logits(eval_model, val_loader, dev, dtype, cfg.channels_last, len(val_ds)), world)
         proba = to_proba(logits, comp.task)
         finite = bool(np.isfinite(proba).all())  # a diverged model must never look good
@@ -548,15 +561,45 @@ def train_fold(
                 save_checkpoint(out / "best.pt", state)
             save_checkpoint(out / "last.pt", state)
             write_csv(out / "log.csv", pd.DataFrame(log_rows))
+            if board is not None:
+                log_scalars(board, row, comp.metric)
         epoch += 1
 
+    if board is not None:
+        board.close()
     if main:
-        finish(out, comp, cfg, model_name, fold, data, dcfg, expected, dev, dtype, best_epoch, len(log_rows))
+        finish(out, comp, cfg, model_name, fold, data, dcfg, expected, dev, dtype, best_epoch, len(log_rows),
+               val_cache)
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
     return out
+
+
+# log.csv column -> TensorBoard tag, one point per epoch.
+TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "{metric}": "metric/{metric}", "lr": "lr",
+                    "img_per_s": "speed/img_per_s"}
+
+
+def log_scalars(board, row: dict, metric: str) -> None:
+    for key, tag in TENSORBOARD_TAGS.items():
+        board.add_scalar(tag.format(metric=metric), row[key.format(metric=metric)], row["epoch"])
+    board.flush()
+
+
+def open_tensorboard(out: Path, log_rows: list[dict], metric: str):
+    """A SummaryWriter on <run>/tb. On resume it drops every earlier point and writes the checkpoint's
+    log again, so the curves match log.csv even when a kill came between a checkpoint and its events."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("key 'tensorboard': the tensorboard package is not installed "
+                          "(`make install` installs it; or pip install tensorboard)") from None
+    board = SummaryWriter(log_dir=str(out / "tb"), purge_step=1 if log_rows else None)
+    for row in log_rows:
+        log_scalars(board, row, metric)
+    return board
 
 
 def load_fold_model(run: str | Path, which: str = "best", dev: torch.device | None = None):
@@ -572,14 +615,14 @@ def load_fold_model(run: str | Path, which: str = "best", dev: torch.device | No
 
 
 def finish(out: Path, comp, cfg, model_name, fold, data: FoldData, dcfg, expected, dev, dtype, best_epoch,
-           epochs_run: int) -> None:
+           epochs_run: int, val_cache=None) -> None:
     """OOF predictions of the best checkpoint, then done.json (written last)."""
     if not (out / "best.pt").is_file():
         raise TrainingError(f"{out}: no epoch produced a finite {comp.metric}; nothing to keep")
     model, _, _ = load_fold_model(out, "best", dev)
     tf = eval_transform(dcfg, cfg.in_chans)
-    ds = ImageDataset(data.val_paths, None, tf, cfg.in_chans, cfg.bad_images)
-    loader = make_loader(ds, cfg.batch_size * 2, cfg.num_workers)
+    ds = ImageDataset(data.val_paths, None, tf, cfg.in_chans, cfg.bad_images, val_cache)
+    loader = make_loader(ds, cfg.batch_size * 2, cfg.num_workers, dev=dev)
     proba = to_proba(predict_logits(model, loader, dev, dtype, cfg.channels_last, len(ds)), comp.task)
     fold_score = score(comp.metric, comp.task, data.val_y, proba)
     write_table(out / "oof.csv", data.val_ids, proba, data.classes, comp.id_col,

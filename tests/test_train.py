@@ -103,7 +103,9 @@ def test_sigkill_mid_run_then_resume_equals_unbroken(tmp_path):
     for root in (a, b):
         setup(root, n_train=150, model=model)
     train(a)
-    cmd = [sys.executable, "-m", "pipeline", "train", "-c", "competition.yaml", "--model", "tiny", "--fold", "0"]
+    # b also writes TensorBoard events: a result-neutral key, so it must not change the weights either
+    cmd = [sys.executable, "-m", "pipeline", "train", "-c", "competition.yaml", "--model", "tiny", "--fold", "0",
+           "tensorboard=true"]
     proc = subprocess.Popen(cmd, cwd=b, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = b / "runs" / "tiny" / "fold0" / "last.pt"
     deadline = time.time() + 120
@@ -113,11 +115,36 @@ def test_sigkill_mid_run_then_resume_equals_unbroken(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (b / "runs" / "tiny" / "fold0" / "done.json").exists(), "the kill came too late to test resume"
-    assert "resuming after epoch" in train(b).stdout
+    assert "resuming after epoch" in train(b, "tensorboard=true").stdout
     assert same_weights(weights(a / "runs/tiny/fold0/last.pt"), weights(b / "runs/tiny/fold0/last.pt"))
     ema_a, ema_b = (load_checkpoint(r / "runs/tiny/fold0/last.pt")["ema"] for r in (a, b))
     assert same_weights(ema_a, ema_b)
     assert pd.read_csv(a / "runs/tiny/fold0/oof.csv").equals(pd.read_csv(b / "runs/tiny/fold0/oof.csv"))
+    # TensorBoard after a kill and resume: every epoch once, with log.csv's values
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(b / "runs/tiny/fold0/tb"))
+    board.Reload()
+    log = pd.read_csv(b / "runs/tiny/fold0/log.csv")
+    for tag, column in (("loss/train", "train_loss"), ("metric/accuracy", "accuracy"), ("lr", "lr")):
+        points = board.Scalars(tag)
+        assert [p.step for p in points] == [1, 2, 3, 4], tag
+        assert np.allclose([p.value for p in points], log[column], rtol=1e-6), tag
+    assert not (a / "runs/tiny/fold0/tb").exists()
+
+
+def test_ram_cache_changes_nothing_and_neutral_keys_do_not_retrain(tmp_path):
+    model = {"epochs": 2, "img_size": 24, "augment": "medium", "num_workers": 1, "batch_size": 8}
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        setup(root, n_train=90, model=model)
+    disk, ram = train(a, "cache_images=false"), train(b, "cache_images=true")
+    assert "cached in RAM" in ram.stdout and "cached in RAM" not in disk.stdout
+    assert same_weights(weights(a / "runs/tiny/fold0/last.pt"), weights(b / "runs/tiny/fold0/last.pt"))
+    done = (b / "runs/tiny/fold0/done.json").read_text()
+    assert "skipping" in train(b, "cache_images=false", "tensorboard=true").stdout  # how, not what: no retrain
+    assert (b / "runs/tiny/fold0/done.json").read_text() == done
+    assert "skipping" not in train(b, "cache_images=false", "augment=light").stdout  # what: retrained
 
 
 # --- config and its errors ------------------------------------------------------------------------
@@ -133,6 +160,8 @@ def test_sigkill_mid_run_then_resume_equals_unbroken(tmp_path):
         ("augment=extreme", ["unknown preset", "none, light, medium, heavy"]),
         ("augment=[{name: HorizontalFlipp}]", ["HorizontalFlip", "unknown albumentations transform"]),
         ("in_chans=2", ["in_chans"]),
+        ("num_workers=-2", ["key 'num_workers': should be greater than or equal to 0 or 'auto' (got -2)"]),
+        ("cache_images=maybe", ["key 'cache_images': should be a valid boolean or 'auto'"]),
     ],
 )
 def test_bad_overrides_are_clear(tmp_path, override, needles):
@@ -160,6 +189,17 @@ def test_shipped_model_configs_are_valid():
     for path in sorted((REPO / "configs").rglob("models/*.yaml")) + sorted((REPO / "configs/examples").glob("*.yaml")):
         cfg = load_model_config(path)
         assert cfg.backbone
+
+
+@pytest.mark.parametrize("name", ["fm_convnext_tiny", "fm_efficientnet_b2"])
+def test_fashion_mnist_gpu_recipe_runs_scaled_down_on_cpu(tmp_path, name):
+    """The GPU recipe's own files, at 32 px for one epoch from random init: every key it sets works."""
+    setup(tmp_path, n_train=45)
+    shutil.copy(REPO / "configs" / "fashion-mnist" / "models" / f"{name}.yaml", tmp_path / "models")
+    proc = train(tmp_path, "img_size=32", "epochs=1", "batch_size=8", check=False, model=name)
+    assert proc.returncode == 2 and "weights file weights/" in proc.stderr  # the recipe wants local weights
+    train(tmp_path, "pretrained=false", "img_size=32", "epochs=1", "batch_size=8", model=name)
+    assert (tmp_path / "runs" / name / "fold0" / "done.json").is_file()
 
 
 def test_stage_may_not_change_backbone(tmp_path):
