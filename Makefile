@@ -80,8 +80,8 @@ predict: train-all ## OOF + test tables with TTA for every trained model -> stac
 
 # --- blend and submission -------------------------------------------------------------------------
 METHOD ?= auto
-ensemble: predict ## blend every model honestly -> submissions/submission.csv, cv.md, cv.json (METHOD=auto|vote|mean|...)
-	$(RUN) ensemble -c $(COMPETITION) --method $(METHOD) $(COMP_ARGS)
+ensemble: predict ## blend every model honestly -> submissions/submission.csv, cv.md, cv.json (METHOD=auto|vote|mean|..., FORCE=1 reruns unchanged inputs)
+	$(RUN) ensemble -c $(COMPETITION) --method $(METHOD) $(if $(FORCE),--force) $(COMP_ARGS)
 
 # --- Kaggle bundle ----------------------------------------------------------------------------------
 KAGGLE_USER ?=

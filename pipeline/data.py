@@ -31,7 +31,8 @@ def _read_csv(path: Path, key: str, id_col: str) -> pd.DataFrame:
     return df
 
 
-def _examples(values, n: int = 5) -> str:
+def examples(values, n: int = 5) -> str:
+    """The first n values, comma-separated, and how many more: for error messages."""
     values = list(values)
     more = f" and {len(values) - n} more" if len(values) > n else ""
     return ", ".join(map(str, values[:n])) + more
@@ -61,15 +62,15 @@ def read_train(comp: Competition) -> pd.DataFrame:
     ids = df[comp.id_col]
     if ids.isna().any():
         rows = (np.flatnonzero(ids.isna()) + 2).tolist()  # +2: header line and 1-based lines
-        raise DataError(f"{path}: empty id in line(s) {_examples(rows)}")
+        raise DataError(f"{path}: empty id in line(s) {examples(rows)}")
     dup = ids[ids.duplicated(keep=False)].unique()
     if len(dup):
-        raise DataError(f"{path}: {len(dup)} duplicate id(s) in column '{comp.id_col}': {_examples(dup)}")
+        raise DataError(f"{path}: {len(dup)} duplicate id(s) in column '{comp.id_col}': {examples(dup)}")
     for col in wanted:
         empty = df[col].isna()
         if empty.any():
             bad = ids[empty].tolist()
-            raise DataError(f"{path}: empty value in column '{col}' for {empty.sum()} row(s), ids {_examples(bad)}")
+            raise DataError(f"{path}: empty value in column '{col}' for {empty.sum()} row(s), ids {examples(bad)}")
     if comp.task == "multilabel":
         for col in comp.target_cols:
             values = set(pd.unique(df[col]))
@@ -79,7 +80,7 @@ def read_train(comp: Competition) -> pd.DataFrame:
         numeric = pd.to_numeric(df[comp.target], errors="coerce")
         if numeric.isna().any():
             bad = ids[numeric.isna()].tolist()
-            raise DataError(f"{path}: ordinal target '{comp.target}' must be numeric; ids {_examples(bad)} are not")
+            raise DataError(f"{path}: ordinal target '{comp.target}' must be numeric; ids {examples(bad)} are not")
     if comp.group_col:
         df[comp.group_col] = df[comp.group_col].astype(str)
     if comp.task in ("binary", "multiclass"):
@@ -93,7 +94,7 @@ def read_sample(comp: Competition) -> pd.DataFrame:
     df = _read_csv(path, "sample_submission", comp.id_col)
     dup = df[comp.id_col][df[comp.id_col].duplicated()].unique()
     if len(dup):
-        raise DataError(f"{path}: {len(dup)} duplicate id(s): {_examples(dup)}")
+        raise DataError(f"{path}: {len(dup)} duplicate id(s): {examples(dup)}")
     return df
 
 

@@ -37,6 +37,7 @@ the fold-averaged expected value cut at the fold-averaged thresholds.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import dataclass, field
 from functools import partial
@@ -49,8 +50,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 from tqdm import tqdm
 
-from pipeline.config import Competition, ConfigError
-from pipeline.data import DataError, _examples, class_names, encode_targets, read_sample, read_train
+from pipeline.config import Competition, ConfigError, config_hash
+from pipeline.data import DataError, examples, class_names, encode_targets, read_sample, read_train
 from pipeline.io import file_md5, write_json, write_text
 from pipeline.metrics import GREATER_IS_BETTER, apply_thresholds, fit_thresholds, is_better, score
 
@@ -745,14 +746,14 @@ def read_answers(comp: Competition, classes: list[str], test_ids: list[str]) -> 
     df = df.drop_duplicates(comp.id_col).set_index(comp.id_col)
     lacking = pd.Index(test_ids).difference(df.index)
     if len(lacking):
-        raise DataError(f"{path}: no answer for {len(lacking)} test id(s): {_examples(lacking)}")
+        raise DataError(f"{path}: no answer for {len(lacking)} test id(s): {examples(lacking)}")
     df = df.loc[test_ids].reset_index()
     if comp.task != "multilabel":
         values = df[comp.target]
         labels = [str(v) for v in pd.to_numeric(values)] if comp.task == "ordinal" else values.astype(str).tolist()
         unknown = sorted(set(labels) - set(classes))
         if unknown:
-            raise DataError(f"{path}: label(s) {_examples(unknown)} are not classes {_examples(classes, 12)}")
+            raise DataError(f"{path}: label(s) {examples(unknown)} are not classes {examples(classes, 12)}")
     return encode_targets(comp, df, classes)
 
 
@@ -812,13 +813,36 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
     return "\n".join(lines), report
 
 
+def ensemble_inputs(comp: Competition, method: str, stacking: str | Path, folds_path: str | Path) -> dict:
+    """What a blend depends on: the method, the competition config, and the md5 of every input file."""
+    stacking = Path(stacking)
+    files = sorted(p for p in stacking.iterdir() if p.is_file()) if stacking.is_dir() else []
+    answers = Path(comp.answers) if comp.answers is not None else None
+    md5 = {str(p): file_md5(p) for p in [Path(folds_path), comp.train_csv_path, comp.sample_submission_path,
+                                         *([answers] if answers and answers.is_file() else []), *files]
+           if p.is_file()}
+    return {"method": method, "competition": config_hash(comp), "md5": md5}
+
+
 def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path = "stacking",
-                 folds_path: str | Path = "folds/folds.csv", out: str | Path = "submissions") -> dict:
-    """The stage: blend, score honestly, pick, validate and write the submission and cv.md/cv.json."""
+                 folds_path: str | Path = "folds/folds.csv", out: str | Path = "submissions",
+                 force: bool = False) -> dict:
+    """The stage: blend, score honestly, pick, validate and write the submission and cv.md/cv.json.
+
+    When cv.json records the same inputs (method, config, md5 of every table) and the submission is
+    there, nothing is redone (no new history file); `force` reruns."""
     from pipeline.submission import archive_submission, infer_format, make_submission, write_submission
     from pipeline.tables import write_table
 
     names = candidate_names(method, comp.metric)
+    out = Path(out)
+    inputs = ensemble_inputs(comp, method, stacking, folds_path)
+    if not force and (out / "cv.json").is_file() and (out / "submission.csv").is_file():
+        previous = json.loads((out / "cv.json").read_text())
+        if previous.get("inputs") == inputs:
+            print(f"{out / 'submission.csv'}: inputs unchanged since the last ensemble (chosen: "
+                  f"{previous.get('chosen')}); skipping. `--force` (make ensemble FORCE=1) reruns it")
+            return previous
     level1 = load_level1(comp, stacking, folds_path)
     task, metric, C = comp.task, comp.metric, len(level1.classes)
     sample = read_sample(comp)
@@ -855,7 +879,6 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
     for b in blends:
         if best is None or is_better(metric, b.cv, best.cv):
             best = b
-    out = Path(out)
     df = make_submission(fmt, sample, level1.classes, level1.test_ids, best.test)
     path = write_submission(out / "submission.csv", df, fmt, sample, level1.classes, task)
     history = archive_submission(path, out / "history", best.name, best.cv)
@@ -867,6 +890,7 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
     submission = {"submission": str(path), "history": str(history), "format": fmt.kind,
                   "blend_test_table": str(blend_table), "submission_test": _num(best.test_score)}
     text, report = build_report(comp, level1, model_rows, blends, errors, best.name, y_test is not None, submission)
+    report["inputs"] = inputs
     write_text(out / "cv.md", text)
     write_json(out / "cv.json", report)
     print(text)
@@ -881,7 +905,8 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
 def cmd_ensemble(args: argparse.Namespace) -> None:
     from pipeline.cli import _competition
 
-    run_ensemble(_competition(args), method=args.method, stacking=args.stacking, folds_path=args.folds, out=args.out)
+    run_ensemble(_competition(args), method=args.method, stacking=args.stacking, folds_path=args.folds, out=args.out,
+                 force=args.force)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -902,6 +927,7 @@ def add_commands(sub) -> None:
     p.add_argument("--stacking", default="stacking", help="folder of <model>.oof.csv and <model>.test.csv")
     p.add_argument("--folds", default="folds/folds.csv")
     p.add_argument("--out", default="submissions", help="output folder")
+    p.add_argument("--force", action="store_true", help="rerun even when the inputs are unchanged")
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("validate", help="check a submission CSV against sample_submission.csv")

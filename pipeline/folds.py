@@ -26,7 +26,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from tqdm import tqdm
 
 from pipeline.config import Competition, config_hash
-from pipeline.data import DataError, _examples, read_sample, read_train
+from pipeline.data import DataError, examples, read_sample, read_train
 from pipeline.io import file_md5, write_csv, write_json
 
 ORDINAL_MAX_STRATA = 20
@@ -186,10 +186,10 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
     if scan.missing:
         raise DataError(
             f"{len(scan.missing)} train image(s) missing (competition key 'train_images' = "
-            f"{comp.train_images!r}): {_examples(scan.missing)}"
+            f"{comp.train_images!r}): {examples(scan.missing)}"
         )
     if scan.unreadable:
-        raise DataError(f"{len(scan.unreadable)} train image(s) cannot be decoded: {_examples(scan.unreadable)}")
+        raise DataError(f"{len(scan.unreadable)} train image(s) cannot be decoded: {examples(scan.unreadable)}")
 
     y = strata(comp, train)
     check_rare(comp, y)

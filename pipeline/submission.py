@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Competition, ConfigError
-from pipeline.data import DataError, _examples
+from pipeline.data import DataError, examples
 from pipeline.io import write_csv, write_text
 
 ROW_SUM_TOLERANCE = 1e-3
@@ -106,7 +106,7 @@ def make_submission(
     order = sample[fmt.id_col].astype(str).tolist()
     missing = [i for i in order if i not in frame.index]
     if missing:
-        raise SubmissionError(f"no prediction for {len(missing)} sample id(s): {_examples(missing)}")
+        raise SubmissionError(f"no prediction for {len(missing)} sample id(s): {examples(missing)}")
     p = frame.loc[order].to_numpy()
     out = pd.DataFrame({fmt.id_col: order})
     if fmt.kind == "labels":
@@ -144,13 +144,13 @@ def check_submission(
         reasons.append(f"wrong row count: {len(df)} rows, the sample has {len(expected)}")
     dup = ids[ids.duplicated()].unique()
     if len(dup):
-        reasons.append(f"{len(dup)} duplicated id(s): {_examples(dup)}")
+        reasons.append(f"{len(dup)} duplicated id(s): {examples(dup)}")
     missing = expected.difference(pd.Index(ids))
     if len(missing):
-        reasons.append(f"{len(missing)} id(s) of the sample missing: {_examples(missing)}")
+        reasons.append(f"{len(missing)} id(s) of the sample missing: {examples(missing)}")
     extra = pd.Index(ids.unique()).difference(expected)
     if len(extra):
-        reasons.append(f"{len(extra)} id(s) not in the sample: {_examples(extra)}")
+        reasons.append(f"{len(extra)} id(s) not in the sample: {examples(extra)}")
 
     value_cols = [c for c in fmt.value_cols if c in text.columns]
     if fmt.kind == "labels":
@@ -158,34 +158,34 @@ def check_submission(
             bad = ~text[col].isin(classes)
             if bad.any():
                 reasons.append(
-                    f"column '{col}': {bad.sum()} value(s) not a known class ({_examples(text[col][bad].unique())}); "
-                    f"classes are {_examples(classes, 12)}"
+                    f"column '{col}': {bad.sum()} value(s) not a known class ({examples(text[col][bad].unique())}); "
+                    f"classes are {examples(classes, 12)}"
                 )
         return reasons
     if fmt.kind == "multilabel_labels":
         for col in value_cols:
             bad = ~text[col].isin(["0", "1"])
             if bad.any():
-                reasons.append(f"column '{col}': {bad.sum()} value(s) not 0 or 1 ({_examples(text[col][bad].unique())})")
+                reasons.append(f"column '{col}': {bad.sum()} value(s) not 0 or 1 ({examples(text[col][bad].unique())})")
         return reasons
     values = pd.DataFrame({c: pd.to_numeric(text[c].str.strip(), errors="coerce") for c in value_cols})
     for col in value_cols:
         v = values[col].to_numpy(dtype=np.float64)
         nan, inf = np.isnan(v), np.isinf(v)
         if nan.any():
-            reasons.append(f"column '{col}': {nan.sum()} NaN, empty or non-numeric value(s), ids {_examples(ids[nan])}")
+            reasons.append(f"column '{col}': {nan.sum()} NaN, empty or non-numeric value(s), ids {examples(ids[nan])}")
         if inf.any():
-            reasons.append(f"column '{col}': {inf.sum()} infinite value(s), ids {_examples(ids[inf])}")
+            reasons.append(f"column '{col}': {inf.sum()} infinite value(s), ids {examples(ids[inf])}")
         out = np.isfinite(v) & ((v < 0) | (v > 1))
         if out.any():
-            reasons.append(f"column '{col}': {out.sum()} probability(ies) outside [0, 1], ids {_examples(ids[out])}")
+            reasons.append(f"column '{col}': {out.sum()} probability(ies) outside [0, 1], ids {examples(ids[out])}")
     if fmt.kind == "class_probabilities" and task != "multilabel" and len(value_cols) == len(fmt.value_cols):
         sums = values.to_numpy(dtype=np.float64).sum(axis=1)
         off = np.isfinite(sums) & (np.abs(sums - 1.0) > ROW_SUM_TOLERANCE)
         if off.any():
             reasons.append(
                 f"{off.sum()} row(s) whose class probabilities do not sum to 1 (tolerance {ROW_SUM_TOLERANCE}), "
-                f"ids {_examples(ids[off])}"
+                f"ids {examples(ids[off])}"
             )
     return reasons
 

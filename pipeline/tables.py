@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.data import DataError, _examples
+from pipeline.data import DataError, examples
 from pipeline.io import write_csv, write_json
 
 
@@ -72,19 +72,19 @@ def read_table(
     ids = df[id_col]
     dup = ids[ids.duplicated()].unique()
     if len(dup):
-        raise TableError(f"{path}: {len(dup)} repeated id(s): {_examples(dup)}")
+        raise TableError(f"{path}: {len(dup)} repeated id(s): {examples(dup)}")
     values = df[classes].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
-        raise TableError(f"{path}: NaN, Inf or non-numeric values in {bad.sum()} row(s), ids {_examples(ids[bad])}")
+        raise TableError(f"{path}: NaN, Inf or non-numeric values in {bad.sum()} row(s), ids {examples(ids[bad])}")
     if expected_ids is not None:
         expected = pd.Index(list(map(str, expected_ids)))
         lacking = expected.difference(ids)
         extra = pd.Index(ids).difference(expected)
         if len(lacking) or len(extra):
             raise TableError(
-                f"{path}: ids do not match: {len(lacking)} missing ({_examples(lacking)}), "
-                f"{len(extra)} unexpected ({_examples(extra)})"
+                f"{path}: ids do not match: {len(lacking)} missing ({examples(lacking)}), "
+                f"{len(extra)} unexpected ({examples(extra)})"
             )
     if folds_md5 is not None:
         made_with = read_meta(path).get("folds_md5")

@@ -374,6 +374,16 @@ def test_cli_end_to_end(tmp_path):
     assert history[0].read_text() == (sub / "submission.csv").read_text()
     validate_file(sub / "submission.csv", comp)  # raises if invalid
 
+    # unchanged inputs: nothing redone, no new history file; --force or another method reruns
+    again = run_cli("ensemble", "-c", "competition.yaml", cwd=tmp_path)
+    assert "inputs unchanged" in again.stdout and len(list((sub / "history").glob("*.csv"))) == 1
+    assert json.loads((sub / "cv.json").read_text()) == report
+    assert "inputs unchanged" not in run_cli("ensemble", "-c", "competition.yaml", "--force", cwd=tmp_path).stdout
+    assert "inputs unchanged" not in run_cli("ensemble", "-c", "competition.yaml", "--method", "mean",
+                                             cwd=tmp_path).stdout
+    assert len(list((sub / "history").glob("*.csv"))) == 3
+    run_cli("ensemble", "-c", "competition.yaml", cwd=tmp_path)  # back to auto, for the checks below
+
     ok = run_cli("validate", "submissions/submission.csv", "-c", "competition.yaml", cwd=tmp_path)
     assert "valid" in ok.stdout
     bad = pd.read_csv(sub / "submission.csv", dtype=str)
