@@ -127,7 +127,18 @@ class ImageCache:
 
     @property
     def nbytes(self) -> int:
-        return int(self.offsets[-1])
+        return int(self.offsets[-1] - self.offsets[0])
+
+    def split(self, n: int) -> tuple["ImageCache", "ImageCache"]:
+        """Images [0, n) and [n, len): views on the same buffer, no copy."""
+        return self._view(0, n), self._view(n, len(self))
+
+    def _view(self, start: int, stop: int) -> "ImageCache":
+        view = object.__new__(ImageCache)
+        view.buffer, view.seconds = self.buffer, self.seconds
+        view.shapes, view.offsets = self.shapes[start:stop], self.offsets[start : stop + 1]
+        view.errors = {i - start: e for i, e in self.errors.items() if start <= i < stop}
+        return view
 
     def __len__(self) -> int:
         return len(self.shapes)

@@ -414,10 +414,10 @@ def train_fold(
         if main:
             print(f"{out}: resuming after epoch {epoch} of {total_epochs}")
 
-    train_cache = maybe_cache(cfg.cache_images, data.train_paths, cfg.in_chans, cfg.bad_images,
-                              f"{model_name} fold{fold} train", verbose=main)
-    val_cache = maybe_cache(cfg.cache_images, data.val_paths, cfg.in_chans, cfg.bad_images,
-                            f"{model_name} fold{fold} val", verbose=main)
+    # One decision for the fold's images (train + val) against the cache budget, one decoding pass.
+    cache = maybe_cache(cfg.cache_images, data.train_paths + data.val_paths, cfg.in_chans, cfg.bad_images,
+                        f"{model_name} fold{fold}", verbose=main)
+    train_cache, val_cache = cache.split(len(data.train_paths)) if cache is not None else (None, None)
     val_ds = ImageDataset(data.val_paths, None, None, cfg.in_chans, cfg.bad_images, val_cache)
     board = open_tensorboard(out, log_rows, comp.metric) if cfg.tensorboard and main else None
     n_bad = nan_steps = 0

@@ -73,3 +73,15 @@ def test_cache_setting_auto_true_false(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "over the auto limit" in out and "cache_images=true" in out
     assert maybe_cache(True, paths, 1, "fail", "x") is not None  # true forces it
+
+
+def test_split_gives_views_on_one_buffer(tmp_path):
+    paths = write_images(tmp_path, n=10)
+    paths[7].write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    cache = ImageCache(paths, 1, bad_images="skip")
+    head, tail = cache.split(6)
+    assert (len(head), len(tail)) == (6, 4) and head.nbytes + tail.nbytes == cache.nbytes
+    assert all(np.array_equal(tail[i], cache[6 + i]) for i in (0, 2, 3))
+    assert np.shares_memory(tail[0], cache.buffer)
+    with pytest.raises(BadImage, match="7.png"):
+        tail[1]
