@@ -633,8 +633,8 @@ def _combine_tests(learners: list, X_test: np.ndarray, task: str) -> np.ndarray:
     return _finish(task, np.mean([est.predict_proba(X_test) for est in learners], axis=0))
 
 
-def nested_cv(estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray, X_test: np.ndarray | None = None):
-    """Fit on the other folds, predict each held-out fold; -> (oof (n, C), test (t, C) or None, learners)."""
+def nested_cv(estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray):
+    """Fit on the other folds, predict each held-out fold; -> (oof (n, C), the fold-wise learners)."""
     X, y, fold = np.asarray(X, dtype=np.float64), np.asarray(y), np.asarray(fold)
     oof, learners = None, []
     for k in np.unique(fold):
@@ -645,19 +645,18 @@ def nested_cv(estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray, X_test:
             oof = np.zeros((len(X), p.shape[1]))
         oof[held] = p
         learners.append(est)
-    task = getattr(estimator, "task", "multiclass")  # Thresholded (ordinal) has none and needs none
-    test = None if X_test is None else _combine_tests(learners, np.asarray(X_test, dtype=np.float64), task)
-    return oof, test, learners
+    return oof, learners
 
 
 def evaluate_blend(name: str, estimator, X, y, fold, X_test, metric: str, task: str) -> BlendResult:
     """Honest CV of one blend: nested for learned blends, one pass over all rows otherwise."""
     learned = bool(getattr(estimator, "learned", False))
     if learned:
-        oof, test, learners = nested_cv(estimator, X, y, fold, X_test)
+        oof, learners = nested_cv(estimator, X, y, fold)
     else:
         est = clone(estimator).fit(X, y)
-        oof, test, learners = est.predict_proba(X), est.predict_proba(X_test), [est]
+        oof, learners = est.predict_proba(X), [est]
+    test = blend_test_prediction(learned, learners, X_test, task)
     return BlendResult(name, learned, oof, test, score(metric, task, y, oof),
                        fold_scores(metric, task, y, oof, fold), learners)
 
@@ -882,11 +881,11 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
     df = make_submission(fmt, sample, level1.classes, level1.test_ids, best.test)
     path = write_submission(out / "submission.csv", df, fmt, sample, level1.classes, task)
     history = archive_submission(path, out / "history", best.name, best.cv)
+    meta = {"method": best.name, "cv": _num(best.cv), "metric": metric, "folds_md5": file_md5(folds_path)}
     blend_table = write_table(out / "blend.test.csv", level1.test_ids, best.test, level1.classes, comp.id_col,
-                              meta={"method": best.name, "cv": _num(best.cv), "metric": metric,
-                                    "folds_md5": file_md5(folds_path), "models": level1.models})
+                              meta={**meta, "models": level1.models})
     write_table(out / "blend.oof.csv", level1.train_ids, best.oof, level1.classes, comp.id_col,  # for `make report`
-                meta={"method": best.name, "cv": _num(best.cv), "metric": metric, "folds_md5": file_md5(folds_path)})
+                meta=meta)
     submission = {"submission": str(path), "history": str(history), "format": fmt.kind,
                   "blend_test_table": str(blend_table), "submission_test": _num(best.test_score)}
     text, report = build_report(comp, level1, model_rows, blends, errors, best.name, y_test is not None, submission)

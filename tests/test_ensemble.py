@@ -173,7 +173,7 @@ def test_nested_cv_is_worse_than_in_sample_on_noise(name):
     fold = np.arange(n) % 3
     est = ens.make_blend(name, "multiclass", C, "accuracy")
     in_sample = score("accuracy", "multiclass", y, clone(est).fit(X, y).predict_proba(X))
-    oof, _, learners = ens.nested_cv(est, X, y, fold)
+    oof, learners = ens.nested_cv(est, X, y, fold)
     nested = score("accuracy", "multiclass", y, oof)
     assert len(learners) == 3
     assert nested < in_sample - 0.1, (nested, in_sample)
@@ -187,10 +187,10 @@ def test_held_out_labels_never_reach_their_predictions(name):
     X = ens.stack(np.stack([_noisy(rng, y, 3, s) for s in (0.5, 1.0, 2.0)]))
     fold = np.arange(90) // 30
     est = ens.make_blend(name, "ordinal" if "thr" in name else "multiclass", 3, "qwk" if "thr" in name else "accuracy")
-    oof, _, _ = ens.nested_cv(est, X, y, fold)
+    oof, _ = ens.nested_cv(est, X, y, fold)
     y2 = y.copy()
     y2[fold == 0] = (y2[fold == 0] + 1) % 3  # change only fold 0's labels
-    oof2, _, _ = ens.nested_cv(est, X, y2, fold)
+    oof2, _ = ens.nested_cv(est, X, y2, fold)
     assert np.array_equal(oof[fold == 0], oof2[fold == 0])  # fold 0 is predicted without its labels
     assert not np.array_equal(oof[fold != 0], oof2[fold != 0])  # ...which the other folds did learn from
 
@@ -201,7 +201,8 @@ def test_fold_averaged_test_prediction():
     X = ens.stack(np.stack([_noisy(rng, y, 3, 1.0) for _ in range(2)]))
     X_test = ens.stack(rng.dirichlet(np.ones(3), size=(2, 7)))
     est = ens.make_blend("logreg", "multiclass", 3, "accuracy")
-    _, test, learners = ens.nested_cv(est, X, y, np.arange(60) % 3, X_test)
+    res = ens.evaluate_blend("logreg", est, X, y, np.arange(60) % 3, X_test, "accuracy", "multiclass")
+    test, learners = res.test, res.learners
     assert np.allclose(test, np.mean([e.predict_proba(X_test) for e in learners], axis=0))
 
 
