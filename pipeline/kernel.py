@@ -105,27 +105,33 @@ def run_kernel(bundle: str | Path, data_dir: str | Path, out: str | Path, work_d
         loader = make_loader(ds, cfg.batch_size * 2, cfg.num_workers, dev=dev)
         dtype = amp_dtype(cfg.amp, dev)
 
-        def one_view(view, models=models, loader=loader, dtype=dtype, cfg=cfg, n=len(ds)):
+        def some_views(views, models=models, loader=loader, dtype=dtype, cfg=cfg, n=len(ds)):
+            """{view: logits (folds, 1, n, C)}, reading each image once for all `views`; and the seconds."""
             t0 = time.monotonic()
-            logits = tta_logits(models, loader, [get_view(view)], dev, dtype, cfg.channels_last, n)
-            return logits, time.monotonic() - t0
+            logits = tta_logits(models, loader, [get_view(v) for v in views], dev, dtype, cfg.channels_last, n)
+            return {v: logits[:, i : i + 1] for i, v in enumerate(views)}, time.monotonic() - t0
 
         views = cfg_data["tta"]
-        logits, seconds = one_view(views[0])
-        states[entry["name"]] = {"views": views, "logits": {views[0]: logits}, "one_view": one_view,
+        logits, seconds = some_views(views[:1])
+        states[entry["name"]] = {"views": views, "logits": logits, "some_views": some_views,
                                  "seconds": seconds, "merge": cfg_data["tta_merge"]}
         print(f"  {entry['name']}: view {views[0]} x {len(models)} fold(s) in {seconds:.1f}s")
 
     dropped = []
     for name, st in states.items():  # pass 2: further views while the clock allows
-        for view in st["views"][1:]:
+        remaining = st["views"][1:]
+        elapsed = time.monotonic() - start
+        if remaining and (budget is None or elapsed + 1.2 * st["seconds"] * len(remaining) <= budget):
+            st["logits"].update(st["some_views"](remaining)[0])  # all of them fit: one pass over the images
+            remaining = []
+        for view in remaining:  # else view by view, while each still fits
             elapsed = time.monotonic() - start
-            if budget is not None and elapsed + 1.2 * st["seconds"] > budget:
+            if elapsed + 1.2 * st["seconds"] > budget:
                 dropped.append(f"{name}:{view}")
                 print(f"  warning: dropping TTA view {view} of {name} ({elapsed:.0f}s spent of {budget:.0f}s)")
                 continue
-            st["logits"][view], _ = st["one_view"](view)
-        st.pop("one_view")
+            st["logits"].update(st["some_views"]([view])[0])
+        st.pop("some_views")
 
     tables = work / "stacking"
     P = []
