@@ -12,6 +12,7 @@ Writes <out>/bench.json and docs/benchmarks.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ import pandas as pd
 import torch
 import yaml
 
+from pipeline.infer import amp_dtype, autocast, device
 from pipeline.io import write_json, write_text
 
 BENCH_MODELS = {
@@ -42,14 +44,10 @@ class _Trainer:
     """One training step of `model` on a batch, timed to the end of its device work."""
 
     def __init__(self, model, dev: torch.device):
-        from pipeline.infer import amp_dtype
-
         self.model, self.dev, self.dtype = model.to(dev).train(), dev, amp_dtype("auto", dev)
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def __call__(self, x, y) -> float:
-        from pipeline.infer import autocast
-
         t0 = time.perf_counter()
         x, y = x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
         with autocast(self.dev, self.dtype):
@@ -74,7 +72,6 @@ def data_path(data_dir: Path, backbone: str, batch: int, steps: int, rounds: int
     The efficiency is model-only time over pipeline time for the same number of images.
     """
     from pipeline.augment import build_transform
-    from pipeline.infer import device
     from pipeline.loader import EpochSampler, ImageCache, ImageDataset, make_loader, resolve_workers
     from pipeline.models import ModelConfig, build_model
 
@@ -151,7 +148,6 @@ def data_path(data_dir: Path, backbone: str, batch: int, steps: int, rounds: int
 @torch.inference_mode()
 def inference(backbone: str, batch: int, reps: int) -> dict[str, float]:
     """Images/s per TTA view: forward passes on the default device with the default autocast."""
-    from pipeline.infer import amp_dtype, autocast, device
     from pipeline.models import ModelConfig, build_model
     from pipeline.tta import expand, get_view
 
@@ -186,11 +182,12 @@ def _cli(*args: str, cwd: Path) -> str:
 
 def quality(work: Path, n_train: int, n_test: int, n_folds: int) -> dict:
     """The whole pipeline on a Fashion-MNIST subset in its own folder."""
+    from pipeline.augment import eval_transform
     from pipeline.config import load_competition
+    from pipeline.data import class_names, read_sample, read_train
     from pipeline.demo import write_fashion_mnist
     from pipeline.ensemble import read_answers
-    from pipeline.infer import amp_dtype, device, predict_logits, to_proba
-    from pipeline.augment import eval_transform
+    from pipeline.infer import predict_logits, to_proba
     from pipeline.loader import ImageDataset, make_loader
     from pipeline.train import load_fold_model
 
@@ -215,14 +212,11 @@ def quality(work: Path, n_train: int, n_test: int, n_folds: int) -> dict:
     report = json.loads((work / "submissions" / "cv.json").read_text())
 
     # The best single fold's official test accuracy (no TTA): what one model alone would score.
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
+    with contextlib.chdir(work):
         comp = load_competition("competition.yaml")
-        sample = pd.read_csv(comp.sample_submission_path, dtype=str)
-        classes = sorted(pd.read_csv(comp.train_csv_path, dtype=str).label.unique())
-        y_test = read_answers(comp, classes, sample.image_id.tolist())
-        paths = [comp.image_path("test", i) for i in sample.image_id]
+        test_ids = read_sample(comp)[comp.id_col].tolist()
+        y_test = read_answers(comp, class_names(comp, read_train(comp)), test_ids)
+        paths = [comp.image_path("test", i) for i in test_ids]
         dev, fold_acc = device(), {}
         for name in BENCH_MODELS:
             for k in range(n_folds):
@@ -232,8 +226,6 @@ def quality(work: Path, n_train: int, n_test: int, n_folds: int) -> dict:
                 logits = predict_logits(model, loader, dev, amp_dtype("auto", dev), False, len(paths))
                 proba = to_proba(logits, comp.task)
                 fold_acc[f"{name}/fold{k}"] = float((proba.argmax(1) == y_test).mean())
-    finally:
-        os.chdir(cwd)
     best_fold = max(fold_acc, key=fold_acc.get)
     return {"subset": {"train": n_train, "test": n_test, "folds": n_folds}, "recipe": BENCH_MODELS,
             "common": COMMON, "wall_s": wall, "cv_table": report, "fold_test_accuracy": fold_acc,
@@ -244,13 +236,9 @@ def blend_times(work: Path) -> list[dict]:
     from pipeline.config import load_competition
     from pipeline.ensemble import BLENDS, evaluate_blend, load_level1, make_blend, stack
 
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
+    with contextlib.chdir(work):
         comp = load_competition("competition.yaml")
         level1 = load_level1(comp)
-    finally:
-        os.chdir(cwd)
     X, X_test = stack(level1.oof), stack(level1.test)
     n_models, n, c = level1.oof.shape
     rows = []

@@ -51,7 +51,7 @@ def lr_range_test(comp: Competition, cfg, model_name: str, runs: str | Path = "r
     from pipeline.infer import amp_dtype, autocast, device
     from pipeline.loader import EpochSampler, ImageDataset, make_loader
     from pipeline.models import build_model, data_config
-    from pipeline.train import SAM, make_loss, make_optimizer, one_hot, seed_everything
+    from pipeline.train import SAM, make_loss, make_optimizer, one_hot, seed_everything, set_lr
 
     if not 0 < start < end:
         raise ConfigError(f"lr-find: need 0 < --start < --end, got {start} and {end}")
@@ -84,8 +84,8 @@ def lr_range_test(comp: Competition, cfg, model_name: str, runs: str | Path = "r
     model.train()
     bar = tqdm(total=n_steps, desc=f"lr-find {model_name}", leave=False)
     stopped = "reached the last lr"
+    sampler = EpochSampler(len(ds), cfg.seed)
     while step < n_steps:
-        sampler = EpochSampler(len(ds), cfg.seed)
         sampler.set_epoch(epoch)
         loader = make_loader(ds, cfg.batch_size, cfg.num_workers, sampler, generator_seed=cfg.seed + epoch, dev=dev)
         for x, t, _, _ in loader:
@@ -94,8 +94,7 @@ def lr_range_test(comp: Competition, cfg, model_name: str, runs: str | Path = "r
             if x is None:
                 continue
             lr = start * ratio**step
-            for g in opt.param_groups:  # keep the config's head/backbone ratio
-                g["lr"] = lr * g["base_lr"] / cfg.lr
+            set_lr(opt, lr / cfg.lr)  # keeps the config's head/backbone ratio
             x, t = x.to(dev), t.to(dev).float()
             with autocast(dev, dtype):
                 loss = loss_fn(model(x), t)

@@ -332,7 +332,7 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
         except (ValueError, AttributeError, TypeError) as e:
             plt.close(fig)
             return None, f"Grad-CAM not available for {model_name}: {e}"
-        shown = tf(image=img)["image"].numpy()
+        shown = x[0].numpy()  # grad_cam works on its own copy
         shown = (shown - shown.min()) / max(float(shown.max() - shown.min()), 1e-8)
         shown = shown[0] if shown.shape[0] == 1 else shown.transpose(1, 2, 0)
         _show(axes[0, j], shown)
