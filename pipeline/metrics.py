@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, log_loss, roc_auc_score
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 EPS = 1e-7
 
@@ -25,12 +25,18 @@ def accuracy(task: str, y: np.ndarray, proba: np.ndarray) -> float:
     return float(accuracy_score(y, _labels(task, proba)))
 
 
-def logloss(task: str, y: np.ndarray, proba: np.ndarray) -> float:
-    p = np.clip(proba, EPS, 1 - EPS)
+def row_logloss(task: str, y: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Log loss of every row: probabilities clipped to [EPS, 1 - EPS], single-label rows renormalised;
+    multilabel rows average their labels' binary log losses."""
+    p = np.clip(np.asarray(proba, dtype=np.float64), EPS, 1 - EPS)
     if task == "multilabel":
-        return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(axis=1)
     p = p / p.sum(axis=1, keepdims=True)
-    return float(log_loss(y, p, labels=np.arange(proba.shape[1])))
+    return -np.log(p[np.arange(len(y)), np.asarray(y, dtype=int)])
+
+
+def logloss(task: str, y: np.ndarray, proba: np.ndarray) -> float:
+    return float(row_logloss(task, y, proba).mean())
 
 
 def f1_macro(task: str, y: np.ndarray, proba: np.ndarray) -> float:
@@ -55,7 +61,8 @@ def auc(task: str, y: np.ndarray, proba: np.ndarray) -> float:
 
 
 def qwk(task: str, y: np.ndarray, proba: np.ndarray) -> float:
-    return float(cohen_kappa_score(y, proba.argmax(axis=1), weights="quadratic"))
+    """Quadratic weighted kappa of the argmax class over the full class range (see quadratic_kappa)."""
+    return quadratic_kappa(y, proba.argmax(axis=1), proba.shape[1])
 
 
 METRICS: dict[str, Callable[[str, np.ndarray, np.ndarray], float]] = {
@@ -78,11 +85,9 @@ def is_better(metric: str, new: float, old: float | None) -> bool:
     return new > old if GREATER_IS_BETTER[metric] else new < old
 
 
-# --- ordinal thresholds (used by the ensemble stage for metric qwk) -----------------------------
-
-
 def quadratic_kappa(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    """Quadratic weighted kappa over the full class range 0..n_classes-1 (fast; for threshold search)."""
+    """Quadratic weighted kappa over the full class range 0..n_classes-1: a class absent from both y and pred
+    still counts in the distances (sklearn's cohen_kappa_score would close the gap). 0 when undefined."""
     y, pred = np.asarray(y, dtype=int), np.asarray(pred, dtype=int)
     observed = np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
     expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / max(len(y), 1)
@@ -90,6 +95,9 @@ def quadratic_kappa(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     weights = (idx[:, None] - idx[None, :]) ** 2
     denominator = (weights * expected).sum()
     return float(1.0 - (weights * observed).sum() / denominator) if denominator > 0 else 0.0
+
+
+# --- ordinal thresholds (used by the ensemble stage for metric qwk) -----------------------------
 
 
 def apply_thresholds(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
