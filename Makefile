@@ -48,9 +48,11 @@ folds: $(STAMP) ## assign every training row to a validation fold -> folds/folds
 	$(RUN) folds -c $(COMPETITION) $(COMP_ARGS)
 
 # --- training -----------------------------------------------------------------------------------
-# One target per model x fold: runs/<model>/fold<k>/done.json. The CLI skips a fold whose done.json
-# holds the same config and folds hashes, so Make always asks it (FORCE) and `make -j` trains folds in
-# parallel. NPROC>1 runs each fold with DDP through torchrun.
+# One target per model x fold: runs/<model>/fold<k>/done.json. `plan` (one Python process, no torch)
+# lists the folds whose done.json does not hold the stamp the current config, ARGS and folds.csv give,
+# and says why; Make then trains only those (FORCE: the stamp, not a file date, decides), `-j` running
+# folds in parallel. When every fold is done nothing else starts. NPROC>1 runs each fold with DDP
+# through torchrun.
 MODELS ?=
 MODEL  ?=
 FOLD   ?=
@@ -59,8 +61,10 @@ TRAIN  = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc
 
 PSEUDO ?=
 train-all: folds ## train every model x fold not done yet (MODELS="a b" limits, NPROC=n DDP, -j parallel folds, PSEUDO=folds/pseudo.csv a pseudo round)
-	@targets=$$($(RUN) plan -c $(COMPETITION) --models "$(MODELS)" $(if $(PSEUDO),--pseudo)) || exit 1; \
-	$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $$targets COMPETITION=$(COMPETITION) ARGS="$(ARGS)" NPROC=$(NPROC) PSEUDO=$(PSEUDO)
+	@targets=$$($(RUN) plan -c $(COMPETITION) --models "$(MODELS)" $(if $(PSEUDO),--pseudo $(PSEUDO)) $(ARGS)) || exit 1; \
+	if [ -n "$$targets" ]; then \
+	  $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $$targets COMPETITION=$(COMPETITION) ARGS="$(ARGS)" NPROC=$(NPROC) PSEUDO=$(PSEUDO); \
+	fi
 
 run_model = $(patsubst %/,%,$(dir $*))
 runs/%/done.json: FORCE

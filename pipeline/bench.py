@@ -145,31 +145,28 @@ def data_path(data_dir: Path, backbone: str, batch: int, steps: int, rounds: int
             "cache_mib": cache.nbytes / 2**20, "ratios": ratios}
 
 
-@torch.inference_mode()
-def inference(backbone: str, batch: int, reps: int) -> dict[str, float]:
-    """Images/s per TTA view: forward passes on the default device with the default autocast."""
-    from pipeline.models import ModelConfig, build_model
-    from pipeline.tta import expand, get_view
+def inference(data_dir: Path, backbone: str, batch: int, n_images: int = 1024) -> dict[str, float]:
+    """Images/s per TTA view through the one inference path (pipeline.infer.image_logits) on the default
+    device with the default autocast: up to n_images real images, decoded once into RAM beforehand, so
+    the number is the eval transform, batching and the model."""
+    from pipeline.infer import EvalSpec, image_logits
+    from pipeline.loader import ImageCache
+    from pipeline.models import ModelConfig, build_model, data_config
+    from pipeline.tta import expand
 
     dev = device()
-    dtype = amp_dtype("auto", dev)
-    model = build_model(ModelConfig(**{**COMMON, "backbone": backbone}), 10).to(dev).eval()
-    x = torch.randn(batch, 1, 32, 32, device=dev)
-
-    def run(view) -> None:
-        with autocast(dev, dtype):
-            model(view(x))
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
+    cfg = ModelConfig(**{**COMMON, "backbone": backbone, "batch_size": batch // 2, "num_workers": "auto"})
+    model = build_model(cfg, 10).to(dev).eval()
+    train = pd.read_csv(data_dir / "train.csv", dtype=str)
+    paths = [data_dir / "train" / f"{i}.png" for i in train.image_id[:n_images]]
+    cache = ImageCache(paths, 1)
+    spec = EvalSpec.of(cfg, data_config(cfg, model))
     out = {}
     for name in expand(["none", "hflip", "rot90", "scale:0.9"]):
-        view = get_view(name)
-        run(view)
+        image_logits([model], paths[:batch], spec, [name], dev, cache.split(batch)[0])  # warm-up
         t0 = time.perf_counter()
-        for _ in range(reps):
-            run(view)
-        out[name] = batch * reps / (time.perf_counter() - t0)
+        image_logits([model], paths, spec, [name], dev, cache)
+        out[name] = len(paths) / (time.perf_counter() - t0)
     return out
 
 
@@ -182,14 +179,10 @@ def _cli(*args: str, cwd: Path) -> str:
 
 def quality(work: Path, n_train: int, n_test: int, n_folds: int) -> dict:
     """The whole pipeline on a Fashion-MNIST subset in its own folder."""
-    from pipeline.augment import eval_transform
     from pipeline.config import load_competition
-    from pipeline.data import class_names, read_sample, read_train
+    from pipeline.data import class_names, read_answers, read_sample, read_train
     from pipeline.demo import write_fashion_mnist
-    from pipeline.ensemble import read_answers
-    from pipeline.infer import predict_logits, to_proba
-    from pipeline.loader import ImageDataset, make_loader
-    from pipeline.train import load_fold_model
+    from pipeline.infer import EvalSpec, image_logits, load_fold_model, to_proba
 
     work.mkdir(parents=True, exist_ok=True)
     data = work / "data" / "fmnist"
@@ -221,10 +214,8 @@ def quality(work: Path, n_train: int, n_test: int, n_folds: int) -> dict:
         for name in BENCH_MODELS:
             for k in range(n_folds):
                 model, cfg, ckpt = load_fold_model(Path("runs") / name / f"fold{k}", dev=dev)
-                tf = eval_transform(ckpt["data_config"], 1)
-                loader = make_loader(ImageDataset(paths, None, tf, 1, "fail"), 256, "auto", dev=dev)
-                logits = predict_logits(model, loader, dev, amp_dtype("auto", dev), False, len(paths))
-                proba = to_proba(logits, comp.task)
+                proba = to_proba(image_logits([model], paths, EvalSpec.of(cfg, ckpt["data_config"]), dev=dev)[0, 0],
+                                 comp.task)
                 fold_acc[f"{name}/fold{k}"] = float((proba.argmax(1) == y_test).mean())
     best_fold = max(fold_acc, key=fold_acc.get)
     return {"subset": {"train": n_train, "test": n_test, "folds": n_folds}, "recipe": BENCH_MODELS,
@@ -234,7 +225,9 @@ def quality(work: Path, n_train: int, n_test: int, n_folds: int) -> dict:
 
 def blend_times(work: Path) -> list[dict]:
     from pipeline.config import load_competition
-    from pipeline.ensemble import BLENDS, evaluate_blend, load_level1, make_blend, stack
+    from pipeline.blends import BLENDS, make_blend, stack
+    from pipeline.ensemble import evaluate_blend
+    from pipeline.tables import load_level1
 
     with contextlib.chdir(work):
         comp = load_competition("competition.yaml")
@@ -275,6 +268,8 @@ def markdown(res: dict) -> str:
         f"| PNG decode every epoch (`cache_images: false`) | {d['disk_img_s']:.0f} | {d['model_only_img_s']:.0f} | "
         f"{d['disk_efficiency']:.3f} |", "",
         "## 2. Inference (images/s per TTA view)", "",
+        "Through the one inference path (`pipeline.infer.image_logits`: eval transform, batches, the model) on "
+        "images decoded into RAM beforehand, so decode time is left out.", "",
         "| view | img/s |", "|---|---|",
         *[f"| {k} | {v:.0f} |" for k, v in res["inference"].items()], "",
     ]
@@ -320,25 +315,10 @@ def run_bench(out: Path, n_train: int, n_test: int, n_folds: int, steps: int, sk
         if not (data_dir / "train.csv").is_file():
             write_digits(data_dir)
     res["data_path"] = data_path(data_dir, "resnet18", 64, steps, epoch_images=epoch_images)
-    res["inference"] = inference("resnet18", 64, reps=max(3, steps // 4))
+    res["inference"] = inference(data_dir, "resnet18", 128, n_images=64 * max(4, steps))
     write_json(out / "bench.json", res)
     text = markdown(res)
     if docs is not None:
         write_text(docs, text)
     print(text)
     return res
-
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("bench", help="data-path efficiency, TTA img/s, Fashion-MNIST quality, blend fit times")
-    p.add_argument("--out", default="bench", help="working folder (its own data, folds, runs)")
-    p.add_argument("--n-train", type=int, default=3000, help="Fashion-MNIST training subset")
-    p.add_argument("--n-test", type=int, default=1000, help="Fashion-MNIST official test subset")
-    p.add_argument("--folds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=20, help="timed training steps per round for the data-path ratio")
-    p.add_argument("--epoch-images", type=int, default=48_000,
-                   help="data-path epochs repeat the training images to this length (a full Fashion-MNIST fold)")
-    p.add_argument("--skip-quality", action="store_true", help="only the speed measurements")
-    p.add_argument("--docs", default="docs/benchmarks.md", help="where the latest table goes ('' for nowhere)")
-    p.set_defaults(func=lambda a: run_bench(Path(a.out), a.n_train, a.n_test, a.folds, a.steps, a.skip_quality,
-                                            Path(a.docs) if a.docs else None, a.epoch_images))

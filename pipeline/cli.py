@@ -2,6 +2,9 @@
 
 Make targets are thin calls of these commands. Trailing `key=value` words override config keys.
 Errors the user can fix print one clear message and exit with status 2.
+
+This is the top floor: argparse and one small `cmd_*` function per command, which imports its stage
+lazily (so `check`, `plan` and `validate` start without torch). Nothing in the package imports it.
 """
 
 from __future__ import annotations
@@ -10,20 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_competition
+from pipeline.config import ConfigError, load_competition, open_competition
 from pipeline.data import DataError
 
 DEFAULT_COMPETITION = "configs/competition.yaml"
 
 
-def _competition(args: argparse.Namespace):
-    comp = load_competition(args.competition, args.overrides)
-    if comp.generator and not comp.data_dir.exists():
-        from pipeline.demo import GENERATORS
-
-        print(f"{comp.data_dir} is missing: writing the {comp.generator} demo competition")
-        GENERATORS[comp.generator](comp.data_dir)
-    return comp
+# --- data and folds --------------------------------------------------------------------------------
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -39,57 +35,81 @@ def cmd_fashion_mnist(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
-def cmd_folds(args: argparse.Namespace) -> None:
-    from pipeline.folds import make_folds
-
-    make_folds(_competition(args), out_dir=args.out, force=args.force, decode=not args.no_decode)
-
-
 def cmd_check(args: argparse.Namespace) -> None:
     from pipeline.data import read_sample, read_train
 
-    comp = _competition(args)
+    comp = open_competition(args.competition, args.overrides)
     train, sample = read_train(comp), read_sample(comp)
     print(f"{args.competition}: ok ({len(train)} train rows, {len(sample)} test rows, task {comp.task})")
 
 
-def _model_config(comp, model: str, overrides: list[str]):
-    from pipeline.models import load_model_config
+def cmd_folds(args: argparse.Namespace) -> None:
+    from pipeline.folds import make_folds
 
-    path = comp.models_dir / f"{model}.yaml"
-    return load_model_config(path, overrides), str(path)
+    make_folds(open_competition(args.competition, args.overrides), out_dir=args.out, force=args.force,
+               decode=not args.no_decode)
+
+
+def cmd_eda(args: argparse.Namespace) -> None:
+    from pipeline.eda import run_eda
+
+    run_eda(open_competition(args.competition, args.overrides), out=args.out, seed=args.seed, sample=args.sample)
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+
+def model_overrides(args: argparse.Namespace) -> list[str]:
+    return list(args.overrides) + ([f"pseudo={args.pseudo}"] if args.pseudo else [])
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from pipeline.models import load_model
+    from pipeline.runs import run_name
     from pipeline.train import TrainingError, train_fold
 
     comp = load_competition(args.competition)
-    overrides = list(args.overrides) + ([f"pseudo={args.pseudo}"] if args.pseudo else [])
-    cfg, source = _model_config(comp, args.model, overrides)
-    name = args.model + ("-pseudo" if cfg.pseudo else "")  # a pseudo round gets its own runs and tables
+    cfg, source = load_model(comp.models_dir, args.model, model_overrides(args))
     try:
-        train_fold(comp, cfg, name, args.fold, folds_path=args.folds, runs=args.runs,
+        train_fold(comp, cfg, run_name(args.model, cfg), args.fold, folds_path=args.folds, runs=args.runs,
                    rerun=args.rerun, source=source)
     except TrainingError as e:
         raise DataError(f"training {args.model} fold {args.fold} stopped: {e}") from None
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    """Print the done.json targets of every model x fold (Make runs them)."""
-    from pipeline.folds import read_folds
+    """Print the done.json targets of the model x folds still to train (Make runs them), and the plan."""
+    from pipeline.models import model_names
+    from pipeline.runs import plan_training
 
     comp = load_competition(args.competition)
-    models = args.models.split() if args.models else sorted(p.stem for p in comp.models_dir.glob("*.yaml"))
+    models = args.models.split() if args.models else model_names(comp.models_dir)
     if not models:
         raise ConfigError(f"no model configs in {comp.models_dir} (competition key 'models_dir')")
-    for m in models:
-        _model_config(comp, m, [])  # fail early, naming the file
-    folds = sorted(read_folds(args.folds, comp.id_col)["fold"].unique())
-    suffix = "-pseudo" if args.pseudo else ""
-    print(" ".join(f"{args.runs}/{m}{suffix}/fold{k}/done.json" for m in models for k in folds))
+    jobs = plan_training(comp, comp.models_dir, models, args.folds, args.runs, model_overrides(args))
+    todo = [j for j in jobs if j.reason is not None or args.all]
+    for run in dict.fromkeys(j.run for j in jobs):
+        mine = [j for j in jobs if j.run == run]
+        stale = [f"fold{j.fold} ({j.reason})" for j in mine if j.reason is not None]
+        print(f"plan: {run}: {len(mine) - len(stale)}/{len(mine)} folds done"
+              + (f"; to train: {', '.join(stale)}" if stale else ""), file=sys.stderr)
+    print(" ".join(j.target for j in todo))
 
 
-def _predict_overrides(overrides: list[str]) -> dict:
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    from pipeline.lr_find import lr_range_test
+    from pipeline.models import load_model
+
+    comp = open_competition(args.competition)
+    cfg, _ = load_model(comp.models_dir, args.model, args.overrides)
+    lr_range_test(comp, cfg, args.model, runs=args.runs, start=args.start, end=args.end, steps=args.steps,
+                  epochs=args.epochs, diverge=args.diverge)
+
+
+# --- predictions, blends, submissions -------------------------------------------------------------------
+
+
+def predict_overrides(overrides: list[str]) -> dict:
     from pipeline.config import parse_overrides
 
     values = parse_overrides(overrides)
@@ -102,7 +122,7 @@ def _predict_overrides(overrides: list[str]) -> dict:
 def cmd_predict(args: argparse.Namespace) -> None:
     from pipeline.predict import predict_all
 
-    values = _predict_overrides(args.overrides)
+    values = predict_overrides(args.overrides)
     models = args.models.split() or None
     if args.name and (not models or len(models) != 1):
         raise ConfigError("--name needs exactly one model in --models")
@@ -121,85 +141,216 @@ def cmd_pseudo(args: argparse.Namespace) -> None:
     write_pseudo(load_competition(args.competition), source, args.out, args.threshold, args.top_frac, args.soft)
 
 
-def _add_competition(p: argparse.ArgumentParser) -> None:
+def cmd_ensemble(args: argparse.Namespace) -> None:
+    from pipeline.ensemble import run_ensemble
+
+    run_ensemble(open_competition(args.competition, args.overrides), method=args.method, stacking=args.stacking,
+                 folds_path=args.folds, out=args.out, force=args.force)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from pipeline.submission import validate_file
+
+    fmt = validate_file(args.path, open_competition(args.competition, args.overrides))
+    print(f"{args.path}: valid ({fmt.kind}, header {list(fmt.columns)})")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from pipeline.report import make_report
+
+    make_report(open_competition(args.competition, args.overrides), submissions=args.submissions, runs=args.runs,
+                stacking=args.stacking, folds_path=args.folds, out=args.out, n_mistakes=args.mistakes,
+                n_cam=args.cam)
+
+
+# --- Kaggle bundle and bench -------------------------------------------------------------------------------
+
+
+def cmd_package(args: argparse.Namespace) -> None:
+    from pipeline.package import build_package
+
+    wheels = None if args.wheels is None else args.wheels.split()
+    build_package(open_competition(args.competition, args.overrides), out=args.out, runs=args.runs,
+                  stacking=args.stacking, folds=args.folds, submissions=args.submissions, method=args.method,
+                  wheels=wheels, find_links=args.find_links, project=args.project, fp16=args.fp16,
+                  user=args.kaggle_user, competition_slug=args.competition_slug, dataset_slug=args.dataset_slug,
+                  kernel_slug=args.kernel_slug, private=not args.public, test_size=args.test_size,
+                  test_factor=args.test_factor, gpu_factor=args.gpu_factor)
+
+
+def cmd_kernel(args: argparse.Namespace) -> None:
+    from pipeline.kernel import run_kernel
+
+    run_kernel(args.bundle, args.data_dir, args.out, args.work_dir, args.time_budget)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from pipeline.bench import run_bench
+
+    run_bench(Path(args.out), args.n_train, args.n_test, args.folds, args.steps, args.skip_quality,
+              Path(args.docs) if args.docs else None, args.epoch_images)
+
+
+# --- the parser -------------------------------------------------------------------------------------------
+
+
+def _competition_args(p: argparse.ArgumentParser, overrides: str = "override competition keys") -> None:
     p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION, help="competition config (YAML)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=overrides)
+
+
+def _stage_paths(p: argparse.ArgumentParser, *names: str) -> None:
+    """The stage folders a command reads or writes, each with its usual default."""
+    defaults = {"folds": "folds/folds.csv", "runs": "runs", "stacking": "stacking", "submissions": "submissions"}
+    for name in names:
+        p.add_argument(f"--{name}", default=defaults[name])
+
+
+def _data_commands(command) -> None:
+    p = command("demo", cmd_demo, "write the embedded demo competition (scikit-learn digits)")
+    p.add_argument("--out", default="data/demo")
+
+    p = command("fashion-mnist", cmd_fashion_mnist, "write Fashion-MNIST in Kaggle layout from Debian's IDX files")
+    p.add_argument("--out", default="data/fashion-mnist")
+    p.add_argument("--source", default="/usr/share/datasets/fashion-mnist", help="folder of the IDX files")
+    p.add_argument("--n-train", type=int, default=None, help="class-stratified subsample of the 60,000 train images")
+    p.add_argument("--n-test", type=int, default=None, help="class-stratified subsample of the 10,000 test images")
+    p.add_argument("--seed", type=int, default=0)
+
+    _competition_args(command("check", cmd_check, "validate the competition config and its files"))
+
+    p = command("folds", cmd_folds, "assign every training row to a validation fold -> folds/folds.csv")
+    _competition_args(p)
+    p.add_argument("--out", default="folds", help="output folder")
+    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.add_argument("--no-decode", action="store_true", help="hash images without decoding them (faster)")
+
+    p = command("eda", cmd_eda, "class balance, image statistics, duplicates, train/test shift -> submissions/eda/")
+    _competition_args(p)
+    p.add_argument("--out", default="submissions/eda")
+    p.add_argument("--seed", type=int, default=None, help="adversarial validation seed (default: competition seed)")
+    p.add_argument("--sample", type=int, default=None, help="image statistics on at most this many images per split")
+
+
+def _training_commands(command) -> None:
+    p = command("train", cmd_train, "train one model on one fold -> runs/<model>/fold<k>/ (resumes, skips done)")
+    _competition_args(p, "override model config keys")
+    p.add_argument("--model", "-m", required=True, help="name of a config in the competition's models_dir")
+    p.add_argument("--fold", "-f", type=int, required=True)
+    _stage_paths(p, "folds", "runs")
+    p.add_argument("--rerun", action="store_true", help="train again even when the fold is done")
+    p.add_argument("--pseudo", default=None, help="pseudo-label table: trains runs/<model>-pseudo/")
+
+    p = command("plan", cmd_plan, "list the runs/<model>/fold<k>/done.json targets still to train "
+                "(make train-all); the plan goes to stderr")
+    _competition_args(p, "override model config keys, as `train` would")
+    p.add_argument("--models", default="", help="space-separated model names (default: all in models_dir)")
+    _stage_paths(p, "folds", "runs")
+    p.add_argument("--pseudo", default=None, help="pseudo-label table: the targets of that pseudo-label round")
+    p.add_argument("--all", action="store_true", help="list finished folds too")
+
+    p = command("lr-find", cmd_lr_find, "LR range test for one model -> runs/<model>/lr_find.png, a suggested lr")
+    _competition_args(p, "override model config keys (batch_size=32 ...)")
+    p.add_argument("--model", "-m", required=True, help="name of a config in the competition's models_dir")
+    _stage_paths(p, "runs")
+    p.add_argument("--start", type=float, default=1e-7, help="first lr")
+    p.add_argument("--end", type=float, default=10.0, help="last lr")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps (lr grows exponentially)")
+    p.add_argument("--epochs", type=float, default=1.0, help="at most this many passes over the training rows")
+    p.add_argument("--diverge", type=float, default=4.0, help="stop when the smoothed loss exceeds this x its minimum")
+
+
+def _prediction_commands(command) -> None:
+    p = command("predict", cmd_predict, "OOF and test predictions with TTA -> stacking/<model>.{oof,test}.csv")
+    _competition_args(p, "tta=[none,hflip] tta_merge=gmean")
+    p.add_argument("--models", default="", help="space-separated run names (default: every trained model)")
+    p.add_argument("--name", default=None, help="write the tables under this name (one model only)")
+    _stage_paths(p, "folds", "runs", "stacking")
+    p.add_argument("--force", action="store_true", help="remake tables even when up to date")
+
+    p = command("pseudo", cmd_pseudo, "confident test predictions -> folds/pseudo.csv")
+    p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION)
+    p.add_argument("--model", default=None, help="use stacking/<model>.test.csv instead of the blend")
+    p.add_argument("--source", default=None, help="any test probability table (overrides --model)")
+    _stage_paths(p, "stacking")
+    p.add_argument("--out", default="folds/pseudo.csv")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="top probability at least this (default 0.95; top-frac 0.3 for rank/vote blends)")
+    p.add_argument("--top-frac", type=float, default=None, help="instead: the most confident fraction per class")
+    p.add_argument("--soft", action="store_true", help="write probabilities (soft labels) instead of classes")
+
+    p = command("ensemble", cmd_ensemble, "blend stacking/ tables -> submissions/submission.csv, cv.md, cv.json")
+    _competition_args(p)
+    p.add_argument("--method", default="auto", help="auto (the best honest CV) or one blend: vote, mean, gmean, "
+                   "rank, weights, weights_scipy, lgbm, logreg")
+    _stage_paths(p, "stacking", "folds")
+    p.add_argument("--out", default="submissions", help="output folder")
+    p.add_argument("--force", action="store_true", help="rerun even when the inputs are unchanged")
+
+    p = command("validate", cmd_validate, "check a submission CSV against sample_submission.csv")
+    p.add_argument("path", help="the CSV to check")
+    _competition_args(p)
+
+    p = command("report", cmd_report, "leaderboard, curves, confusion, per-class scores, mistakes, Grad-CAM "
+                "-> submissions/report/")
+    _competition_args(p)
+    _stage_paths(p, "submissions", "runs", "stacking", "folds")
+    p.add_argument("--out", default=None, help="output folder (default: <submissions>/report)")
+    p.add_argument("--mistakes", type=int, default=24, help="how many worst OOF mistakes to show")
+    p.add_argument("--cam", type=int, default=6, help="how many of them get a Grad-CAM heatmap")
+
+
+def _kaggle_commands(command) -> None:
+    p = command("package", cmd_package, "offline Kaggle kernel + dataset of the chosen blend -> dist/kaggle/")
+    _competition_args(p)
+    p.add_argument("--out", default="dist/kaggle")
+    _stage_paths(p, "runs", "stacking", "folds", "submissions")
+    p.add_argument("--method", default=None, help="check that the blend `ensemble` chose is this one")
+    p.add_argument("--wheels", default=None, help="space-separated pip specs for the wheelhouse (default: "
+                   "iterative-stratification albumentations timm, pinned to the installed versions); '' for none")
+    p.add_argument("--find-links", action="append", default=[], help="extra wheel folder for pip download")
+    p.add_argument("--project", default=None, help="project folder to build the wheel from (default: this one)")
+    p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size)")
+    p.add_argument("--kaggle-user", default=None, help="Kaggle username (default: $KAGGLE_USERNAME)")
+    p.add_argument("--competition-slug", default=None, help="default: the data folder's name")
+    p.add_argument("--dataset-slug", default=None, help="default: <competition>-kfold-bundle")
+    p.add_argument("--kernel-slug", default=None, help="default: <competition>-kfold-inference")
+    p.add_argument("--public", action="store_true", help="make the kernel public (default private)")
+    p.add_argument("--test-size", type=int, default=None, help="hidden test-set size for the runtime plan")
+    p.add_argument("--test-factor", type=float, default=1.0, help="else: public test size x this")
+    p.add_argument("--gpu-factor", type=float, default=1.0, help="Kaggle speed / this machine's speed")
+
+    p = command("kernel", cmd_kernel, "offline inference from a `package` bundle -> submission.csv (the Kaggle run)")
+    p.add_argument("--bundle", required=True, help="the dataset folder written by `package`")
+    p.add_argument("--data-dir", required=True, help="competition folder holding the sample submission and test images")
+    p.add_argument("--out", default="/kaggle/working/submission.csv")
+    p.add_argument("--work-dir", default=None, help="folder for per-model test tables (default: next to --out)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds; extra TTA views are dropped rather than run past it (default: from the bundle)")
+
+    p = command("bench", cmd_bench, "data-path efficiency, TTA img/s, Fashion-MNIST quality, blend fit times")
+    p.add_argument("--out", default="bench", help="working folder (its own data, folds, runs)")
+    p.add_argument("--n-train", type=int, default=3000, help="Fashion-MNIST training subset")
+    p.add_argument("--n-test", type=int, default=1000, help="Fashion-MNIST official test subset")
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per round for the data-path ratio")
+    p.add_argument("--epoch-images", type=int, default=48_000,
+                   help="data-path epochs repeat the training images to this length (a full Fashion-MNIST fold)")
+    p.add_argument("--skip-quality", action="store_true", help="only the speed measurements")
+    p.add_argument("--docs", default="docs/benchmarks.md", help="where the latest table goes ('' for nowhere)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
 
-    p = sub.add_parser("demo", help="write the embedded demo competition (scikit-learn digits)")
-    p.add_argument("--out", default="data/demo")
-    p.set_defaults(func=cmd_demo)
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("fashion-mnist", help="write Fashion-MNIST in Kaggle layout from Debian's IDX files")
-    p.add_argument("--out", default="data/fashion-mnist")
-    p.add_argument("--source", default="/usr/share/datasets/fashion-mnist", help="folder of the IDX files")
-    p.add_argument("--n-train", type=int, default=None, help="class-stratified subsample of the 60,000 train images")
-    p.add_argument("--n-test", type=int, default=None, help="class-stratified subsample of the 10,000 test images")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_fashion_mnist)
-
-    p = sub.add_parser("check", help="validate the competition config and its files")
-    _add_competition(p)
-    p.set_defaults(func=cmd_check)
-
-    p = sub.add_parser("folds", help="assign every training row to a validation fold -> folds/folds.csv")
-    _add_competition(p)
-    p.add_argument("--out", default="folds", help="output folder")
-    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
-    p.add_argument("--no-decode", action="store_true", help="hash images without decoding them (faster)")
-    p.set_defaults(func=cmd_folds)
-
-    p = sub.add_parser("train", help="train one model on one fold -> runs/<model>/fold<k>/ (resumes, skips done)")
-    p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION, help="competition config (YAML)")
-    p.add_argument("--model", "-m", required=True, help="name of a config in the competition's models_dir")
-    p.add_argument("--fold", "-f", type=int, required=True)
-    p.add_argument("--folds", default="folds/folds.csv")
-    p.add_argument("--runs", default="runs")
-    p.add_argument("--rerun", action="store_true", help="train again even when the fold is done")
-    p.add_argument("--pseudo", default=None, help="pseudo-label table: trains runs/<model>-pseudo/")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="override model config keys")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("plan", help="list the runs/<model>/fold<k>/done.json targets (used by make train-all)")
-    p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION)
-    p.add_argument("--models", default="", help="space-separated model names (default: all in models_dir)")
-    p.add_argument("--folds", default="folds/folds.csv")
-    p.add_argument("--runs", default="runs")
-    p.add_argument("--pseudo", action="store_true", help="targets of the pseudo-label round")
-    p.set_defaults(func=cmd_plan)
-
-    p = sub.add_parser("predict", help="OOF and test predictions with TTA -> stacking/<model>.{oof,test}.csv")
-    p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION)
-    p.add_argument("--models", default="", help="space-separated run names (default: every trained model)")
-    p.add_argument("--name", default=None, help="write the tables under this name (one model only)")
-    p.add_argument("--folds", default="folds/folds.csv")
-    p.add_argument("--runs", default="runs")
-    p.add_argument("--stacking", default="stacking")
-    p.add_argument("--force", action="store_true", help="remake tables even when up to date")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="tta=[none,hflip] tta_merge=gmean")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("pseudo", help="confident test predictions -> folds/pseudo.csv")
-    p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION)
-    p.add_argument("--model", default=None, help="use stacking/<model>.test.csv instead of the blend")
-    p.add_argument("--source", default=None, help="any test probability table (overrides --model)")
-    p.add_argument("--stacking", default="stacking")
-    p.add_argument("--out", default="folds/pseudo.csv")
-    p.add_argument("--threshold", type=float, default=None, help="top probability at least this (default 0.95; top-frac 0.3 for rank/vote blends)")
-    p.add_argument("--top-frac", type=float, default=None, help="instead: the most confident fraction per class")
-    p.add_argument("--soft", action="store_true", help="write probabilities (soft labels) instead of classes")
-    p.set_defaults(func=cmd_pseudo)
-
-    # Later stages register their own commands: ensemble + validate, report + eda + lr-find, package + kernel,
-    # bench.
-    from pipeline import bench, ensemble, package, report
-
-    for module in (ensemble, report, package, bench):
-        module.add_commands(sub)
+    for group in (_data_commands, _training_commands, _prediction_commands, _kaggle_commands):
+        group(command)
     return parser
 
 

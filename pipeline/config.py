@@ -227,6 +227,17 @@ def load_competition(path: str | Path, overrides: list[str] | None = None) -> Co
     return load(Competition, path, overrides)
 
 
+def open_competition(path: str | Path, overrides: list[str] | None = None) -> Competition:
+    """load_competition, and write an embedded demo competition (`generator`) when its data_dir is missing."""
+    comp = load_competition(path, overrides)
+    if comp.generator and not comp.data_dir.exists():
+        from pipeline.demo import GENERATORS
+
+        print(f"{comp.data_dir} is missing: writing the {comp.generator} demo competition")
+        GENERATORS[comp.generator](comp.data_dir)
+    return comp
+
+
 def config_hash(cfg: BaseModel, exclude: set[str] | frozenset[str] = frozenset()) -> str:
     """A stable hash of a resolved config (its JSON with sorted keys), leaving out the `exclude` keys."""
     blob = json.dumps(cfg.model_dump(mode="json", exclude=set(exclude)), sort_keys=True)

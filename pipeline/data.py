@@ -98,15 +98,23 @@ def read_sample(comp: Competition) -> pd.DataFrame:
     return df
 
 
+def labels_as_text(comp: Competition, values: pd.Series) -> pd.Series:
+    """A single-label target column as the class names used everywhere: the text as written, except
+    ordinal targets, whose numbers are written one canonical way (2, 2.0 and 02 are one class)."""
+    if comp.task == "ordinal":
+        return pd.Series([str(v) for v in pd.to_numeric(values)], index=values.index)
+    return values.astype(str)
+
+
 def class_names(comp: Competition, train: pd.DataFrame) -> list[str]:
     """The probability columns, in a stable order: config `classes`, else sorted labels (numeric for ordinal)."""
     if comp.task == "multilabel":
         return list(comp.target_cols)
-    labels = train[comp.target]
+    labels = labels_as_text(comp, train[comp.target])
     if comp.task == "ordinal":
-        found = [str(v) for v in sorted(pd.unique(pd.to_numeric(labels)))]
+        found = [str(v) for v in sorted(pd.unique(pd.to_numeric(train[comp.target])))]
     else:
-        found = sorted(pd.unique(labels.astype(str)))
+        found = sorted(pd.unique(labels))
     if comp.classes is not None:
         unknown = sorted(set(found) - set(comp.classes))
         if unknown:
@@ -119,12 +127,36 @@ def class_names(comp: Competition, train: pd.DataFrame) -> list[str]:
     return found
 
 
-def encode_targets(comp: Competition, train: pd.DataFrame, classes: list[str]) -> np.ndarray:
-    """Integer class index per row (n,), or the 0/1 matrix (n, C) for multilabel."""
+def encode_targets(comp: Competition, table: pd.DataFrame, classes: list[str], source: str | Path | None = None
+                   ) -> np.ndarray:
+    """Integer class index per row (n,), or the 0/1 matrix (n, C) for multilabel. A label that is not one
+    of `classes` is an error naming `source` (default: train.csv)."""
     if comp.task == "multilabel":
-        return train[comp.target_cols].to_numpy(dtype=np.float32)
-    labels = train[comp.target]
-    if comp.task == "ordinal":
-        labels = pd.Series([str(v) for v in pd.to_numeric(labels)], index=labels.index)
+        return table[comp.target_cols].to_numpy(dtype=np.float32)
+    labels = labels_as_text(comp, table[comp.target])
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise DataError(f"{source or comp.train_csv_path}: label(s) {examples(unknown)} are not classes "
+                        f"{examples(classes, 12)}")
     index = {c: i for i, c in enumerate(classes)}
-    return labels.astype(str).map(index).to_numpy(dtype=np.int64)
+    return labels.map(index).to_numpy(dtype=np.int64)
+
+
+def read_answers(comp: Competition, classes: list[str], test_ids: list[str]) -> np.ndarray | None:
+    """True test labels from the competition key `answers` (id + target column(s)), encoded like the
+    training targets, in test_ids order; None when the competition has no answers."""
+    if comp.answers is None:
+        return None
+    path = Path(comp.answers)
+    if not path.is_file():
+        print(f"note: answers file {path} (competition key 'answers') not found; no test scores")
+        return None
+    df = pd.read_csv(path, dtype={comp.id_col: str}, keep_default_na=False)
+    missing_cols = [c for c in [comp.id_col, *comp.target_cols] if c not in df.columns]
+    if missing_cols:
+        raise DataError(f"{path}: column(s) {missing_cols} missing (competition key 'answers')")
+    df = df.drop_duplicates(comp.id_col).set_index(comp.id_col)
+    lacking = pd.Index(test_ids).difference(df.index)
+    if len(lacking):
+        raise DataError(f"{path}: no answer for {len(lacking)} test id(s): {examples(lacking)}")
+    return encode_targets(comp, df.loc[test_ids].reset_index(), classes, source=path)

@@ -8,7 +8,6 @@ images on simple per-image statistics, scored by cross-validated ROC AUC (0.5: n
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.config import Competition
-from pipeline.data import class_names, read_sample, read_train
+from pipeline.data import class_names, labels_as_text, read_sample, read_train
 from pipeline.io import write_csv, write_json, write_text
 from pipeline.report import md_table, pyplot, save_fig
 
@@ -128,10 +127,7 @@ def class_counts(comp: Competition, train: pd.DataFrame, classes: list[str]) -> 
     if comp.task == "multilabel":
         counts = [int(train[c].astype(int).sum()) for c in classes]
     else:
-        labels = train[comp.target].astype(str)
-        if comp.task == "ordinal":
-            labels = pd.Series([str(v) for v in pd.to_numeric(train[comp.target])])
-        vc = labels.value_counts()
+        vc = labels_as_text(comp, train[comp.target]).value_counts()
         counts = [int(vc.get(c, 0)) for c in classes]
     df = pd.DataFrame({"class": classes, "count": counts})
     df["fraction"] = df["count"] / len(train)
@@ -217,21 +213,3 @@ def run_eda(comp: Competition, out: str | Path = "submissions/eda", seed: int | 
           f"{dups['test_in_train']} test images in train, adversarial AUC "
           f"{auc_text}")
     return result
-
-
-def cmd_eda(args: argparse.Namespace) -> None:
-    from pipeline.cli import _competition
-
-    run_eda(_competition(args), out=args.out, seed=args.seed, sample=args.sample)
-
-
-def add_eda_command(sub) -> None:
-    from pipeline.cli import _add_competition
-
-    p = sub.add_parser("eda", help="class balance, image statistics, duplicates, train/test shift -> submissions/eda/")
-    _add_competition(p)
-    p.add_argument("--out", default="submissions/eda")
-    p.add_argument("--seed", type=int, default=None, help="adversarial validation seed (default: competition seed)")
-    p.add_argument("--sample", type=int, default=None, help="image statistics on at most this many images per split")
-    p.set_defaults(func=cmd_eda)
-

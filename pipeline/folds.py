@@ -17,13 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-from tqdm import tqdm
 
 from pipeline.config import Competition, config_hash
 from pipeline.data import DataError, examples, read_sample, read_train
@@ -41,6 +36,8 @@ class ImageScan:
 
 def _scan_one(path: Path, decode: bool) -> tuple[str | None, str | None]:
     """(md5, problem) for one image file; problem is 'missing' or 'unreadable'."""
+    import cv2
+
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -56,6 +53,8 @@ def _scan_one(path: Path, decode: bool) -> tuple[str | None, str | None]:
 
 def scan_images(paths: list[Path], decode: bool = True, desc: str = "scanning images") -> ImageScan:
     """md5 of every file, and which ones are missing or cannot be decoded (threads: decoding frees the GIL)."""
+    from tqdm import tqdm
+
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(tqdm(pool.map(lambda p: _scan_one(p, decode), paths), total=len(paths), desc=desc, leave=False))
     scan = ImageScan(md5=[m for m, _ in results])
@@ -69,6 +68,9 @@ def scan_images(paths: list[Path], decode: bool = True, desc: str = "scanning im
 
 def duplicate_groups(keys: list[list[str | None]]) -> np.ndarray:
     """Connected components over rows that share any key (a group value or an image md5)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     n = len(keys[0])
     node_of: dict[tuple[int, str], int] = {}
     rows, cols = [], []
@@ -122,6 +124,8 @@ def check_rare(comp: Competition, y: np.ndarray) -> None:
 
 def split(comp: Competition, y: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
     """Fold index per row."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
     fold = np.full(len(y), -1, dtype=int)
     k, seed = comp.n_folds, comp.seed
     if groups is not None and len(np.unique(groups)) < k:
@@ -249,3 +253,21 @@ def read_folds(path: str | Path = "folds/folds.csv", id_col: str | None = None) 
     head = pd.read_csv(path, nrows=0).columns
     id_col = id_col or head[0]
     return pd.read_csv(path, dtype={id_col: str})
+
+
+def fold_of(path: str | Path, comp: Competition, train_ids: list[str]) -> np.ndarray:
+    """The validation fold of every id in train_ids (in that order), from folds.csv. A folds.csv that does
+    not list exactly the ids of train.csv, once each, is refused."""
+    path = Path(path)
+    folds = read_folds(path, comp.id_col)
+    if comp.id_col not in folds.columns or "fold" not in folds.columns:
+        raise DataError(f"{path}: expected columns '{comp.id_col}' and 'fold', found {list(folds.columns)}")
+    ids = folds[comp.id_col].astype(str)
+    lacking = pd.Index(train_ids).difference(ids)
+    extra = pd.Index(ids).difference(pd.Index(train_ids))
+    if len(lacking) or len(extra) or ids.duplicated().any():
+        raise DataError(
+            f"{path}: does not match {comp.train_csv_path} ({len(lacking)} train ids missing, {len(extra)} "
+            f"unknown, {int(ids.duplicated().sum())} repeated); rerun `make folds`"
+        )
+    return folds.set_index(ids)["fold"].loc[train_ids].to_numpy(dtype=int)

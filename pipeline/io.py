@@ -1,4 +1,4 @@
-"""Atomic writes and content hashes: a killed process never leaves a half-written file behind."""
+"""Atomic writes, content hashes and checkpoints: a killed process never leaves a half-written file behind."""
 
 from __future__ import annotations
 
@@ -66,3 +66,18 @@ def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def text_md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """torch.save, atomically: a kill never leaves a half-written checkpoint."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint on the CPU, loaded with weights_only=True (tensors and plain values, never pickled code)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)

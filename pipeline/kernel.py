@@ -10,13 +10,15 @@ packaged blend turns them into the submission, checked against the sample before
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.data import DataError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # offline: albumentations must not look for updates
 
@@ -24,7 +26,7 @@ BUNDLE_FILE = "bundle.json"
 BLEND_FILE = "blend.json"
 
 
-class BundleError(Exception):
+class BundleError(DataError):
     """The bundle is incomplete or does not fit the competition data."""
 
 
@@ -43,44 +45,80 @@ def bundle_competition(info: dict, data_dir: str | Path):
     return Competition.model_validate(fields)
 
 
-def load_weights(model, path: Path) -> None:
-    """safetensors (fp16 or fp32) -> the model's own dtype; never unpickles anything."""
+def load_weights(path: Path) -> dict:
+    """safetensors (fp16 or fp32) as a state dict on the CPU; never unpickles anything."""
     from safetensors.torch import load_file
 
-    state = load_file(str(path), device="cpu")
-    model.load_state_dict(state)
+    return load_file(str(path), device="cpu")
 
 
-def load_models(bundle: Path, entry: dict, dev):
-    """(fold models on dev, ModelConfig) of one packaged model."""
-    import torch
+@dataclass
+class PackagedModel:
+    """One packaged model: its fold models, how they read images (EvalSpec), the test images, and its
+    TTA views and merge."""
 
-    from pipeline.models import ModelConfig, build_model
+    name: str
+    models: list
+    spec: object
+    paths: list[Path]
+    views: list[str]
+    merge: str
+
+    def logits(self, views: list[str], dev) -> tuple[dict[str, np.ndarray], float]:
+        """{view: logits (folds, 1, n, C)}, reading each image once for all `views`; and the seconds."""
+        from pipeline.infer import image_logits
+
+        t0 = time.monotonic()
+        logits = image_logits(self.models, self.paths, self.spec, views, dev)
+        return {v: logits[:, i : i + 1] for i, v in enumerate(views)}, time.monotonic() - t0
+
+
+def load_models(bundle: Path, entry: dict, dev, paths: list[Path]) -> PackagedModel:
+    """The fold models of one packaged model, on dev, ready for inference."""
+    from pipeline.infer import EvalSpec, model_from_state
+    from pipeline.models import ModelConfig
 
     cfg_data = json.loads((bundle / entry["config"]).read_text())
     cfg = ModelConfig.model_validate(cfg_data["config"])
-    models = []
-    for weights in entry["weights"]:
-        model = build_model(cfg, num_classes=len(cfg_data["classes"]), pretrained=False)
-        load_weights(model, bundle / weights)
-        model.to(dev).eval()
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        models.append(model)
-    return models, cfg, cfg_data
+    models = [model_from_state(cfg, len(cfg_data["classes"]), load_weights(bundle / w), dev) for w in entry["weights"]]
+    return PackagedModel(entry["name"], models, EvalSpec.of(cfg, cfg_data["data_config"]), paths, cfg_data["tta"],
+                         cfg_data["tta_merge"])
+
+
+def predict_within_budget(packaged: list[PackagedModel], dev, start: float, budget: float | None
+                          ) -> tuple[dict[str, dict], list[str]]:
+    """{model: {view: logits}} and the dropped views. Pass 1: the first view of every model (never
+    dropped). Pass 2: the other views while the clock allows, all at once when they fit, else one by one."""
+    logits, seconds = {}, {}
+    for pm in packaged:
+        logits[pm.name], seconds[pm.name] = pm.logits(pm.views[:1], dev)
+        print(f"  {pm.name}: view {pm.views[0]} x {len(pm.models)} fold(s) in {seconds[pm.name]:.1f}s")
+    dropped = []
+    for pm in packaged:
+        remaining = pm.views[1:]
+        elapsed = time.monotonic() - start
+        if remaining and (budget is None or elapsed + 1.2 * seconds[pm.name] * len(remaining) <= budget):
+            logits[pm.name].update(pm.logits(remaining, dev)[0])  # all of them fit: one pass over the images
+            remaining = []
+        for view in remaining:
+            elapsed = time.monotonic() - start
+            if elapsed + 1.2 * seconds[pm.name] > budget:
+                dropped.append(f"{pm.name}:{view}")
+                print(f"  warning: dropping TTA view {view} of {pm.name} ({elapsed:.0f}s spent of {budget:.0f}s)")
+                continue
+            logits[pm.name].update(pm.logits([view], dev)[0])
+    return logits, dropped
 
 
 def run_kernel(bundle: str | Path, data_dir: str | Path, out: str | Path, work_dir: str | Path | None = None,
                time_budget: float | None = None) -> Path:
     """Predict, blend, validate and write the submission; returns its path."""
-    from pipeline.augment import eval_transform
+    from pipeline.blends import FittedBlend, stack
     from pipeline.data import read_sample
-    from pipeline.ensemble import blend_test_prediction, import_blend_state, stack
-    from pipeline.infer import amp_dtype, device, tta_logits
-    from pipeline.loader import ImageDataset, make_loader
+    from pipeline.infer import device
     from pipeline.submission import infer_format, make_submission, write_submission
     from pipeline.tables import read_table, write_table
-    from pipeline.tta import get_view, merge
+    from pipeline.tta import merge
 
     start = time.monotonic()
     bundle, out = Path(bundle), Path(out)
@@ -91,87 +129,29 @@ def run_kernel(bundle: str | Path, data_dir: str | Path, out: str | Path, work_d
     sample = read_sample(comp)
     fmt = infer_format(comp, sample, classes)  # a bad sample fails before any work
     test_ids = sample[comp.id_col].astype(str).tolist()
+    paths = [comp.image_path("test", i) for i in test_ids]
     budget = time_budget if time_budget is not None else info.get("time_budget_s")
     dev = device()
     print(f"kernel: {len(test_ids)} test images, {len(info['models'])} model(s), device {dev.type}, "
           f"time budget {'none' if budget is None else f'{budget:.0f}s'}")
+    packaged = [load_models(bundle, entry, dev, paths) for entry in info["models"]]
+    logits, dropped = predict_within_budget(packaged, dev, start, budget)
 
-    states = {}
-    for entry in info["models"]:  # pass 1: the first view of every model (never dropped)
-        models, cfg, cfg_data = load_models(bundle, entry, dev)
-        dcfg = cfg_data["data_config"]
-        tf = eval_transform(dcfg, cfg.in_chans)
-        ds = ImageDataset([comp.image_path("test", i) for i in test_ids], None, tf, cfg.in_chans, cfg.bad_images)
-        loader = make_loader(ds, cfg.batch_size * 2, cfg.num_workers, dev=dev)
-        dtype = amp_dtype(cfg.amp, dev)
-
-        def some_views(views, models=models, loader=loader, dtype=dtype, cfg=cfg, n=len(ds)):
-            """{view: logits (folds, 1, n, C)}, reading each image once for all `views`; and the seconds."""
-            t0 = time.monotonic()
-            logits = tta_logits(models, loader, [get_view(v) for v in views], dev, dtype, cfg.channels_last, n)
-            return {v: logits[:, i : i + 1] for i, v in enumerate(views)}, time.monotonic() - t0
-
-        views = cfg_data["tta"]
-        logits, seconds = some_views(views[:1])
-        states[entry["name"]] = {"views": views, "logits": logits, "some_views": some_views,
-                                 "seconds": seconds, "merge": cfg_data["tta_merge"]}
-        print(f"  {entry['name']}: view {views[0]} x {len(models)} fold(s) in {seconds:.1f}s")
-
-    dropped = []
-    for name, st in states.items():  # pass 2: further views while the clock allows
-        remaining = st["views"][1:]
-        elapsed = time.monotonic() - start
-        if remaining and (budget is None or elapsed + 1.2 * st["seconds"] * len(remaining) <= budget):
-            st["logits"].update(st["some_views"](remaining)[0])  # all of them fit: one pass over the images
-            remaining = []
-        for view in remaining:  # else view by view, while each still fits
-            elapsed = time.monotonic() - start
-            if elapsed + 1.2 * st["seconds"] > budget:
-                dropped.append(f"{name}:{view}")
-                print(f"  warning: dropping TTA view {view} of {name} ({elapsed:.0f}s spent of {budget:.0f}s)")
-                continue
-            st["logits"].update(st["some_views"]([view])[0])
-        st.pop("some_views")
-
-    tables = work / "stacking"
     P = []
-    for entry in info["models"]:
-        st = states[entry["name"]]
-        done = [v for v in st["views"] if v in st["logits"]]  # packaged order, as predict stacks them
-        logits = np.concatenate([st["logits"][v] for v in done], axis=1)  # (folds, views, n, C)
-        proba = np.mean([merge(fold_logits, st["merge"], comp.task) for fold_logits in logits], axis=0)
-        path = write_table(tables / f"{entry['name']}.test.csv", test_ids, proba, classes, comp.id_col)
+    for pm in packaged:
+        done = [v for v in pm.views if v in logits[pm.name]]  # packaged order, as predict stacks them
+        views = np.concatenate([logits[pm.name][v] for v in done], axis=1)  # (folds, views, n, C)
+        proba = np.mean([merge(fold_logits, pm.merge, comp.task) for fold_logits in views], axis=0)
+        path = write_table(work / "stacking" / f"{pm.name}.test.csv", test_ids, proba, classes, comp.id_col)
         P.append(read_table(path, comp.id_col, classes, test_ids).to_numpy())  # the values ensemble read
 
-    blend = json.loads((bundle / BLEND_FILE).read_text())
-    learners = [import_blend_state(s) for s in blend["learners"]]
-    test = blend_test_prediction(blend["learned"], learners, stack(np.stack(P)), comp.task)
-    df = make_submission(fmt, sample, classes, test_ids, test)
+    blend = FittedBlend.from_export(json.loads((bundle / BLEND_FILE).read_text()))
+    df = make_submission(fmt, sample, classes, test_ids, blend.predict_proba(stack(np.stack(P)), comp.task))
     path = write_submission(out, df, fmt, sample, classes, comp.task)
     seconds = time.monotonic() - start
-    report = {"submission": str(path), "blend": blend["method"], "seconds": round(seconds, 2),
+    report = {"submission": str(path), "blend": blend.method, "seconds": round(seconds, 2),
               "dropped_views": dropped, "n_test": len(test_ids)}
     (work / "kernel_report.json").write_text(json.dumps(report, indent=2))
-    print(f"kernel: blend {blend['method']} -> {path} ({len(df)} rows, {fmt.kind}) in {seconds:.1f}s"
+    print(f"kernel: blend {blend.method} -> {path} ({len(df)} rows, {fmt.kind}) in {seconds:.1f}s"
           + (f"; dropped views {dropped}" if dropped else ""))
     return path
-
-
-def cmd_kernel(args: argparse.Namespace) -> None:
-    try:
-        run_kernel(args.bundle, args.data_dir, args.out, args.work_dir, args.time_budget)
-    except BundleError as e:
-        from pipeline.data import DataError
-
-        raise DataError(str(e)) from None
-
-
-def add_kernel_command(sub) -> None:
-    p = sub.add_parser("kernel", help="offline inference from a `package` bundle -> submission.csv (the Kaggle run)")
-    p.add_argument("--bundle", required=True, help="the dataset folder written by `package`")
-    p.add_argument("--data-dir", required=True, help="competition folder holding the sample submission and test images")
-    p.add_argument("--out", default="/kaggle/working/submission.csv")
-    p.add_argument("--work-dir", default=None, help="folder for per-model test tables (default: next to --out)")
-    p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds; extra TTA views are dropped rather than run past it (default: from the bundle)")
-    p.set_defaults(func=cmd_kernel)

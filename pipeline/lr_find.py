@@ -10,7 +10,6 @@ minimum / 10 is printed beside it. Nothing is saved but the plot and the table; 
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -42,83 +41,94 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> dict:
     return out
 
 
-def lr_range_test(comp: Competition, cfg, model_name: str, runs: str | Path = "runs", start: float = 1e-7,
-                  end: float = 10.0, steps: int = 100, epochs: float = 1.0, beta: float = 0.98,
-                  diverge: float = 4.0, seed: int | None = None) -> dict:
-    from tqdm import tqdm
-
+def training_rows(comp: Competition, cfg, model):
+    """Every training row as an ImageDataset with the config's own training transform."""
     from pipeline.augment import build_transform
-    from pipeline.infer import amp_dtype, autocast, device
-    from pipeline.loader import EpochSampler, ImageDataset, make_loader
-    from pipeline.models import build_model, data_config
-    from pipeline.train import SAM, make_loss, make_optimizer, one_hot, seed_everything, set_lr
+    from pipeline.loader import ImageDataset
+    from pipeline.models import data_config
+    from pipeline.train import one_hot
 
-    if not 0 < start < end:
-        raise ConfigError(f"lr-find: need 0 < --start < --end, got {start} and {end}")
     train = read_train(comp)
     classes = class_names(comp, train)
     y = encode_targets(comp, train, classes)
     targets = y if comp.task == "multilabel" else one_hot(y, len(classes))
     paths = [comp.image_path("train", i) for i in train[comp.id_col]]
-
-    seed_everything(cfg.seed if seed is None else seed)
-    dev = device()
-    model = build_model(cfg, num_classes=len(classes)).to(dev)
     d = data_config(cfg, model)
     tf = build_transform(cfg.augment, d["img_size"], d["mean"], d["std"], d["interpolation"], cfg.in_chans == 3,
                          train=True)
-    ds = ImageDataset(paths, targets.astype(np.float32), tf, cfg.in_chans, cfg.bad_images)
+    return ImageDataset(paths, targets.astype(np.float32), tf, cfg.in_chans, cfg.bad_images)
+
+
+def sweep(model, opt, loss_fn, ds, cfg, dev, lrs: np.ndarray, beta: float, diverge: float,
+          desc: str) -> tuple[list[dict], str]:
+    """Train one step per lr in `lrs` (epochs of the dataset as needed); -> (rows, why it stopped)."""
+    from tqdm import tqdm
+
+    from pipeline.infer import amp_dtype, autocast
+    from pipeline.loader import EpochSampler, make_loader
+    from pipeline.recipe import set_head_lr
+
+    dtype = amp_dtype(cfg.amp, dev)
+    rows, avg, best, step, epoch = [], 0.0, math.inf, 0, 0
+    model.train()
+    sampler = EpochSampler(len(ds), cfg.seed)
+    with tqdm(total=len(lrs), desc=desc, leave=False) as bar:
+        while step < len(lrs):
+            sampler.set_epoch(epoch)
+            for x, t, _, _ in make_loader(ds, cfg.batch_size, cfg.num_workers, sampler,
+                                          generator_seed=cfg.seed + epoch, dev=dev):
+                if x is None:
+                    continue
+                lr = float(lrs[step])
+                set_head_lr(opt, lr)  # keeps the config's head/backbone ratio
+                x, t = x.to(dev), t.to(dev).float()
+                with autocast(dev, dtype):
+                    loss = loss_fn(model(x), t)
+                value = float(loss.item())
+                if not math.isfinite(value):
+                    rows.append({"step": step, "lr": lr, "loss": value, "smoothed": math.nan})
+                    return rows, f"non-finite loss at lr {lr:.2e}"
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                avg = beta * avg + (1 - beta) * value
+                smoothed = avg / (1 - beta ** (step + 1))
+                rows.append({"step": step, "lr": lr, "loss": value, "smoothed": smoothed})
+                best = min(best, smoothed)
+                step += 1
+                bar.update(1)
+                if step > 5 and smoothed > diverge * best:
+                    return rows, f"diverged at lr {lr:.2e} (smoothed loss > {diverge:g} x its minimum)"
+                if step >= len(lrs):
+                    break
+            epoch += 1
+    return rows, "reached the last lr"
+
+
+def lr_range_test(comp: Competition, cfg, model_name: str, runs: str | Path = "runs", start: float = 1e-7,
+                  end: float = 10.0, steps: int = 100, epochs: float = 1.0, beta: float = 0.98,
+                  diverge: float = 4.0, seed: int | None = None) -> dict:
+    from pipeline.infer import device
+    from pipeline.models import build_model
+    from pipeline.recipe import base_optimizer, make_loss, make_optimizer
+    from pipeline.train import seed_everything
+
+    if not 0 < start < end:
+        raise ConfigError(f"lr-find: need 0 < --start < --end, got {start} and {end}")
+    seed_everything(cfg.seed if seed is None else seed)
+    dev = device()
+    classes = class_names(comp, read_train(comp))
+    model = build_model(cfg, num_classes=len(classes)).to(dev)
+    ds = training_rows(comp, cfg, model)
     per_epoch = math.ceil(len(ds) / cfg.batch_size)
     n_steps = max(2, min(steps, int(math.ceil(epochs * per_epoch))))
     if n_steps < steps:
         print(f"note: {n_steps} steps ({epochs:g} epoch(s) of {per_epoch} batches); "
               "lower batch_size or raise --epochs for a finer curve")
-    opt = make_optimizer(cfg, model)
-    if isinstance(opt, SAM):
-        opt = opt.base  # the range test probes the base optimizer
-    loss_fn = make_loss(cfg, comp.task, None)
-    dtype = amp_dtype(cfg.amp, dev)
-    ratio = (end / start) ** (1 / max(n_steps - 1, 1))
-
-    rows, avg, best, step, epoch = [], 0.0, math.inf, 0, 0
-    model.train()
-    bar = tqdm(total=n_steps, desc=f"lr-find {model_name}", leave=False)
-    stopped = "reached the last lr"
-    sampler = EpochSampler(len(ds), cfg.seed)
-    while step < n_steps:
-        sampler.set_epoch(epoch)
-        loader = make_loader(ds, cfg.batch_size, cfg.num_workers, sampler, generator_seed=cfg.seed + epoch, dev=dev)
-        for x, t, _, _ in loader:
-            if step >= n_steps:
-                break
-            if x is None:
-                continue
-            lr = start * ratio**step
-            set_lr(opt, lr / cfg.lr)  # keeps the config's head/backbone ratio
-            x, t = x.to(dev), t.to(dev).float()
-            with autocast(dev, dtype):
-                loss = loss_fn(model(x), t)
-            value = float(loss.item())
-            if not math.isfinite(value):
-                rows.append({"step": step, "lr": lr, "loss": value, "smoothed": math.nan})
-                stopped = f"non-finite loss at lr {lr:.2e}"
-                step = n_steps
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            avg = beta * avg + (1 - beta) * value
-            smoothed = avg / (1 - beta ** (step + 1))
-            rows.append({"step": step, "lr": lr, "loss": value, "smoothed": smoothed})
-            best = min(best, smoothed)
-            step += 1
-            bar.update(1)
-            if step > 5 and smoothed > diverge * best:
-                stopped = f"diverged at lr {lr:.2e} (smoothed loss > {diverge:g} x its minimum)"
-                step = n_steps
-                break
-        epoch += 1
-    bar.close()
+    opt = base_optimizer(make_optimizer(cfg, model, dev))  # the range test probes the base optimizer (no SAM)
+    lrs = start * (end / start) ** (np.arange(n_steps) / max(n_steps - 1, 1))
+    rows, stopped = sweep(model, opt, make_loss(cfg, comp.task, None), ds, cfg, dev, lrs, beta, diverge,
+                          f"lr-find {model_name}")
 
     df = pd.DataFrame(rows, columns=["step", "lr", "loss", "smoothed"])
     found = suggest(df["lr"].to_numpy(), df["smoothed"].to_numpy())
@@ -156,26 +166,3 @@ def plot(df: pd.DataFrame, found: dict, path: Path, model_name: str) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     save_fig(fig, path)
-
-
-def cmd_lr_find(args: argparse.Namespace) -> None:
-    from pipeline.cli import _competition, _model_config
-
-    comp = _competition(argparse.Namespace(competition=args.competition, overrides=[]))
-    cfg, _ = _model_config(comp, args.model, args.overrides)
-    lr_range_test(comp, cfg, args.model, runs=args.runs, start=args.start, end=args.end, steps=args.steps,
-                  epochs=args.epochs, diverge=args.diverge)
-
-
-def add_lr_find_command(sub) -> None:
-    p = sub.add_parser("lr-find", help="LR range test for one model -> runs/<model>/lr_find.png, a suggested lr")
-    p.add_argument("--competition", "-c", default="configs/competition.yaml")
-    p.add_argument("--model", "-m", required=True, help="name of a config in the competition's models_dir")
-    p.add_argument("--runs", default="runs")
-    p.add_argument("--start", type=float, default=1e-7, help="first lr")
-    p.add_argument("--end", type=float, default=10.0, help="last lr")
-    p.add_argument("--steps", type=int, default=100, help="optimizer steps (lr grows exponentially)")
-    p.add_argument("--epochs", type=float, default=1.0, help="at most this many passes over the training rows")
-    p.add_argument("--diverge", type=float, default=4.0, help="stop when the smoothed loss exceeds this x its minimum")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="override model config keys (batch_size=32 ...)")
-    p.set_defaults(func=cmd_lr_find)

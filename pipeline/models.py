@@ -39,15 +39,33 @@ class ModelConfig(StrictModel):
     batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1, description="optimizer step every N batches")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm")
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: str = Field(
+        "adamw", description="any timm optimizer (timm.optim.list_optimizers()): adamw, sgd, radam, lamb, adamp, "
+        "adan, lookahead_adamw, ...; no weight decay on norm and bias parameters"
+    )
     lr: float = Field(1e-3, gt=0, description="peak learning rate of the head")
     backbone_lr_mult: float = Field(1.0, gt=0, le=1, description="backbone lr = lr x this (lower for pretrained)")
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="layer-wise lr decay (timm): each layer below the head gets lr x this more"
+    )
     weight_decay: float = Field(0.01, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum of the optimizers that have one (sgd)")
     sam: bool = Field(False, description="wrap the optimizer in SAM (sharpness-aware minimisation)")
     sam_rho: float = Field(0.05, gt=0)
-    warmup_epochs: float = Field(1.0, ge=0, description="linear warmup, then cosine decay")
-    min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine ends at lr x this")
+    sched: Literal["cosine", "tanh", "poly", "step", "multistep", "plateau", "wsd", "constant"] = Field(
+        "cosine", description="lr schedule after the warmup (timm.scheduler), stepped every optimizer step "
+        "(plateau: every epoch, on the validation metric)"
+    )
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warmup from lr / warmup steps to lr")
+    min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine, tanh, poly and plateau end at lr x this")
+    cycles: int = Field(1, ge=1, description="cosine/tanh/poly: restarts (cycles of equal length)")
+    decay_epochs: float | None = Field(
+        None, gt=0, description="step: decay the lr every this many epochs (null: timm's 90); wsd: length of the "
+        "final decay in epochs, or below 1 a fraction of the schedule (null: 0.2)"
+    )
+    decay_milestones: list[float] = Field([30, 60], description="multistep: epochs at which the lr decays")
+    decay_rate: float = Field(0.1, gt=0, description="step/multistep/plateau: lr factor per decay; poly: power")
+    patience_epochs: int = Field(2, ge=0, description="plateau: epochs without a better metric before a decay")
     loss: Literal["auto", "ce", "focal", "bce"] = Field("auto", description="auto: ce, or bce for multilabel")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     focal_gamma: float = Field(2.0, ge=0)
@@ -65,6 +83,10 @@ class ModelConfig(StrictModel):
     freeze_backbone: bool = Field(False, description="train the head only")
     early_stopping: int | None = Field(None, ge=1, description="stop after N epochs without a better metric")
     tensorboard: bool = Field(False, description="also write the log.csv scalars as TensorBoard events to <run>/tb")
+    log_every: int = Field(
+        50, ge=1, description="read the running loss and the non-finite step count back from the device every N "
+        "steps (progress bar, nan_policy); between reads the GPU never waits for the host"
+    )
     seed: int = 42
 
     # --- data ---
@@ -110,7 +132,7 @@ class ModelConfig(StrictModel):
 
 # Keys that change how a run is carried out but not what it learns: changing them neither retrains a
 # finished fold nor refuses to resume one.
-RESULT_NEUTRAL_KEYS = frozenset({"cache_images", "tensorboard"})
+RESULT_NEUTRAL_KEYS = frozenset({"cache_images", "tensorboard", "log_every"})
 
 STAGE_KEYS_FORBIDDEN = {"backbone", "in_chans", "stages", "seed", "tta", "tta_merge", "pseudo", "pretrained"}
 
@@ -141,6 +163,21 @@ def load_model_config(path: str | Path, overrides: list[str] | None = None) -> M
     cfg = validate(ModelConfig, data, source)
     resolve_stages(cfg, source)  # stage errors surface at load time
     return cfg
+
+
+def model_config_path(models_dir: str | Path, name: str) -> Path:
+    return Path(models_dir) / f"{name}.yaml"
+
+
+def load_model(models_dir: str | Path, name: str, overrides: list[str] | None = None) -> tuple[ModelConfig, str]:
+    """(config, its file name) of `<models_dir>/<name>.yaml` with `key=value` overrides."""
+    path = model_config_path(models_dir, name)
+    return load_model_config(path, overrides), str(path)
+
+
+def model_names(models_dir: str | Path) -> list[str]:
+    """Every model config in models_dir (its file stem), sorted."""
+    return sorted(p.stem for p in Path(models_dir).glob("*.yaml"))
 
 
 def check_backbone(name: str) -> None:

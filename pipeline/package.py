@@ -1,20 +1,18 @@
 """`package`: the chosen blend as an offline Kaggle bundle -> dist/kaggle/{dataset,kernel}/ + manifest.json.
 
 dataset/ holds what the kernel needs and nothing else: every fold's weights (EMA when trained with
-EMA) as safetensors, the resolved model configs, the blend's fitted parameters as JSON (refitted here
-exactly as `ensemble` fitted them and checked against submissions/blend.test.csv), the project as a
+EMA) as safetensors, the resolved model configs, the blend's fitted parameters as JSON (the state
+`ensemble` saved in submissions/blend.json, checked against submissions/blend.test.csv), the project as a
 wheel, a wheelhouse of dependencies the Kaggle image lacks, and dataset-metadata.json. kernel/ holds
 kernel-metadata.json and a short script that installs the wheels offline and runs `python -m pipeline
 kernel`. No credential is ever copied: the bundle is checked for kaggle.json, also inside the wheels.
 
-A runtime planner times every model and TTA view here, scales to the hidden test size and the GPU
-factor, warns when the estimate passes the competition's `time_limit_hours`, and proposes what to drop.
+A runtime planner times every model and TTA view here on real test images, through the kernel's own
+inference path, scales to the hidden test size and the GPU factor, warns when the estimate passes the competition's `time_limit_hours`, and proposes what to drop.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import shutil
 import subprocess
@@ -30,7 +28,8 @@ import numpy as np
 from pipeline.config import Competition
 from pipeline.data import DataError
 from pipeline.io import file_md5, write_json, write_text
-from pipeline.kernel import BLEND_FILE, BUNDLE_FILE, add_kernel_command
+from pipeline.blends import stack
+from pipeline.kernel import BLEND_FILE, BUNDLE_FILE, load_models
 
 # What the Kaggle image lacks or has in other versions; `name` alone takes the installed version.
 DEFAULT_WHEELS = ("iterative-stratification", "albumentations", "timm")
@@ -86,10 +85,11 @@ def export_weights(run: Path, dest: Path, fp16: bool) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from pipeline.train import load_checkpoint
+    from pipeline.infer import inference_state
+    from pipeline.io import load_checkpoint
 
     ckpt = load_checkpoint(run / "best.pt")
-    state = ckpt.get("ema") or ckpt["model"]
+    state = inference_state(ckpt)
     tensors = {}
     for k, v in state.items():
         v = v.detach().to("cpu")
@@ -101,37 +101,34 @@ def export_weights(run: Path, dest: Path, fp16: bool) -> dict:
     return {"config": ckpt["config"], "classes": ckpt["classes"], "data_config": ckpt["data_config"]}
 
 
-def refit_blend(comp: Competition, method: str, stacking: Path, folds: Path, submissions: Path):
-    """The chosen blend fitted again exactly as `ensemble` did; checked against blend.test.csv."""
-    from pipeline.ensemble import blend_test_prediction, evaluate_blend, load_level1, make_blend, stack
-    from pipeline.tables import read_table
+def chosen_blend(comp: Competition, method: str | None, stacking: Path, folds: Path, submissions: Path):
+    """(level-1 tables, the blend's JSON) of the blend `ensemble` fitted and saved in submissions/blend.json.
+    Nothing is refitted: the saved state must reproduce submissions/blend.test.csv from the stacking tables."""
+    from pipeline.ensemble import BLEND_STATE, read_blend_state
+    from pipeline.tables import load_level1, read_table
 
+    blend, data = read_blend_state(submissions / BLEND_STATE, stacking)
+    if method is not None and method != blend.method:
+        raise PackageError(f"{submissions / BLEND_STATE} holds the {blend.method} blend, not {method}; run "
+                           f"`make ensemble METHOD={method}` first (or package without --method)")
     level1 = load_level1(comp, stacking, folds)
-    X, X_test = stack(level1.oof), stack(level1.test)
-    est = make_blend(method, comp.task, len(level1.classes), comp.metric, comp.seed)
-    result = evaluate_blend(method, est, X, level1.y, level1.fold, X_test, comp.metric, comp.task)
-    for learner in result.learners:
-        if not hasattr(learner, "export_state"):
-            raise PackageError(f"blend {method!r} cannot be exported to JSON; rerun `make ensemble METHOD=mean`")
-    learners = [learner.export_state() for learner in result.learners]
-    from pipeline.ensemble import import_blend_state
-
-    again = blend_test_prediction(result.learned, [import_blend_state(s) for s in learners], X_test, comp.task)
-    if not np.allclose(again, result.test, atol=1e-9):
-        raise PackageError(f"blend {method!r}: exported parameters do not reproduce its test prediction")
+    if level1.models != data["models"] or level1.classes != data["classes"]:
+        raise PackageError(f"{submissions / BLEND_STATE} was fitted on models {data['models']}, {stacking}/ now holds "
+                           f"{level1.models}; rerun `make ensemble`")
+    test = blend.predict_proba(stack(level1.test), comp.task)
     table = submissions / "blend.test.csv"
-    if table.is_file():
-        written = read_table(table, comp.id_col, level1.classes, level1.test_ids).to_numpy()
-        if not np.allclose(written, result.test, atol=1e-5):
-            raise PackageError(f"{table} does not match the blend refitted from {stacking}/; rerun `make ensemble`")
-    blend = {"method": method, "learned": result.learned, "models": level1.models, "classes": level1.classes,
-             "cv": result.cv, "learners": learners}
-    return level1, blend
+    if not table.is_file():
+        raise PackageError(f"{table}: not found; rerun `make ensemble`")
+    written = read_table(table, comp.id_col, level1.classes, level1.test_ids).to_numpy()
+    if not np.allclose(written, test, atol=1e-5):
+        raise PackageError(f"{table} does not match the blend saved in {submissions / BLEND_STATE}; rerun "
+                           "`make ensemble`")
+    return level1, data
 
 
 def model_entries(level1, runs: Path, stacking: Path, folds_md5: str) -> list[dict]:
     """Run folders and TTA of every model the blend uses (from the stacking tables' sidecars)."""
-    from pipeline.predict import fold_runs
+    from pipeline.runs import fold_runs
     from pipeline.tables import read_meta
 
     fold_ids = sorted(int(k) for k in np.unique(level1.fold))
@@ -248,32 +245,16 @@ subprocess.check_call([sys.executable, "-m", "pipeline", "kernel", "--bundle", a
 # --- runtime planner -----------------------------------------------------------------------------
 
 
-def time_views(bundle: Path, entry: dict, repeats: int = 3) -> dict[str, float]:
-    """Images per second of one fold model for every TTA view, measured on this machine (CPU or GPU)."""
-    import torch
-
+def time_views(bundle: Path, entry: dict, paths: list[Path], sample: int = 64) -> dict[str, float]:
+    """Images per second of one fold model for every TTA view, measured on this machine (CPU or GPU) through
+    the kernel's own path on up to `sample` real test images: decode, resize, normalise, the model."""
     from pipeline.infer import device
-    from pipeline.kernel import load_models
-    from pipeline.tta import get_view
 
     dev = device()
-    models, cfg, cfg_data = load_models(bundle, {**entry, "weights": entry["weights"][:1]}, dev)
-    size = cfg_data["data_config"]["img_size"]
-    batch = max(8, min(64, cfg.batch_size * 2))
-    x = torch.randn(batch, cfg.in_chans, size, size, device=dev)
-    out = {}
-    with torch.inference_mode():
-        for view in cfg_data["tta"]:
-            fn = get_view(view)
-            models[0](fn(x))  # warm-up
-            t0, n = time.perf_counter(), 0
-            while n < repeats or time.perf_counter() - t0 < 0.2:
-                models[0](fn(x))
-                n += 1
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            out[view] = batch * n / (time.perf_counter() - t0)
-    return out
+    picks = [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, min(sample, len(paths))).astype(int))]
+    pm = load_models(bundle, {**entry, "weights": entry["weights"][:1]}, dev, picks)
+    pm.logits(pm.views[:1], dev)  # warm-up: allocator, first-call overheads, file cache
+    return {view: len(picks) / max(pm.logits([view], dev)[1], 1e-9) for view in pm.views}
 
 
 def plan_runtime(speeds: dict[str, dict[str, float]], folds: dict[str, int], n_test: int, limit_s: float,
@@ -332,28 +313,14 @@ def build_package(comp: Competition, out: str | Path = "dist/kaggle", runs: str 
                   kernel_slug: str | None = None, private: bool = True, test_size: int | None = None,
                   test_factor: float = 1.0, gpu_factor: float = 1.0, time_budget_frac: float = 0.9) -> dict:
     out, runs, stacking, folds, submissions = map(Path, (out, runs, stacking, folds, submissions))
-    cv_json = submissions / "cv.json"
-    if method is None:
-        if not cv_json.is_file():
-            raise PackageError(f"{cv_json}: not found; run `make ensemble` first")
-        method = json.loads(cv_json.read_text())["chosen"]
-    level1, blend = refit_blend(comp, method, stacking, folds, submissions)
+    level1, blend = chosen_blend(comp, method, stacking, folds, submissions)
+    method = blend["method"]
     entries = model_entries(level1, runs, stacking, file_md5(folds))
 
     if out.exists():
         shutil.rmtree(out)
     dataset, kernel = out / "dataset", out / "kernel"
-    models_info = []
-    for e in entries:
-        weights = []
-        cfg = None
-        for k, d in zip(e["folds"], e["dirs"]):
-            rel = f"models/{e['name']}/fold{k}.safetensors"
-            cfg = export_weights(d, dataset / rel, fp16)
-            weights.append(rel)
-        rel_cfg = f"models/{e['name']}/config.json"
-        write_json(dataset / rel_cfg, {**cfg, "tta": e["tta"], "tta_merge": e["tta_merge"], "folds": e["folds"]})
-        models_info.append({"name": e["name"], "config": rel_cfg, "weights": weights})
+    models_info = export_models(entries, dataset, fp16)
     write_json(dataset / BLEND_FILE, blend)
 
     ids = kaggle_ids(comp, user, competition_slug, dataset_slug, kernel_slug)
@@ -382,7 +349,8 @@ def build_package(comp: Competition, out: str | Path = "dist/kaggle", runs: str 
     # planner
     n_public = len(level1.test_ids)
     n_test = int(test_size) if test_size else int(round(n_public * test_factor))
-    speeds = {m["name"]: time_views(dataset, m) for m in models_info}
+    test_paths = [comp.image_path("test", i) for i in level1.test_ids]
+    speeds = {m["name"]: time_views(dataset, m, test_paths) for m in models_info}
     plan = plan_runtime(speeds, {m["name"]: len(m["weights"]) for m in models_info}, n_test, limit_s, gpu_factor)
 
     parts = {
@@ -401,62 +369,40 @@ def build_package(comp: Competition, out: str | Path = "dist/kaggle", runs: str 
     write_json(out / "manifest.json", manifest)
 
     print(f"package: blend {method} of {len(models_info)} model(s) -> {out}/")
+    print_summary(manifest, comp.time_limit_hours)
+    print(f"upload: kaggle datasets create -p {dataset} ; kaggle kernels push -p {kernel}")
+    return manifest
+
+
+def export_models(entries: list[dict], dataset: Path, fp16: bool) -> list[dict]:
+    """Every fold's weights and each model's config.json into dataset/models/<model>/; -> bundle entries."""
+    models_info = []
+    for e in entries:
+        weights = []
+        cfg = None
+        for k, d in zip(e["folds"], e["dirs"]):
+            rel = f"models/{e['name']}/fold{k}.safetensors"
+            cfg = export_weights(d, dataset / rel, fp16)
+            weights.append(rel)
+        rel_cfg = f"models/{e['name']}/config.json"
+        write_json(dataset / rel_cfg, {**cfg, "tta": e["tta"], "tta_merge": e["tta_merge"], "folds": e["folds"]})
+        models_info.append({"name": e["name"], "config": rel_cfg, "weights": weights})
+    return models_info
+
+
+def print_summary(manifest: dict, limit_hours: float) -> None:
+    """Bytes per part and the runtime plan, with what to drop when it may not fit."""
+    parts, plan = manifest["bytes"], manifest["plan"]
     width = max(len(k) for k in parts)
     for k, v in parts.items():
         print(f"  {k:<{width}}  {v:>12,d} bytes")
     print(f"  {'total':<{width}}  {manifest['total_bytes']:>12,d} bytes")
-    print(f"runtime plan: {n_test} test images, gpu factor {gpu_factor:g}: about {plan['estimate_s']:.0f}s "
-          f"of the {limit_s:.0f}s limit ({comp.time_limit_hours:g} h)")
+    limit_s = plan["limit_s"]
+    print(f"runtime plan: {plan['n_test']} test images, gpu factor {plan['gpu_factor']:g}: about "
+          f"{plan['estimate_s']:.0f}s of the {limit_s:.0f}s limit ({limit_hours:g} h)")
     if not plan["fits"]:
         print(f"warning: the kernel may pass the competition's time limit ({plan['estimate_s']:.0f}s > {limit_s:.0f}s); "
               "the kernel drops TTA views when its clock runs short. Proposed:")
         for p in plan["proposals"]:
             print(f"  - {p}")
         print(f"  -> about {plan['estimate_after_s']:.0f}s")
-    print(f"upload: kaggle datasets create -p {dataset} ; kaggle kernels push -p {kernel}")
-    return manifest
-
-
-# --- CLI -------------------------------------------------------------------------------------
-
-
-def cmd_package(args: argparse.Namespace) -> None:
-    from pipeline.cli import _competition
-
-    wheels = None if args.wheels is None else args.wheels.split()
-    build_package(_competition(args), out=args.out, runs=args.runs, stacking=args.stacking, folds=args.folds,
-                  submissions=args.submissions, method=args.method, wheels=wheels, find_links=args.find_links,
-                  project=args.project, fp16=args.fp16, user=args.kaggle_user,
-                  competition_slug=args.competition_slug, dataset_slug=args.dataset_slug,
-                  kernel_slug=args.kernel_slug, private=not args.public, test_size=args.test_size,
-                  test_factor=args.test_factor, gpu_factor=args.gpu_factor)
-
-
-def add_commands(sub) -> None:
-    """Register `package` and `kernel` on an argparse subparsers object."""
-    from pipeline.cli import _add_competition
-
-    p = sub.add_parser("package", help="offline Kaggle kernel + dataset of the chosen blend -> dist/kaggle/")
-    _add_competition(p)
-    p.add_argument("--out", default="dist/kaggle")
-    p.add_argument("--runs", default="runs")
-    p.add_argument("--stacking", default="stacking")
-    p.add_argument("--folds", default="folds/folds.csv")
-    p.add_argument("--submissions", default="submissions", help="where `ensemble` wrote cv.json")
-    p.add_argument("--method", default=None, help="blend to package (default: the one cv.json chose)")
-    p.add_argument("--wheels", default=None,
-                   help=f"space-separated pip specs for the wheelhouse (default: {' '.join(DEFAULT_WHEELS)}, "
-                        "pinned to the installed versions); '' for none")
-    p.add_argument("--find-links", action="append", default=[], help="extra wheel folder for pip download")
-    p.add_argument("--project", default=None, help="project folder to build the wheel from (default: this one)")
-    p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size)")
-    p.add_argument("--kaggle-user", default=None, help="Kaggle username (default: $KAGGLE_USERNAME)")
-    p.add_argument("--competition-slug", default=None, help="default: the data folder's name")
-    p.add_argument("--dataset-slug", default=None, help="default: <competition>-kfold-bundle")
-    p.add_argument("--kernel-slug", default=None, help="default: <competition>-kfold-inference")
-    p.add_argument("--public", action="store_true", help="make the kernel public (default private)")
-    p.add_argument("--test-size", type=int, default=None, help="hidden test-set size for the runtime plan")
-    p.add_argument("--test-factor", type=float, default=1.0, help="else: public test size x this")
-    p.add_argument("--gpu-factor", type=float, default=1.0, help="Kaggle speed / this machine's speed")
-    p.set_defaults(func=cmd_package)
-    add_kernel_command(sub)

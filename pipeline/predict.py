@@ -14,34 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.augment import eval_transform
 from pipeline.config import Competition, ConfigError
 from pipeline.data import DataError, class_names, encode_targets, read_sample, read_train
-from pipeline.folds import read_folds
-from pipeline.infer import amp_dtype, device, tta_logits
+from pipeline.folds import fold_of, read_folds
+from pipeline.infer import EvalSpec, device, image_logits, load_fold_model
 from pipeline.io import file_md5
-from pipeline.loader import ImageDataset, make_loader
 from pipeline.metrics import score
+from pipeline.runs import fold_runs, trained_models
 from pipeline.tables import read_meta, write_table
-from pipeline.tta import expand, get_view, merge
-
-
-def trained_models(runs: str | Path = "runs") -> list[str]:
-    """Names of runs/<name>/ folders holding at least one finished fold."""
-    runs = Path(runs)
-    return sorted(p.name for p in runs.iterdir() if p.is_dir() and any(p.glob("fold*/done.json"))) if runs.is_dir() else []
-
-
-def fold_runs(name: str, folds: list[int], runs: str | Path, folds_md5: str) -> list[Path]:
-    """The finished run folder of every fold, checked against the current folds.csv."""
-    dirs = [Path(runs) / name / f"fold{k}" for k in folds]
-    missing = [k for k, d in zip(folds, dirs) if not (d / "done.json").is_file()]
-    if missing:
-        raise DataError(f"{name}: fold(s) {missing} not trained yet; run `make train-all MODELS={name}`")
-    stale = [k for k, d in zip(folds, dirs) if json.loads((d / "done.json").read_text())["folds_md5"] != folds_md5]
-    if stale:
-        raise DataError(f"{name}: fold(s) {stale} were trained on another folds.csv; run `make train-all` again")
-    return dirs
+from pipeline.tta import expand, merge
 
 
 def predict_model(
@@ -56,12 +37,9 @@ def predict_model(
     force: bool = False,
 ) -> dict:
     """Write the model's OOF and test tables; return {'cv': ..., 'per_fold': [...]}."""
-    from pipeline.train import load_fold_model
-
     folds_path, stacking = Path(folds_path), Path(stacking)
-    folds = read_folds(folds_path, comp.id_col)
     folds_md5 = file_md5(folds_path)
-    fold_ids = sorted(int(k) for k in folds["fold"].unique())
+    fold_ids = sorted(int(k) for k in read_folds(folds_path, comp.id_col)["fold"].unique())
     dirs = fold_runs(name, fold_ids, runs, folds_md5)
     out_name = out_name or name
     oof_path, test_path = stacking / f"{out_name}.oof.csv", stacking / f"{out_name}.test.csv"
@@ -90,26 +68,21 @@ def predict_model(
         raise DataError(f"{name}: trained on classes {ckpt['classes']}, the competition now has {classes}")
     y = encode_targets(comp, train, classes)
     ids = train[comp.id_col].to_numpy()
-    fold_of = folds.set_index(comp.id_col)["fold"].loc[ids].to_numpy()
-    dcfg = ckpt["data_config"]
-    tf = eval_transform(dcfg, cfg.in_chans)
-    dtype, view_fns = amp_dtype(cfg.amp, dev), [get_view(v) for v in views]
-
-    def logits_for(models, paths):
-        ds = ImageDataset(paths, None, tf, cfg.in_chans, cfg.bad_images)
-        loader = make_loader(ds, cfg.batch_size * 2, cfg.num_workers, dev=dev)
-        return tta_logits(models, loader, view_fns, dev, dtype, cfg.channels_last, len(ds))
+    fold_index = fold_of(folds_path, comp, ids.tolist())
+    spec = EvalSpec.of(cfg, ckpt["data_config"])
 
     oof = np.zeros((len(ids), len(classes)))
     per_fold = []
     for k, (model, _, _) in zip(fold_ids, loaded):
-        rows = np.flatnonzero(fold_of == k)
-        oof[rows] = merge(logits_for([model], [comp.image_path("train", i) for i in ids[rows]])[0], how, comp.task)
+        rows = np.flatnonzero(fold_index == k)
+        paths = [comp.image_path("train", i) for i in ids[rows]]
+        oof[rows] = merge(image_logits([model], paths, spec, views, dev)[0], how, comp.task)
         per_fold.append(score(comp.metric, comp.task, y[rows], oof[rows]))
     cv = score(comp.metric, comp.task, y, oof)
 
     test_ids = read_sample(comp)[comp.id_col].tolist()
-    test_logits = logits_for([m for m, _, _ in loaded], [comp.image_path("test", i) for i in test_ids])
+    test_logits = image_logits([m for m, _, _ in loaded], [comp.image_path("test", i) for i in test_ids], spec,
+                               views, dev)
     test = np.mean([merge(fold_logits, how, comp.task) for fold_logits in test_logits], axis=0)
 
     meta = {"stamp": stamp, "folds_md5": folds_md5, "model": name, "metric": comp.metric, "cv": cv,

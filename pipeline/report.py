@@ -5,12 +5,11 @@ Reads only what earlier stages wrote: submissions/cv.json (leaderboard), runs/<m
 older ensemble did not write it, the mean of the stacking/ OOF tables stands in and the report says
 so), folds/folds.csv and the best single model's checkpoints (Grad-CAM on its worst mistakes).
 
-This module also registers the `eda` and `lr-find` commands (pipeline.eda, pipeline.lr_find).
+Fold models are loaded and read images through pipeline.infer, as `predict` does.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -204,14 +203,13 @@ def plot_roc_pr(task: str, y: np.ndarray, proba: np.ndarray, classes: list[str],
 
 def row_loss(task: str, y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(per-row log loss, per-row "is wrong") for the mistakes grid."""
-    p = np.clip(proba, 1e-7, 1 - 1e-7)
+    from pipeline.metrics import row_logloss
+
     if task == "multilabel":
-        loss = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(axis=1)
         wrong = ((proba >= 0.5) != (y >= 0.5)).any(axis=1)
     else:
-        loss = -np.log(p[np.arange(len(y)), y])
         wrong = proba.argmax(axis=1) != y
-    return loss, wrong
+    return row_logloss(task, y, proba), wrong
 
 
 def label_text(task: str, row: np.ndarray, classes: list[str], is_proba: bool) -> str:
@@ -303,9 +301,8 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
     """Image + heatmap of the predicted class for the first n mistakes, each by the fold model that held it out."""
     import torch
 
-    from pipeline.augment import eval_transform
+    from pipeline.infer import EvalSpec, load_fold_model
     from pipeline.loader import read_image
-    from pipeline.train import load_fold_model
 
     picked = mistakes.head(n)
     if picked.empty:
@@ -321,8 +318,7 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
             if not (run / "best.pt").is_file():
                 return None, f"{run / 'best.pt'} not found"
             model, cfg, ckpt = load_fold_model(run, "best", dev)
-            d = ckpt["data_config"]
-            tf = eval_transform(d, cfg.in_chans)
+            tf = EvalSpec.of(cfg, ckpt["data_config"]).transform()
             cache[k] = (model.float().to(memory_format=torch.contiguous_format), cfg, tf)
         model, cfg, tf = cache[k]
         img = read_image(comp.image_path("train", m.id), cfg.in_chans)
@@ -418,33 +414,3 @@ def make_report(comp: Competition, submissions: str | Path = "submissions", runs
     write_text(index, "\n".join(md))
     print(f"wrote {index} ({len(list(out.glob('*.png')))} plots); OOF from {source}")
     return index
-
-
-# --- CLI -------------------------------------------------------------------------------------------------
-
-
-def cmd_report(args: argparse.Namespace) -> None:
-    from pipeline.cli import _competition
-
-    make_report(_competition(args), submissions=args.submissions, runs=args.runs, stacking=args.stacking,
-                folds_path=args.folds, out=args.out, n_mistakes=args.mistakes, n_cam=args.cam)
-
-
-def add_commands(sub) -> None:
-    """Register `report`, `eda` and `lr-find` on an argparse subparsers object."""
-    from pipeline.cli import _add_competition
-    from pipeline.eda import add_eda_command
-    from pipeline.lr_find import add_lr_find_command
-
-    p = sub.add_parser("report", help="leaderboard, curves, confusion, per-class scores, mistakes, Grad-CAM -> submissions/report/")
-    _add_competition(p)
-    p.add_argument("--submissions", default="submissions", help="folder with cv.json and blend.oof.csv")
-    p.add_argument("--runs", default="runs")
-    p.add_argument("--stacking", default="stacking")
-    p.add_argument("--folds", default="folds/folds.csv")
-    p.add_argument("--out", default=None, help="output folder (default: <submissions>/report)")
-    p.add_argument("--mistakes", type=int, default=24, help="how many worst OOF mistakes to show")
-    p.add_argument("--cam", type=int, default=6, help="how many of them get a Grad-CAM heatmap")
-    p.set_defaults(func=cmd_report)
-    add_eda_command(sub)
-    add_lr_find_command(sub)

@@ -8,13 +8,16 @@ repeats ids, holds NaN or Inf, lacks class columns, or was made against another 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.data import DataError, examples
-from pipeline.io import write_csv, write_json
+from pipeline.config import Competition
+from pipeline.data import DataError, class_names, encode_targets, examples, read_sample, read_train
+from pipeline.folds import fold_of
+from pipeline.io import file_md5, write_csv, write_json
 
 
 class TableError(DataError):
@@ -97,3 +100,52 @@ def read_table(
     if expected_ids is not None:
         out = out.loc[expected]
     return out
+
+
+# --- level 1: every model's tables side by side --------------------------------------------------------
+
+
+@dataclass
+class Level1:
+    models: list[str]
+    classes: list[str]
+    train_ids: list[str]
+    test_ids: list[str]
+    y: np.ndarray
+    fold: np.ndarray
+    oof: np.ndarray  # (n_models, n, C)
+    test: np.ndarray  # (n_models, t, C)
+
+
+def find_models(stacking: str | Path) -> tuple[list[str], list[str]]:
+    """Names with both <name>.oof.csv and <name>.test.csv; and the files that lack their partner."""
+    stacking = Path(stacking)
+    oof = {p.name.removesuffix(".oof.csv") for p in stacking.glob("*.oof.csv")}
+    test = {p.name.removesuffix(".test.csv") for p in stacking.glob("*.test.csv")}
+    lonely = [f"{n}.oof.csv (no {n}.test.csv)" for n in sorted(oof - test)]
+    lonely += [f"{n}.test.csv (no {n}.oof.csv)" for n in sorted(test - oof)]
+    return sorted(oof & test), lonely
+
+
+def load_level1(comp: Competition, stacking: str | Path = "stacking", folds_path: str | Path = "folds/folds.csv") -> Level1:
+    """Every model's OOF and test tables, checked against train ids, sample ids and folds.csv."""
+    train = read_train(comp)
+    classes = class_names(comp, train)
+    y = encode_targets(comp, train, classes)
+    train_ids = train[comp.id_col].astype(str).tolist()
+    test_ids = read_sample(comp)[comp.id_col].astype(str).tolist()
+    fold = fold_of(folds_path, comp, train_ids)
+    folds_md5 = file_md5(folds_path)
+    stacking = Path(stacking)
+    if not stacking.is_dir():
+        raise TableError(f"{stacking}: folder not found; run `make predict` or put <model>.oof.csv/.test.csv there")
+    models, lonely = find_models(stacking)
+    for name in lonely:
+        print(f"note: ignoring {stacking / name}")
+    if not models:
+        raise TableError(f"{stacking}: no model with both <model>.oof.csv and <model>.test.csv")
+    oof, test = [], []
+    for m in models:
+        oof.append(read_table(stacking / f"{m}.oof.csv", comp.id_col, classes, train_ids, folds_md5).to_numpy())
+        test.append(read_table(stacking / f"{m}.test.csv", comp.id_col, classes, test_ids, folds_md5).to_numpy())
+    return Level1(models, classes, train_ids, test_ids, y, fold, np.stack(oof), np.stack(test))

@@ -11,13 +11,14 @@ import pytest
 from sklearn.base import clone
 from sklearn.metrics import cohen_kappa_score
 
+from pipeline import blends
 from pipeline import ensemble as ens
 from pipeline.config import ConfigError, load_competition
 from pipeline.data import class_names, encode_targets, read_sample, read_train
 from pipeline.io import file_md5
 from pipeline.metrics import apply_thresholds, fit_thresholds, quadratic_kappa, score
 from pipeline.submission import validate_file
-from pipeline.tables import TableError, write_table
+from pipeline.tables import TableError, load_level1, write_table
 from tests.conftest import edit_train, make_competition, run_cli
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -75,39 +76,39 @@ def tiny_stack(tmp_path, monkeypatch):
 def test_vote_majority_beats_mean_and_a_tie_goes_to_the_higher_mean_probability():
     # 3 models: two vote class 0 although class 1 has the highest mean probability -> one-hot class 0.
     P3 = np.array([[[0.40, 0.35, 0.25]], [[0.40, 0.30, 0.30]], [[0.00, 1.00, 0.00]]])
-    assert np.array_equal(ens.blend_vote(P3, "multiclass"), [[1.0, 0.0, 0.0]])
+    assert np.array_equal(blends.blend_vote(P3, "multiclass"), [[1.0, 0.0, 0.0]])
     # 2 models, 1-1 ties. Row 0: class 0 (mean 0.35) vs class 1 (mean 0.55) -> 1.
     # Row 1: class 0 (mean 0.30) vs class 2 (mean 0.45) -> 2.
     P2 = np.array([[[0.5, 0.4, 0.1], [0.6, 0.3, 0.1]], [[0.2, 0.7, 0.1], [0.0, 0.2, 0.8]]])
-    assert np.array_equal(ens.blend_vote(P2, "multiclass"), [[0, 1, 0], [0, 0, 1]])
+    assert np.array_equal(blends.blend_vote(P2, "multiclass"), [[0, 1, 0], [0, 0, 1]])
 
 
 def test_vote_multilabel_votes_per_label_and_breaks_ties_by_mean():
     # 2 models, 2 labels: label 0 tie (0.9 vs 0.3: mean 0.6 -> 1), label 1 tie (0.55 vs 0.1: mean 0.325 -> 0)
     P = np.array([[[0.9, 0.55]], [[0.3, 0.1]]])
-    assert np.array_equal(ens.blend_vote(P, "multilabel"), [[1.0, 0.0]])
+    assert np.array_equal(blends.blend_vote(P, "multilabel"), [[1.0, 0.0]])
     P3 = np.array([[[0.6, 0.0]], [[0.6, 0.0]], [[0.0, 1.0]]])  # majority 1 on label 0, 0 on label 1
-    assert np.array_equal(ens.blend_vote(P3, "multilabel"), [[1.0, 0.0]])
+    assert np.array_equal(blends.blend_vote(P3, "multilabel"), [[1.0, 0.0]])
 
 
 def test_mean_is_soft_voting():
     P = np.array([[[0.2, 0.8], [0.6, 0.4]], [[0.4, 0.6], [1.0, 0.0]]])
-    assert np.allclose(ens.blend_mean(P, "binary"), [[0.3, 0.7], [0.8, 0.2]])
+    assert np.allclose(blends.blend_mean(P, "binary"), [[0.3, 0.7], [0.8, 0.2]])
 
 
 def test_gmean_with_a_zero_probability_is_finite_and_matches_hand_computation():
-    eps = ens.GMEAN_EPS
+    eps = blends.GMEAN_EPS
     P = np.array([[[0.0, 1.0], [0.2, 0.8]], [[0.5, 0.5], [0.8, 0.2]]])
-    out = ens.blend_gmean(P, "binary")
+    out = blends.blend_gmean(P, "binary")
     row0 = np.array([np.sqrt(eps * 0.5), np.sqrt(0.5)])
     assert np.isfinite(out).all()
     assert np.allclose(out[0], row0 / row0.sum())
     assert np.allclose(out[1], [0.5, 0.5])  # sqrt(.16) = .4 both
-    multiclass = ens.blend_gmean(np.array([[[0.2, 0.3, 0.5]], [[0.8, 0.1, 0.1]]]), "multiclass")
+    multiclass = blends.blend_gmean(np.array([[[0.2, 0.3, 0.5]], [[0.8, 0.1, 0.1]]]), "multiclass")
     g = np.array([0.4, np.sqrt(0.03), np.sqrt(0.05)])
     assert np.allclose(multiclass[0], g / g.sum())
     # multilabel: each label as two classes: p = sqrt(.9*.4) / (sqrt(.9*.4) + sqrt(.1*.6))
-    ml = ens.blend_gmean(np.array([[[0.9]], [[0.4]]]), "multilabel")
+    ml = blends.blend_gmean(np.array([[[0.9]], [[0.4]]]), "multilabel")
     assert np.isclose(ml[0, 0], np.sqrt(0.36) / (np.sqrt(0.36) + np.sqrt(0.06)))
 
 
@@ -116,10 +117,10 @@ def test_rank_averages_scaled_ranks():
     P[0, :, 1] = [0.1, 0.9, 0.5]  # ranks 0, 1, 0.5
     P[1, :, 1] = [0.3, 0.2, 0.8]  # ranks 0.5, 0, 1
     P[..., 0] = 1 - P[..., 1]
-    assert np.allclose(ens.blend_rank(P, "binary"), [[0.75, 0.25], [0.5, 0.5], [0.25, 0.75]])
-    multi = ens.blend_rank(np.random.default_rng(0).dirichlet(np.ones(4), size=(3, 7)), "multiclass")
+    assert np.allclose(blends.blend_rank(P, "binary"), [[0.75, 0.25], [0.5, 0.5], [0.25, 0.75]])
+    multi = blends.blend_rank(np.random.default_rng(0).dirichlet(np.ones(4), size=(3, 7)), "multiclass")
     assert np.allclose(multi.sum(axis=1), 1.0) and (multi >= 0).all()
-    ml = ens.blend_rank(np.array([[[0.1, 0.9], [0.2, 0.1]]]), "multilabel")  # not renormalised
+    ml = blends.blend_rank(np.array([[[0.1, 0.9], [0.2, 0.1]]]), "multilabel")  # not renormalised
     assert np.allclose(ml, [[0.0, 1.0], [1.0, 0.0]])
 
 
@@ -127,11 +128,11 @@ def test_weights_greedy_and_scipy_find_the_useful_model():
     rng = np.random.default_rng(0)
     y = np.arange(60) % 3
     good, noise = _noisy(rng, y, 3, 4.0), rng.dirichlet(np.ones(3), size=60)
-    X = ens.stack(np.stack([noise, good, noise[::-1]]))
-    greedy = ens.WeightsBlend(task="multiclass", n_classes=3, metric="logloss").fit(X, y)
+    X = blends.stack(np.stack([noise, good, noise[::-1]]))
+    greedy = blends.WeightsBlend(task="multiclass", n_classes=3, metric="logloss").fit(X, y)
     assert greedy.weights_.argmax() == 1 and np.isclose(greedy.weights_.sum(), 1.0) and (greedy.weights_ >= 0).all()
     assert score("logloss", "multiclass", y, greedy.predict_proba(X)) <= score("logloss", "multiclass", y, good) + 1e-9
-    opt = ens.WeightsBlend(task="multiclass", n_classes=3, metric="logloss", optimizer="scipy").fit(X, y)
+    opt = blends.WeightsBlend(task="multiclass", n_classes=3, metric="logloss", optimizer="scipy").fit(X, y)
     assert opt.weights_[1] > 0.8 and np.isclose(opt.weights_.sum(), 1.0)
 
 
@@ -143,7 +144,7 @@ def test_caruana_is_selection_with_replacement():
         [[0.4, 0.6], [0.4, 0.6], [0.1, 0.9], [0.1, 0.9]],
         [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]],
     ])
-    w, path = ens.caruana_weights(P, y, "binary", "accuracy", n_iter=5)
+    w, path = blends.caruana_weights(P, y, "binary", "accuracy", n_iter=5)
     # step 1 picks model 0 (0.5, first of the ties); step 2 adds model 1: mean is right everywhere.
     assert path[:2] == [0.5, 1.0]
     assert np.allclose(w, [0.5, 0.5, 0.0])
@@ -169,9 +170,9 @@ def test_nested_cv_is_worse_than_in_sample_on_noise(name):
     rng = np.random.default_rng(1)
     n, C, M = 90, 3, 30
     y = rng.integers(0, C, n)  # labels unrelated to every model
-    X = ens.stack(rng.dirichlet(np.ones(C), size=(M, n)))
+    X = blends.stack(rng.dirichlet(np.ones(C), size=(M, n)))
     fold = np.arange(n) % 3
-    est = ens.make_blend(name, "multiclass", C, "accuracy")
+    est = blends.make_blend(name, "multiclass", C, "accuracy")
     in_sample = score("accuracy", "multiclass", y, clone(est).fit(X, y).predict_proba(X))
     oof, learners = ens.nested_cv(est, X, y, fold)
     nested = score("accuracy", "multiclass", y, oof)
@@ -184,9 +185,9 @@ def test_nested_cv_is_worse_than_in_sample_on_noise(name):
 def test_held_out_labels_never_reach_their_predictions(name):
     rng = np.random.default_rng(2)
     y = np.arange(90) % 3
-    X = ens.stack(np.stack([_noisy(rng, y, 3, s) for s in (0.5, 1.0, 2.0)]))
+    X = blends.stack(np.stack([_noisy(rng, y, 3, s) for s in (0.5, 1.0, 2.0)]))
     fold = np.arange(90) // 30
-    est = ens.make_blend(name, "ordinal" if "thr" in name else "multiclass", 3, "qwk" if "thr" in name else "accuracy")
+    est = blends.make_blend(name, "ordinal" if "thr" in name else "multiclass", 3, "qwk" if "thr" in name else "accuracy")
     oof, _ = ens.nested_cv(est, X, y, fold)
     y2 = y.copy()
     y2[fold == 0] = (y2[fold == 0] + 1) % 3  # change only fold 0's labels
@@ -198,9 +199,9 @@ def test_held_out_labels_never_reach_their_predictions(name):
 def test_fold_averaged_test_prediction():
     rng = np.random.default_rng(3)
     y = np.arange(60) % 3
-    X = ens.stack(np.stack([_noisy(rng, y, 3, 1.0) for _ in range(2)]))
-    X_test = ens.stack(rng.dirichlet(np.ones(3), size=(2, 7)))
-    est = ens.make_blend("logreg", "multiclass", 3, "accuracy")
+    X = blends.stack(np.stack([_noisy(rng, y, 3, 1.0) for _ in range(2)]))
+    X_test = blends.stack(rng.dirichlet(np.ones(3), size=(2, 7)))
+    est = blends.make_blend("logreg", "multiclass", 3, "accuracy")
     res = ens.evaluate_blend("logreg", est, X, y, np.arange(60) % 3, X_test, "accuracy", "multiclass")
     test, learners = res.test, res.learners
     assert np.allclose(test, np.mean([e.predict_proba(X_test) for e in learners], axis=0))
@@ -210,7 +211,7 @@ def test_fold_averaged_test_prediction():
 
 
 @pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel"])
-@pytest.mark.parametrize("name", list(ens.BLENDS))
+@pytest.mark.parametrize("name", list(blends.BLENDS))
 def test_blends_follow_sklearn_conventions(name, task):
     rng = np.random.default_rng(4)
     n, C = 48, (2 if task == "binary" else 3)
@@ -220,8 +221,8 @@ def test_blends_follow_sklearn_conventions(name, task):
     else:
         y = np.arange(n) % C
         P = np.stack([_noisy(rng, y, C, 1.0) for _ in range(3)])
-    X = ens.stack(P)
-    est = ens.make_blend(name, task, C, "logloss")
+    X = blends.stack(P)
+    est = blends.make_blend(name, task, C, "logloss")
     assert not [k for k in vars(est) if k.endswith("_")]  # nothing fitted before fit
     assert clone(est).get_params() == est.get_params()
     assert est.fit(X, y) is est
@@ -236,19 +237,19 @@ def test_blends_follow_sklearn_conventions(name, task):
 def test_lgbm_is_deterministic():
     rng = np.random.default_rng(5)
     y = np.arange(120) % 3
-    X = ens.stack(np.stack([_noisy(rng, y, 3, 1.0) for _ in range(3)]))
-    a = ens.LGBMStacker(task="multiclass", n_classes=3).fit(X, y)
-    b = ens.LGBMStacker(task="multiclass", n_classes=3).fit(X, y)
+    X = blends.stack(np.stack([_noisy(rng, y, 3, 1.0) for _ in range(3)]))
+    a = blends.LGBMStacker(task="multiclass", n_classes=3).fit(X, y)
+    b = blends.LGBMStacker(task="multiclass", n_classes=3).fit(X, y)
     assert a.best_iterations_ == b.best_iterations_
     assert np.array_equal(a.predict_proba(X), b.predict_proba(X))
     assert not np.allclose(a.predict_proba(X), 1 / 3)  # it learned something
 
 
 def test_registry_and_candidates():
-    assert ens.candidate_names("auto", "accuracy") == list(ens.BLENDS)
-    assert ens.candidate_names("mean", "qwk") == ["mean", "mean+thr"]
+    assert blends.candidate_names("auto", "accuracy") == list(blends.BLENDS)
+    assert blends.candidate_names("mean", "qwk") == ["mean", "mean+thr"]
     with pytest.raises(ConfigError, match="unknown ensemble method"):
-        ens.candidate_names("median", "accuracy")
+        blends.candidate_names("median", "accuracy")
 
 
 # --- the stage ---------------------------------------------------------------------------------
@@ -260,7 +261,7 @@ def test_stale_table_is_refused(tmp_path, monkeypatch):
     meta = tmp_path / "stacking" / "m1.oof.json"
     meta.write_text(json.dumps({"folds_md5": "0" * 32}))
     with pytest.raises(TableError, match=r"m1\.oof\.csv.*another folds\.csv"):
-        ens.load_level1(comp)
+        load_level1(comp)
 
 
 def test_table_missing_ids_is_refused(tiny_stack, tmp_path):
@@ -268,18 +269,18 @@ def test_table_missing_ids_is_refused(tiny_stack, tmp_path):
     df = pd.read_csv(path, dtype=str)
     df.iloc[1:].to_csv(path, index=False)
     with pytest.raises(TableError, match=r"m0\.test\.csv.*1 missing"):
-        ens.load_level1(tiny_stack[0])
+        load_level1(tiny_stack[0])
 
 
 def test_lonely_files_are_ignored_and_empty_stacking_refused(tiny_stack, tmp_path, capsys):
     (tmp_path / "stacking" / "m2.test.csv").unlink()
-    level1 = ens.load_level1(tiny_stack[0])
+    level1 = load_level1(tiny_stack[0])
     assert level1.models == ["m0", "m1"]
     assert "m2.oof.csv (no m2.test.csv)" in capsys.readouterr().out
     for p in (tmp_path / "stacking").glob("*.csv"):
         p.unlink()
-    with pytest.raises(ens.EnsembleError, match="no model"):
-        ens.load_level1(tiny_stack[0])
+    with pytest.raises(TableError, match="no model"):
+        load_level1(tiny_stack[0])
 
 
 def test_auto_picks_the_best_honest_cv_for_a_lower_is_better_metric(tmp_path, monkeypatch):
@@ -287,7 +288,7 @@ def test_auto_picks_the_best_honest_cv_for_a_lower_is_better_metric(tmp_path, mo
     comp, classes, y = _setup(tmp_path, metric="logloss")
     report = ens.run_ensemble(comp)
     cvs = {k: v["cv"] for k, v in report["blends"].items()}
-    assert set(cvs) == set(ens.BLENDS)
+    assert set(cvs) == set(blends.BLENDS)
     assert report["chosen"] == min(cvs, key=cvs.get)
     assert report["blends"]["lgbm"]["nested"] and not report["blends"]["mean"]["nested"]
     assert set(report["blends"]["weights"]["weights"]) == {"m0", "m1", "m2"}
@@ -365,11 +366,17 @@ def test_cli_end_to_end(tmp_path):
     report = json.loads((sub / "cv.json").read_text())
     md = (sub / "cv.md").read_text()
     assert report["n_models"] == 2 and report["n_classes"] == 3 and report["n_rows"] == 90 and report["n_folds"] == 3
-    assert set(report["blends"]) == set(ens.BLENDS) and report["chosen"] in report["blends"]
-    for name in [*ens.BLENDS, "m0", "m1"]:
+    assert set(report["blends"]) == set(blends.BLENDS) and report["chosen"] in report["blends"]
+    for name in [*blends.BLENDS, "m0", "m1"]:
         assert f"| {name} |" in md
     assert "| test |" in md and report["models"]["m1"]["test"] > report["models"]["m0"]["test"]
     assert report["submission_test"] == report["blends"][report["chosen"]]["test"]
+    # the chosen blend's fitted state: it reproduces the blend's test table from the stacking tables
+    state = json.loads((sub / "blend.json").read_text())
+    assert state["method"] == report["chosen"] and state["models"] == ["m0", "m1"] and state["classes"] == classes
+    X_test = blends.stack([pd.read_csv(tmp_path / "stacking" / f"m{m}.test.csv")[classes].to_numpy() for m in (0, 1)])
+    again = blends.FittedBlend.from_export(state).predict_proba(X_test, "multiclass")
+    assert np.allclose(again, pd.read_csv(sub / "blend.test.csv")[classes].to_numpy(), atol=1e-6)
     history = list((sub / "history").glob("*.csv"))
     assert len(history) == 1 and f"_{report['chosen']}_cv" in history[0].name
     assert history[0].read_text() == (sub / "submission.csv").read_text()

@@ -105,6 +105,31 @@ def test_bundle_layout_sizes_and_metadata(demo):
     assert "total" in (demo / "package.log").read_text()
 
 
+def test_package_ships_the_blend_ensemble_fitted_and_refuses_a_stale_one(demo):
+    saved = json.loads((demo / "submissions" / "blend.json").read_text())
+    shipped = json.loads((demo / "dist" / "kaggle" / "dataset" / "blend.json").read_text())
+    assert shipped == saved and saved["method"] == "mean" and saved["models"] == ["tiny"]
+    # a stacking table changed after `ensemble`: the saved blend no longer describes it
+    shutil.copytree(demo / "stacking", demo / "stacking_changed")
+    table = pd.read_csv(demo / "stacking_changed" / "tiny.test.csv", dtype={"image_id": str})
+    table.iloc[:, 1:] = table.iloc[:, 1:].to_numpy()[:, ::-1]
+    table.to_csv(demo / "stacking_changed" / "tiny.test.csv", index=False)
+    proc = run_cli("package", "-c", "competition.yaml", "--stacking", "stacking_changed", "--out", "dist/changed",
+                   cwd=demo, check=False)
+    assert proc.returncode == 2 and "tiny.test.csv" in proc.stderr and "rerun `make ensemble`" in proc.stderr
+    # the saved state is what gets shipped: one that does not reproduce blend.test.csv is refused, not refitted
+    shutil.copytree(demo / "submissions", demo / "sub_edited")
+    saved["learners"][0]["class"] = "VoteBlend"
+    (demo / "sub_edited" / "blend.json").write_text(json.dumps(saved))
+    proc = run_cli("package", "-c", "competition.yaml", "--submissions", "sub_edited", "--out", "dist/edited",
+                   cwd=demo, check=False)
+    assert proc.returncode == 2 and "does not match the blend saved" in proc.stderr
+    proc = run_cli("package", "-c", "competition.yaml", "--method", "logreg", "--out", "dist/other", cwd=demo,
+                   check=False)
+    assert proc.returncode == 2 and "METHOD=logreg" in proc.stderr
+    assert not (demo / "dist" / "changed").exists() and not (demo / "dist" / "edited").exists()
+
+
 def test_no_credentials_in_bundle(demo):
     out = demo / "dist" / "kaggle"
     assert not [p for p in out.rglob("*") if p.name == "kaggle.json"]
@@ -179,7 +204,8 @@ def test_learned_blend_reproduced_and_tiny_time_limit_warns(demo, tmp_path):
 
 
 def test_blend_states_round_trip_through_json():
-    from pipeline.ensemble import blend_test_prediction, evaluate_blend, import_blend_state, make_blend, stack
+    from pipeline.blends import blend_test_prediction, import_blend_state, make_blend, stack
+    from pipeline.ensemble import evaluate_blend
 
     rng = np.random.default_rng(0)
     n, m, c = 90, 2, 3

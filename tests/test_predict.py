@@ -133,9 +133,7 @@ def trained(tmp_path_factory):
 
 def test_oof_covers_every_id_once_and_test_is_fold_mean(trained):
     from pipeline.augment import build_transform
-    from pipeline.infer import predict_logits, to_proba
-    from pipeline.loader import ImageDataset, make_loader
-    from pipeline.train import load_fold_model
+    from pipeline.infer import load_fold_model, to_proba
 
     root, proc = trained
     train = pd.read_csv(root / "data/tiny/train.csv", dtype=str)
@@ -156,10 +154,10 @@ def test_oof_covers_every_id_once_and_test_is_fold_mean(trained):
         model, cfg, ckpt = load_fold_model(root / f"runs/tiny/fold{k}")
         d = ckpt["data_config"]
         tf = build_transform("none", d["img_size"], d["mean"], d["std"], d["interpolation"], False, train=False)
-        loader = make_loader(ImageDataset(paths, None, tf, 1, "fail"), 8, 0)
-        plain = to_proba(predict_logits(model, loader, torch.device("cpu"), None, False, len(paths)), "multiclass")
-        flipped = model.eval()(torch.stack([tf(image=__import__("cv2").imread(str(p), 0))["image"] for p in paths]).flip(-1))
-        per_fold.append((plain + to_proba(flipped.detach().numpy(), "multiclass")) / 2)
+        x = torch.stack([tf(image=__import__("cv2").imread(str(p), 0))["image"] for p in paths])
+        with torch.no_grad():
+            plain, flipped = model.eval()(x), model(x.flip(-1))
+        per_fold.append((to_proba(plain.numpy(), "multiclass") + to_proba(flipped.numpy(), "multiclass")) / 2)
     assert np.allclose(test[["c0", "c1", "c2"]].to_numpy(), np.mean(per_fold, axis=0), atol=1e-5)
 
 
@@ -217,14 +215,14 @@ def test_pseudo_rows_train_only(tmp_path):
     folds = read_folds(tmp_path / "folds/folds.csv", "image_id")
     test_paths = {comp.image_path("test", i) for i in pseudo.image_id}
     for k in range(3):
-        data = fold_data(comp, folds, k, str(tmp_path / "pseudo.csv"))
+        data = fold_data(comp, tmp_path / "folds/folds.csv", k, str(tmp_path / "pseudo.csv"))
         assert test_paths <= set(data.train_paths)
         assert not test_paths & set(data.val_paths)
         assert len(data.val_ids) == (folds.fold == k).sum()
         assert np.allclose(data.train_targets[-4:], [0.1, 0.7, 0.2])  # soft labels kept
     pd.DataFrame({"image_id": ["not-a-test-id"], "label": ["c0"]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(DataError, match="not test rows"):
-        fold_data(comp, folds, 0, str(tmp_path / "bad.csv"))
+        fold_data(comp, tmp_path / "folds/folds.csv", 0, str(tmp_path / "bad.csv"))
 
 
 def test_pseudo_round_end_to_end_with_make(trained):

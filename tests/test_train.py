@@ -18,7 +18,8 @@ import torch
 from pipeline.augment import PRESETS, build_transform
 from pipeline.config import ConfigError
 from pipeline.models import ModelConfig, build_model, head_parameter_names, load_model_config
-from pipeline.train import SAM, load_checkpoint, make_optimizer
+from pipeline.io import load_checkpoint
+from pipeline.recipe import SAM, current_lr, make_mixer, make_optimizer, make_scheduler
 from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml
 
 def setup(root, n_train=60, model=None, name="tiny", **comp):
@@ -86,7 +87,11 @@ def test_make_train_all_and_rerun_one_fold(tmp_path):
     assert all(p.is_file() for p in dones.values())
     stamps = {k: p.read_text() for k, p in dones.items()}
     proc = subprocess.run([*make, "train-all"], cwd=tmp_path, capture_output=True, text=True)
-    assert proc.stdout.count("skipping") == 3
+    assert proc.returncode == 0 and "plan: tiny: 3/3 folds done" in proc.stderr  # the plan skips done folds
+    assert "pipeline train" not in proc.stdout and {k: p.read_text() for k, p in dones.items()} == stamps
+    plan = run_cli("plan", "-c", "competition.yaml", "lr=0.02", cwd=tmp_path)  # ARGS as train-all passes them
+    assert plan.stdout.split() == [f"runs/tiny/fold{k}/done.json" for k in range(3)]
+    assert "fold0 (config changed)" in plan.stderr
     proc = subprocess.run([*make, "train", "MODEL=tiny", "FOLD=1"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert dones[1].read_text() != stamps[1]  # retrained
@@ -154,7 +159,7 @@ def test_ram_cache_changes_nothing_and_neutral_keys_do_not_retrain(tmp_path):
     "override, needles",
     [
         ("epoch=3", ["epoch", "did you mean 'epochs'"]),
-        ("optimizer=adam", ["optimizer", "'adamw'", "'sgd'"]),
+        ("optimizer=adamm", ["optimizer", "unknown timm optimizer 'adamm'", "adamw"]),
         ("backbone=resnet1", ["unknown timm model", "resnet18"]),
         ("pretrained=weights/missing.pth", ["pretrained", "not found"]),
         ("augment=extreme", ["unknown preset", "none, light, medium, heavy"]),
@@ -245,12 +250,15 @@ def test_sam_perturbs_then_restores_and_steps():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt, x, y = one_step(cfg, model)
     assert isinstance(opt, SAM)
-    opt.first_step()
+    opt.perturb()
     perturbed = {k: v.clone() for k, v in model.state_dict().items()}
     name = next(n for n, p in model.named_parameters() if p.ndim > 1)
     assert not torch.equal(perturbed[name], before[name])
+    opt.zero_grad()
     torch.nn.functional.cross_entropy(model(x), y).backward()
-    opt.second_step()
+    opt.restore()
+    assert torch.allclose(model.state_dict()[name], before[name], atol=1e-6)  # back at the start ...
+    opt.base.step()  # ... stepping with the gradient taken at the perturbed point
     after = model.state_dict()
     assert not torch.equal(after[name], before[name]) and not torch.equal(after[name], perturbed[name])
 
@@ -264,19 +272,24 @@ def test_freeze_backbone_trains_head_only():
 
 
 def test_backbone_lr_is_lower_than_head():
-    cfg, model = tiny_model(backbone_lr_mult=0.1, lr=0.01)
+    cfg, model = tiny_model(backbone_lr_mult=0.1, lr=0.01, warmup_epochs=1)
     opt = make_optimizer(cfg, model)
-    assert sorted({g["base_lr"] for g in opt.param_groups}) == pytest.approx([0.001, 0.01])
+    sched = make_scheduler(cfg, opt, steps_per_epoch=10, metric_mode="max")
+    sched.step_update(10)  # the end of the warmup: the peak lr
+    assert sorted({g["lr"] for g in opt.param_groups}) == pytest.approx([0.001, 0.01])
+    assert current_lr(opt) == pytest.approx(0.01)
 
 
 def test_mixup_mixes_images_and_targets():
-    from timm.data import Mixup
-
     np.random.seed(0)
-    mixer = Mixup(mixup_alpha=1.0, cutmix_alpha=0.0, prob=1.0, num_classes=3)
+    cfg = ModelConfig(**{**TINY_MODEL, "mixup": 1.0})
+    mixer = make_mixer(cfg, n_classes=3)
     x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).repeat(1, 1, 2, 2)
-    lam = mixer._mix_batch(x)
+    y = torch.eye(3)[[0, 1, 2, 0]]
+    x, mixed = mixer(x, y.clone())
+    lam = float(mixed[1, 1])  # row 1 (class 1) mixed with row 2 (class 2): weight lam on class 1
     assert 0 < lam < 1 and not torch.equal(x[:, 0, 0, 0], torch.arange(4, dtype=torch.float32))
+    assert torch.allclose(mixed[1], lam * y[1] + (1 - lam) * y[2]) and torch.allclose(mixed.sum(1), torch.ones(4))
 
 
 def test_ema_and_stages_end_to_end(tmp_path):
