@@ -8,6 +8,7 @@ valid ones.
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Any, Callable
 
 import albumentations as A
@@ -80,6 +81,12 @@ def _from_list(spec: list[dict[str, Any]], size: int, interp: int) -> list:
                 + (f" (did you mean {', '.join(close)}?)" if close else "")
                 + "; each item needs name: <an albumentations class>"
             )
+        allowed = [k for k in inspect.signature(getattr(A, name).__init__).parameters if k not in ("self", "kwargs")]
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:  # albumentations itself only warns, and the transform then runs without them
+            close = difflib.get_close_matches(unknown[0], allowed, n=1)
+            raise ConfigError(f"key 'augment[{i}]' ({name}): unknown parameter(s) {unknown}"
+                              + (f" (did you mean {close[0]!r}?)" if close else "") + f"; allowed: {', '.join(allowed)}")
         try:
             out.append(getattr(A, name)(**params))
         except (TypeError, ValueError) as e:

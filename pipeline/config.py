@@ -46,10 +46,13 @@ class Competition(StrictModel):
     task: Literal["binary", "multiclass", "multilabel", "ordinal"] = "multiclass"
     train_images: str = Field("train/{id}.png", description="image path template under data_dir")
     test_images: str = Field("test/{id}.png", description="image path template under data_dir")
+    images_outside_data_dir: bool = Field(
+        False, description="allow ids whose image path leaves data_dir (e.g. an id '../x'); refused by default"
+    )
     group_col: str | None = Field(None, description="rows sharing a group never straddle folds")
     metric: Literal["accuracy", "logloss", "f1_macro", "auc", "qwk"] = "accuracy"
     n_folds: int = Field(5, ge=2, le=100)
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32, description="the fold split's seed")
     classes: list[str] | None = Field(
         None, description="class order for probability columns; default: sorted labels of train.csv"
     )
@@ -105,12 +108,26 @@ class Competition(StrictModel):
 # --- loading -----------------------------------------------------------------------------------
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (plain YAML keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if data is None:

@@ -1,10 +1,18 @@
-"""Reading a competition's tables: train.csv, sample_submission.csv, and the class list.
+"""Reading a competition's tables: train.csv, sample_submission.csv, answers, and the class list.
 
-Ids are always strings. Every check names the file and the column or rows at fault.
+One reading rule for every CSV the pipeline reads (`read_csv_text`): each cell is the text as written,
+nothing is guessed. `01` stays `01`, `NA` and `null` are ids like any other, `True` is not a boolean.
+Conversions happen on purpose, where a column's meaning is known (fold numbers, probabilities, 0/1
+multilabel columns, ordinal values), and each refuses what it cannot convert, naming the file and rows.
+
+Labels that look like missing values (`NaN`, `NA`, `null`, `None`, blank) or carry leading or trailing
+spaces are refused, naming the rows, unless the competition key `classes` lists them as written.
+Ordinal values are numbers: `2`, `2.0` and `02` are one class, written `2`.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +20,28 @@ import pandas as pd
 
 from pipeline.config import Competition, ConfigError
 
+# pandas' default missing-value markers: as labels they are almost always a hole in the data.
+MISSING_TEXT = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+                          "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+
 
 class DataError(Exception):
     """The competition's files do not match its config; the message names the file and rows."""
 
 
-def _read_csv(path: Path, key: str, id_col: str) -> pd.DataFrame:
+def read_csv_text(path: str | Path, what: str = "") -> pd.DataFrame:
+    """A CSV with every cell as the text it is (no type guessing, no missing-value guessing)."""
+    path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found (competition key '{key}')")
+        raise DataError(f"{path}: file not found{what}")
     try:
-        df = pd.read_csv(path, dtype={id_col: str}, keep_default_na=False, na_values=[""])
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot be read as CSV ({e})") from None
+
+
+def _read_csv(path: Path, key: str, id_col: str) -> pd.DataFrame:
+    df = read_csv_text(path, f" (competition key '{key}')")
     if id_col not in df.columns:
         raise DataError(
             f"{path}: id column '{id_col}' (competition key 'id_col') not found; columns are {list(df.columns)}"
@@ -38,14 +56,64 @@ def examples(values, n: int = 5) -> str:
     return ", ".join(map(str, values[:n])) + more
 
 
+def lines(mask) -> str:
+    """1-based file line numbers (header = line 1) of the rows where mask is true, for error messages."""
+    return examples((np.flatnonzero(np.asarray(mask)) + 2).tolist())
+
+
 def check_data_dir(comp: Competition) -> None:
     if not comp.data_dir.is_dir():
         hint = " (run `make demo` to write the embedded demo)" if comp.generator else ""
         raise DataError(f"{comp.data_dir}: data folder not found (competition key 'data_dir'){hint}")
 
 
+def check_ids(comp: Competition, path: Path, ids: pd.Series, split: str) -> None:
+    """Ids are non-empty and unique, and their image paths stay inside data_dir unless the competition
+    allows images outside it."""
+    empty = ids.str.strip() == ""
+    if empty.any():
+        raise DataError(f"{path}: empty id in line(s) {lines(empty)}")
+    dup = ids[ids.duplicated(keep=False)].unique()
+    if len(dup):
+        raise DataError(f"{path}: {len(dup)} duplicate id(s) in column '{comp.id_col}': {examples(dup)}")
+    if comp.images_outside_data_dir:
+        return
+    root = os.path.abspath(comp.data_dir)
+    template = comp.train_images if split == "train" else comp.test_images
+    outside = [i for i in ids if os.path.commonpath([os.path.abspath(comp.image_path(split, i)), root]) != root]
+    if outside:
+        raise DataError(
+            f"{path}: {len(outside)} id(s) point outside data_dir {comp.data_dir} through the path template "
+            f"{template!r}: {examples(repr(i) for i in outside)}. Set the competition key "
+            "images_outside_data_dir: true if that is intended")
+
+
+def check_labels(comp: Competition, path: Path, df: pd.DataFrame) -> None:
+    """Refuse labels that are holes in the data: missing-value markers, blanks, stray spaces."""
+    listed = set(comp.classes or [])
+    labels = df[comp.target]
+    for bad, why in ((labels.isin(MISSING_TEXT) & ~labels.isin(listed), "look like missing values"),
+                     ((labels != labels.str.strip()) & ~labels.isin(listed), "have leading or trailing spaces")):
+        if bad.any():
+            raise DataError(
+                f"{path}: label(s) {examples(sorted(set(map(repr, labels[bad]))))} in column '{comp.target}' "
+                f"{why} (line(s) {lines(bad)}); fix them, or list them as written in the competition key "
+                "'classes' if they are real classes")
+
+
+def binary_columns(path: Path, df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """0/1 columns as written ('0', '1') -> integers; anything else is refused naming the column and lines."""
+    for col in cols:
+        bad = ~df[col].astype(str).isin(["0", "1"])
+        if bad.any():
+            raise DataError(f"{path}: multilabel column '{col}' must hold 0 or 1, found "
+                            f"{examples(sorted(set(map(repr, df[col][bad]))))} in line(s) {lines(bad)}")
+    return df.astype({c: int for c in cols})
+
+
 def read_train(comp: Competition) -> pd.DataFrame:
-    """train.csv with the id column as str, checked for duplicate ids, missing columns and empty labels."""
+    """train.csv as text, checked: ids (present, unique, inside data_dir), columns, empty and hollow labels.
+    Multilabel columns become 0/1 integers; every other cell stays the text it is."""
     check_data_dir(comp)
     path = comp.train_csv_path
     df = _read_csv(path, "train_csv", comp.id_col)
@@ -60,49 +128,43 @@ def read_train(comp: Competition) -> pd.DataFrame:
     if df.empty:
         raise DataError(f"{path}: has no rows")
     ids = df[comp.id_col]
-    if ids.isna().any():
-        rows = (np.flatnonzero(ids.isna()) + 2).tolist()  # +2: header line and 1-based lines
-        raise DataError(f"{path}: empty id in line(s) {examples(rows)}")
-    dup = ids[ids.duplicated(keep=False)].unique()
-    if len(dup):
-        raise DataError(f"{path}: {len(dup)} duplicate id(s) in column '{comp.id_col}': {examples(dup)}")
+    check_ids(comp, path, ids, "train")
     for col in wanted:
-        empty = df[col].isna()
+        empty = df[col].str.strip() == ""
         if empty.any():
-            bad = ids[empty].tolist()
-            raise DataError(f"{path}: empty value in column '{col}' for {empty.sum()} row(s), ids {examples(bad)}")
+            raise DataError(f"{path}: empty value in column '{col}' for {empty.sum()} row(s), "
+                            f"ids {examples(ids[empty])}")
     if comp.task == "multilabel":
-        for col in comp.target_cols:
-            values = set(pd.unique(df[col]))
-            if not values <= {0, 1}:
-                raise DataError(f"{path}: multilabel column '{col}' must hold 0/1, found {sorted(map(str, values))}")
+        return binary_columns(path, df, comp.target_cols)
+    check_labels(comp, path, df)
     if comp.task == "ordinal":
         numeric = pd.to_numeric(df[comp.target], errors="coerce")
         if numeric.isna().any():
             bad = ids[numeric.isna()].tolist()
             raise DataError(f"{path}: ordinal target '{comp.target}' must be numeric; ids {examples(bad)} are not")
-    if comp.group_col:
-        df[comp.group_col] = df[comp.group_col].astype(str)
-    if comp.task in ("binary", "multiclass"):
-        df[comp.target] = df[comp.target].astype(str)
     return df
 
 
 def read_sample(comp: Competition) -> pd.DataFrame:
+    """sample_submission.csv as text; its ids are checked like train.csv's."""
     check_data_dir(comp)
     path = comp.sample_submission_path
     df = _read_csv(path, "sample_submission", comp.id_col)
-    dup = df[comp.id_col][df[comp.id_col].duplicated()].unique()
-    if len(dup):
-        raise DataError(f"{path}: {len(dup)} duplicate id(s): {examples(dup)}")
+    check_ids(comp, path, df[comp.id_col], "test")
     return df
+
+
+def ordinal_text(value) -> str:
+    """One way to write an ordinal value: an integer without decimals (2, 2.0, 02 -> '2'), else repr."""
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
 
 
 def labels_as_text(comp: Competition, values: pd.Series) -> pd.Series:
     """A single-label target column as the class names used everywhere: the text as written, except
-    ordinal targets, whose numbers are written one canonical way (2, 2.0 and 02 are one class)."""
+    ordinal targets, whose numbers are written one canonical way (see ordinal_text)."""
     if comp.task == "ordinal":
-        return pd.Series([str(v) for v in pd.to_numeric(values)], index=values.index)
+        return pd.Series([ordinal_text(v) for v in values], index=values.index)
     return values.astype(str)
 
 
@@ -112,7 +174,7 @@ def class_names(comp: Competition, train: pd.DataFrame) -> list[str]:
         return list(comp.target_cols)
     labels = labels_as_text(comp, train[comp.target])
     if comp.task == "ordinal":
-        found = [str(v) for v in sorted(pd.unique(pd.to_numeric(train[comp.target])))]
+        found = sorted(pd.unique(labels), key=float)
     else:
         found = sorted(pd.unique(labels))
     if comp.classes is not None:
@@ -132,6 +194,7 @@ def encode_targets(comp: Competition, table: pd.DataFrame, classes: list[str], s
     """Integer class index per row (n,), or the 0/1 matrix (n, C) for multilabel. A label that is not one
     of `classes` is an error naming `source` (default: train.csv)."""
     if comp.task == "multilabel":
+        table = binary_columns(Path(source or comp.train_csv_path), table, comp.target_cols)
         return table[comp.target_cols].to_numpy(dtype=np.float32)
     labels = labels_as_text(comp, table[comp.target])
     unknown = sorted(set(labels) - set(classes))
@@ -151,7 +214,7 @@ def read_answers(comp: Competition, classes: list[str], test_ids: list[str]) -> 
     if not path.is_file():
         print(f"note: answers file {path} (competition key 'answers') not found; no test scores")
         return None
-    df = pd.read_csv(path, dtype={comp.id_col: str}, keep_default_na=False)
+    df = read_csv_text(path, " (competition key 'answers')")
     missing_cols = [c for c in [comp.id_col, *comp.target_cols] if c not in df.columns]
     if missing_cols:
         raise DataError(f"{path}: column(s) {missing_cols} missing (competition key 'answers')")

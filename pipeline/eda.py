@@ -28,14 +28,17 @@ FEATURES = ["height", "width", "aspect", "channels", "bytes", "mean_0", "mean_1"
 
 def image_stats(path: Path) -> dict:
     """md5 of the file and simple statistics of the decoded image (NaN where it cannot be decoded)."""
+    from pipeline.images import BadImage, decode_image
+
     row: dict = {"md5": None, "readable": False}
     try:
         data = Path(path).read_bytes()
     except OSError:
         return row
     row["md5"], row["bytes"] = hashlib.md5(data).hexdigest(), len(data)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
+    try:
+        img = decode_image(data, path)
+    except BadImage:
         return row
     if img.ndim == 3 and img.shape[2] == 4:
         img = img[:, :, :3]  # alpha is not content

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Competition, config_hash
-from pipeline.data import DataError, examples, read_sample, read_train
+from pipeline.data import DataError, class_names, examples, lines, read_csv_text, read_sample, read_train
 from pipeline.io import file_md5, write_csv, write_json
 
 ORDINAL_MAX_STRATA = 20
@@ -36,18 +36,16 @@ class ImageScan:
 
 def _scan_one(path: Path, decode: bool) -> tuple[str | None, str | None]:
     """(md5, problem) for one image file; problem is 'missing' or 'unreadable'."""
-    import cv2
+    from pipeline.images import BadImage, decode_image
 
+    if not path.is_file():
+        return None, "missing"
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        return None, "missing"
-    except OSError:
+        if decode:
+            decode_image(data, path)
+    except (OSError, BadImage):
         return None, "unreadable"
-    if decode:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if img is None or img.size == 0:
-            return None, "unreadable"
     return hashlib.md5(data).hexdigest(), None
 
 
@@ -114,11 +112,14 @@ def check_rare(comp: Competition, y: np.ndarray) -> None:
         rare = rare[rare > 0]
     if len(rare):
         listing = ", ".join(f"{k!r} ({v} rows)" for k, v in rare.items())
-        largest_ok = int(max(2, rare.min()))
+        fewest = int(rare.min())
+        fix = (f"Use fewer folds (COMP_ARGS='n_folds={fewest}' is the most that works), or merge or drop the rare "
+               f"{what}es in train.csv." if fewest >= 2 else
+               f"A {what} with a single row cannot be in a training and a validation part at once, whatever "
+               f"n_folds is: merge it into another {what} or drop it from train.csv.")
         raise DataError(
             f"{comp.train_csv_path}: {what}(es) with fewer rows than n_folds={comp.n_folds}: {listing}. "
-            f"Stratified folds cannot give each fold one of them. Use fewer folds (for example "
-            f"COMP_ARGS='n_folds={largest_ok}'), or merge or drop the rare classes in train.csv."
+            f"Stratified folds cannot give each fold one of them. {fix}"
         )
 
 
@@ -178,6 +179,7 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
     out_dir = Path(out_dir)
     csv_path, meta_path = out_dir / "folds.csv", out_dir / "folds.json"
     train = read_train(comp)
+    class_names(comp, train)  # a binary task with 3 classes, or `classes` missing a label, fails here
     stamp = _stamp(comp, decode)
     if not force and csv_path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
@@ -246,13 +248,15 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
 
 
 def read_folds(path: str | Path = "folds/folds.csv", id_col: str | None = None) -> pd.DataFrame:
-    """folds.csv with the id column as str (the first column unless id_col is given)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: not found; run `make folds` first")
-    head = pd.read_csv(path, nrows=0).columns
-    id_col = id_col or head[0]
-    return pd.read_csv(path, dtype={id_col: str})
+    """folds.csv as text (ids exactly as written), with the fold column as integers."""
+    df = read_csv_text(path, "; run `make folds` first")
+    if "fold" in df.columns:
+        bad = ~df["fold"].str.fullmatch(r"\d+")
+        if bad.any():
+            raise DataError(f"{path}: column 'fold' must hold fold numbers, line(s) {lines(bad)} do not; "
+                            "rerun `make folds`")
+        df["fold"] = df["fold"].astype(int)
+    return df
 
 
 def fold_of(path: str | Path, comp: Competition, train_ids: list[str]) -> np.ndarray:

@@ -17,28 +17,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from pipeline.data import DataError
-
-
-class BadImage(DataError):
-    """An image that cannot be read or decoded."""
-
-
-def read_image(path: str | Path, in_chans: int) -> np.ndarray:
-    """HxW (grayscale) or HxWx3 RGB uint8; raises BadImage with the path when it cannot be decoded."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        raise BadImage(f"{path}: image file not found or unreadable") from None
-    img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE if in_chans == 1 else cv2.IMREAD_COLOR)
-    if img is None or img.size == 0:
-        raise BadImage(f"{path}: corrupt or unreadable image")
-    return img if in_chans == 1 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+from pipeline.images import BadImage, read_image
 
 
 def available_memory() -> int:

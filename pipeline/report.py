@@ -105,13 +105,13 @@ def blend_oof(comp: Competition, cv: dict, train_ids: list[str], classes: list[s
 
     path = submissions / "blend.oof.csv"
     if path.is_file():
-        p = read_table(path, comp.id_col, classes, train_ids).to_numpy()
+        p = read_table(path, comp.id_col, classes, train_ids, task=comp.task).to_numpy()
         return p, f"the chosen blend `{cv.get('chosen')}` (`{path}`)"
     models = [m for m in cv.get("models", {}) if (stacking / f"{m}.oof.csv").is_file()]
     if not models:
         raise DataError(f"{path} is missing and {stacking} holds no OOF table of the models in cv.json; "
                         "run `make ensemble` first")
-    p = np.mean([read_table(stacking / f"{m}.oof.csv", comp.id_col, classes, train_ids).to_numpy() for m in models],
+    p = np.mean([read_table(stacking / f"{m}.oof.csv", comp.id_col, classes, train_ids, task=comp.task).to_numpy() for m in models],
                 axis=0)
     return p, f"the mean of the models' OOF tables ({', '.join(models)}); `{path}` was not found"
 
@@ -239,7 +239,7 @@ def _show(ax, img: np.ndarray) -> None:
 
 
 def plot_mistakes(comp: Competition, mistakes: pd.DataFrame, out: Path) -> str | None:
-    from pipeline.loader import BadImage, read_image
+    from pipeline.images import BadImage, read_image
 
     if mistakes.empty:
         return None
@@ -302,7 +302,7 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
     import torch
 
     from pipeline.infer import EvalSpec, load_fold_model
-    from pipeline.loader import read_image
+    from pipeline.images import read_image
 
     picked = mistakes.head(n)
     if picked.empty:

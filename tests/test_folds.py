@@ -149,8 +149,13 @@ def test_empty_label(tiny):
 
 def test_rare_class_suggests_fewer_folds(tiny):
     ids = labels(tiny).image_id
-    edit_train(tiny, lambda df: df.assign(label=df.label.where(df.image_id != ids[0], "rare")))
-    fails(tiny, "'rare' (1 rows)", "fewer folds", "n_folds=2")
+    edit_train(tiny, lambda df: df.assign(label=df.label.where(~df.image_id.isin(ids[:2]), "rare")))
+    fails(tiny, "'rare' (2 rows)", "fewer folds", "n_folds=2")
+    # one row: no n_folds can help, and the message does not pretend it can (n_folds=2 would fail the same way)
+    edit_train(tiny, lambda df: df.assign(label=df.label.where(df.image_id != ids[0], "c0")))
+    err = fails(tiny, "'rare' (1 rows)", "single row", "merge it into another class or drop it")
+    assert "n_folds=2" not in err
+    assert run_cli("folds", "-c", "competition.yaml", "n_folds=2", cwd=tiny, check=False).returncode == 2
 
 
 def test_missing_target_column(tiny):

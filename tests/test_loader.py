@@ -8,7 +8,8 @@ import pytest
 
 from pipeline import loader
 from pipeline.augment import build_transform
-from pipeline.loader import BadImage, ImageCache, ImageDataset, make_loader, maybe_cache, read_image
+from pipeline.images import BadImage, read_image
+from pipeline.loader import ImageCache, ImageDataset, make_loader, maybe_cache
 
 
 def write_images(folder, n=40, seed=0):
