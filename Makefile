@@ -51,7 +51,8 @@ folds: $(STAMP) ## assign every training row to a validation fold -> folds/folds
 # One target per model x fold: runs/<model>/fold<k>/done.json. `plan` (one Python process, no torch)
 # lists the folds whose done.json does not hold the stamp the current config, ARGS and folds.csv give,
 # and says why; Make then trains only those (FORCE: the stamp, not a file date, decides), `-j` running
-# folds in parallel. When every fold is done nothing else starts. NPROC>1 runs each fold with DDP
+# folds in parallel. When every fold is done nothing else starts. A fold trained with other ARGS whose
+# config file is unchanged is kept (and said so) unless RETRAIN=1. NPROC>1 runs each fold with DDP
 # through torchrun.
 MODELS ?=
 MODEL  ?=
@@ -60,8 +61,9 @@ NPROC  ?= 1
 TRAIN  = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m pipeline,$(RUN)) train -c $(COMPETITION)
 
 PSEUDO ?=
-train-all: folds ## train every model x fold not done yet (MODELS="a b" limits, NPROC=n DDP, -j parallel folds, PSEUDO=folds/pseudo.csv a pseudo round)
-	@targets=$$($(RUN) plan -c $(COMPETITION) --models "$(MODELS)" $(if $(PSEUDO),--pseudo $(PSEUDO)) $(ARGS)) || exit 1; \
+RETRAIN ?=
+train-all: folds ## train every model x fold not done yet (MODELS="a b" limits, NPROC=n DDP, -j parallel folds, PSEUDO=folds/pseudo.csv a pseudo round, RETRAIN=1 also folds trained with other ARGS)
+	@targets=$$($(RUN) plan -c $(COMPETITION) --models "$(MODELS)" $(if $(PSEUDO),--pseudo $(PSEUDO)) $(if $(RETRAIN),--retrain) $(ARGS)) || exit 1; \
 	if [ -n "$$targets" ]; then \
 	  $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $$targets COMPETITION=$(COMPETITION) ARGS="$(ARGS)" NPROC=$(NPROC) PSEUDO=$(PSEUDO); \
 	fi

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, load_competition, open_competition
 from pipeline.data import DataError
+from pipeline.io import CheckpointError
 
 DEFAULT_COMPETITION = "configs/competition.yaml"
 
@@ -36,11 +37,13 @@ def cmd_fashion_mnist(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    from pipeline.data import read_sample, read_train
+    from pipeline.data import class_names, read_sample, read_train
 
     comp = open_competition(args.competition, args.overrides)
     train, sample = read_train(comp), read_sample(comp)
-    print(f"{args.competition}: ok ({len(train)} train rows, {len(sample)} test rows, task {comp.task})")
+    classes = class_names(comp, train)
+    print(f"{args.competition}: ok ({len(train)} train rows, {len(sample)} test rows, task {comp.task}, "
+          f"{len(classes)} classes)")
 
 
 def cmd_folds(args: argparse.Namespace) -> None:
@@ -72,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg, source = load_model(comp.models_dir, args.model, model_overrides(args))
     try:
         train_fold(comp, cfg, run_name(args.model, cfg), args.fold, folds_path=args.folds, runs=args.runs,
-                   rerun=args.rerun, source=source)
+                   rerun=args.rerun, source=source, overrides=model_overrides(args))
     except TrainingError as e:
         raise DataError(f"training {args.model} fold {args.fold} stopped: {e}") from None
 
@@ -87,13 +90,16 @@ def cmd_plan(args: argparse.Namespace) -> None:
     if not models:
         raise ConfigError(f"no model configs in {comp.models_dir} (competition key 'models_dir')")
     jobs = plan_training(comp, comp.models_dir, models, args.folds, args.runs, model_overrides(args))
-    todo = [j for j in jobs if j.reason is not None or args.all]
+    train = {"todo", "stale", "kept"} if args.retrain else {"todo", "stale"}
     for run in dict.fromkeys(j.run for j in jobs):
         mine = [j for j in jobs if j.run == run]
-        stale = [f"fold{j.fold} ({j.reason})" for j in mine if j.reason is not None]
-        print(f"plan: {run}: {len(mine) - len(stale)}/{len(mine)} folds done"
-              + (f"; to train: {', '.join(stale)}" if stale else ""), file=sys.stderr)
-    print(" ".join(j.target for j in todo))
+        todo = [f"fold{j.fold} ({j.status.reason})" for j in mine if j.status.state in train]
+        kept = [f"fold{j.fold} ({j.status.reason})" for j in mine if j.status.state == "kept" and not args.retrain]
+        print(f"plan: {run}: {len(mine) - len(todo)}/{len(mine)} folds done"
+              + (f"; to train: {', '.join(todo)}" if todo else "")
+              + (f"; kept as trained: {', '.join(kept)} (RETRAIN=1 trains them as configured now)" if kept else ""),
+              file=sys.stderr)
+    print(" ".join(j.target for j in jobs if j.status.state in train or args.all))
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
@@ -145,7 +151,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     from pipeline.ensemble import run_ensemble
 
     run_ensemble(open_competition(args.competition, args.overrides), method=args.method, stacking=args.stacking,
-                 folds_path=args.folds, out=args.out, force=args.force)
+                 folds_path=args.folds, out=args.out, force=args.force, runs=args.runs)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -167,15 +173,16 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_package(args: argparse.Namespace) -> None:
-    from pipeline.package import build_package
+    from pipeline.package import BundleOptions, build_package
 
-    wheels = None if args.wheels is None else args.wheels.split()
+    options = BundleOptions(fp16=args.fp16, wheels=None if args.wheels is None else tuple(args.wheels.split()),
+                            find_links=tuple(args.find_links), project=Path(args.project) if args.project else None,
+                            private=not args.public, test_size=args.test_size, test_factor=args.test_factor,
+                            gpu_factor=args.gpu_factor)
     build_package(open_competition(args.competition, args.overrides), out=args.out, runs=args.runs,
                   stacking=args.stacking, folds=args.folds, submissions=args.submissions, method=args.method,
-                  wheels=wheels, find_links=args.find_links, project=args.project, fp16=args.fp16,
                   user=args.kaggle_user, competition_slug=args.competition_slug, dataset_slug=args.dataset_slug,
-                  kernel_slug=args.kernel_slug, private=not args.public, test_size=args.test_size,
-                  test_factor=args.test_factor, gpu_factor=args.gpu_factor)
+                  kernel_slug=args.kernel_slug, options=options)
 
 
 def cmd_kernel(args: argparse.Namespace) -> None:
@@ -248,6 +255,8 @@ def _training_commands(command) -> None:
     _stage_paths(p, "folds", "runs")
     p.add_argument("--pseudo", default=None, help="pseudo-label table: the targets of that pseudo-label round")
     p.add_argument("--all", action="store_true", help="list finished folds too")
+    p.add_argument("--retrain", action="store_true",
+                   help="also list folds kept as trained with other overrides (ARGS), to train them as configured")
 
     p = command("lr-find", cmd_lr_find, "LR range test for one model -> runs/<model>/lr_find.png, a suggested lr")
     _competition_args(p, "override model config keys (batch_size=32 ...)")
@@ -283,7 +292,7 @@ def _prediction_commands(command) -> None:
     _competition_args(p)
     p.add_argument("--method", default="auto", help="auto (the best honest CV) or one blend: vote, mean, gmean, "
                    "rank, weights, weights_scipy, lgbm, logreg")
-    _stage_paths(p, "stacking", "folds")
+    _stage_paths(p, "stacking", "folds", "runs")
     p.add_argument("--out", default="submissions", help="output folder")
     p.add_argument("--force", action="store_true", help="rerun even when the inputs are unchanged")
 
@@ -358,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

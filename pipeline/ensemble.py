@@ -167,6 +167,45 @@ def ensemble_inputs(comp: Competition, method: str, stacking: str | Path, folds_
     return {"method": method, "competition": config_hash(comp), "md5": md5}
 
 
+OUTPUTS = ("submission.csv", "blend.test.csv", "blend.oof.csv", BLEND_STATE, "cv.md")
+
+
+def outputs_md5(out: Path) -> dict[str, str]:
+    """md5 of the files a run of the stage leaves in `out` (cv.json records them)."""
+    return {name: file_md5(out / name) for name in OUTPUTS if (out / name).is_file()}
+
+
+def check_provenance(comp: Competition, stacking: str | Path, runs: str | Path, folds_path: str | Path) -> None:
+    """Tables that `predict` made from runs/ must still describe those runs: the run's config file is
+    there and unchanged (with the overrides its folds were trained with), and its checkpoints are the
+    ones the tables came from. Tables of your own (no predict stamp) and runs not on this machine pass."""
+    from pipeline.data import class_names, read_train
+    from pipeline.folds import read_folds
+    from pipeline.runs import fold_runs
+    from pipeline.tables import find_models, read_meta
+
+    stacking, classes = Path(stacking), None
+    for name in find_models(stacking)[0]:
+        meta = read_meta(stacking / f"{name}.oof.csv")
+        stamp = meta.get("stamp") or {}
+        run = meta.get("model", name)
+        if "checkpoints" not in stamp:
+            continue
+        if not (Path(runs) / run).is_dir():
+            print(f"note: {stacking / name}.*.csv: made by predict from {runs}/{run}, which is not here; not checked")
+            continue
+        classes = classes or class_names(comp, read_train(comp))
+        folds = sorted(int(k) for k in read_folds(folds_path)["fold"].unique())
+        try:
+            dirs = fold_runs(comp, run, folds, runs, folds_path, classes)
+        except DataError as e:
+            raise EnsembleError(f"{stacking / name}.oof.csv and .test.csv were made from {runs}/{run}, which is not "
+                                f"current any more: {e}") from None
+        if [file_md5(d / "best.pt") for d in dirs] != stamp["checkpoints"]:
+            raise EnsembleError(f"{stacking / name}.oof.csv and .test.csv were made from other checkpoints than "
+                                f"{runs}/{run} holds now; run `make predict`")
+
+
 def level1_md5(stacking: str | Path, models: list[str]) -> dict[str, str]:
     """md5 of every stacking table a blend was fitted on (its OOF and test tables)."""
     stacking = Path(stacking)
@@ -197,23 +236,31 @@ def read_blend_state(path: str | Path, stacking: str | Path) -> tuple[FittedBlen
 
 def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path = "stacking",
                  folds_path: str | Path = "folds/folds.csv", out: str | Path = "submissions",
-                 force: bool = False) -> dict:
+                 force: bool = False, runs: str | Path = "runs") -> dict:
     """The stage: blend, score honestly, pick, validate and write the submission and cv.md/cv.json.
 
-    When cv.json records the same inputs (method, config, md5 of every table) and the submission is
-    there, nothing is redone (no new history file); `force` reruns."""
+    Tables made by `predict` are first checked against their runs (check_provenance). When cv.json
+    records the same inputs (method, config, md5 of every table) and the outputs are the files it wrote,
+    nothing is redone (no new history file); `force` reruns."""
     from pipeline.submission import archive_submission, infer_format, make_submission, write_submission
     from pipeline.tables import write_table
 
     names = candidate_names(method, comp.metric)
     out = Path(out)
+    check_provenance(comp, stacking, runs, folds_path)
     inputs = ensemble_inputs(comp, method, stacking, folds_path)
     if not force and all((out / f).is_file() for f in ("cv.json", "submission.csv", BLEND_STATE)):
-        previous = json.loads((out / "cv.json").read_text())
-        if previous.get("inputs") == inputs:
+        try:
+            previous = json.loads((out / "cv.json").read_text())
+        except json.JSONDecodeError:
+            previous = {}
+        changed = sorted(k for k, v in previous.get("outputs", {}).items() if outputs_md5(out).get(k) != v)
+        if previous.get("inputs") == inputs and previous.get("outputs") and not changed:
             print(f"{out / 'submission.csv'}: inputs unchanged since the last ensemble (chosen: "
                   f"{previous.get('chosen')}); skipping. `--force` (make ensemble FORCE=1) reruns it")
             return previous
+        if previous.get("inputs") == inputs:
+            print(f"{out}: {', '.join(changed) or 'cv.json'} changed since the last ensemble wrote it; rerunning")
     level1 = load_level1(comp, stacking, folds_path)
     task, metric, C = comp.task, comp.metric, len(level1.classes)
     sample = read_sample(comp)
@@ -265,6 +312,7 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
     text, report = build_report(comp, level1, model_rows, blends, errors, best.name, y_test is not None, submission)
     report["inputs"] = inputs
     write_text(out / "cv.md", text)
+    report["outputs"] = outputs_md5(out)
     write_json(out / "cv.json", report)
     print(text)
     print(f"chosen: {best.name} (CV {_fmt(best.cv)}"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.augment import eval_transform
-from pipeline.io import load_checkpoint
+from pipeline.io import CheckpointError, load_checkpoint
 from pipeline.loader import ImageCache, ImageDataset, make_loader
 from pipeline.models import ModelConfig, build_model
 from pipeline.tta import get_view
@@ -68,7 +68,12 @@ def model_from_state(cfg: ModelConfig, n_classes: int, state: dict, dev: torch.d
 
 def load_fold_model(run: str | Path, which: str = "best", dev: torch.device | None = None):
     """(model in eval mode with EMA weights when trained with EMA, config, checkpoint) of a run folder."""
-    ckpt = load_checkpoint(Path(run) / f"{which}.pt")
+    run = Path(run)
+    try:
+        ckpt = load_checkpoint(run / f"{which}.pt")
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; train the fold again: make train MODEL={run.parent.name} "
+                              f"FOLD={run.name.removeprefix('fold')}") from None
     cfg = ModelConfig.model_validate(ckpt["config"])
     return model_from_state(cfg, len(ckpt["classes"]), inference_state(ckpt), dev), cfg, ckpt
 

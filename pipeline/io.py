@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -15,9 +16,12 @@ import pandas as pd
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path in the target's folder; rename it onto `path` only if the block succeeds.
+    Temporary files left beside `path` by a killed write of the same file are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # from a write that was killed
+        leftover.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -76,8 +80,22 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
         torch.save(state, tmp)
 
 
+class CheckpointError(Exception):
+    """A checkpoint file that cannot be read; the message names it."""
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint on the CPU, loaded with weights_only=True (tensors and plain values, never pickled code)."""
+    """A checkpoint on the CPU, loaded with weights_only=True (tensors and plain values, never pickled code);
+    CheckpointError naming the file when it is missing, truncated or not a checkpoint."""
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file fails inside zipfile, pickle or torch, each its own way
+        detail = " ".join(str(e).split())[:200] or type(e).__name__
+        raise CheckpointError(f"{path}: checkpoint cannot be read ({type(e).__name__}: {detail})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a checkpoint of this pipeline (a {type(ckpt).__name__})")
+    return ckpt

@@ -143,7 +143,7 @@ def run_kernel(bundle: str | Path, data_dir: str | Path, out: str | Path, work_d
         views = np.concatenate([logits[pm.name][v] for v in done], axis=1)  # (folds, views, n, C)
         proba = np.mean([merge(fold_logits, pm.merge, comp.task) for fold_logits in views], axis=0)
         path = write_table(work / "stacking" / f"{pm.name}.test.csv", test_ids, proba, classes, comp.id_col)
-        P.append(read_table(path, comp.id_col, classes, test_ids).to_numpy())  # the values ensemble read
+        P.append(read_table(path, comp.id_col, classes, test_ids, task=comp.task).to_numpy())  # the values ensemble read
 
     blend = FittedBlend.from_export(json.loads((bundle / BLEND_FILE).read_text()))
     df = make_submission(fmt, sample, classes, test_ids, blend.predict_proba(stack(np.stack(P)), comp.task))

@@ -87,7 +87,7 @@ class ModelConfig(StrictModel):
         50, ge=1, description="read the running loss and the non-finite step count back from the device every N "
         "steps (progress bar, nan_policy); between reads the GPU never waits for the host"
     )
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32, description="seeds torch, numpy and python, and each epoch's order")
 
     # --- data ---
     augment: str | list[dict[str, Any]] = Field(
@@ -201,12 +201,42 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | str | Non
     if cfg.drop_path_rate is not None:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     if isinstance(pretrained, str):
-        weights = Path(pretrained)
-        if not weights.is_file():
-            raise ConfigError(f"key 'pretrained': weights file {weights} not found")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(weights.resolve())}
-        pretrained = True
+        return load_weights_file(cfg.backbone, Path(pretrained), kwargs)
     return timm.create_model(cfg.backbone, pretrained=bool(pretrained), **kwargs)
+
+
+def load_weights_file(backbone: str, weights: Path, kwargs: dict[str, Any]):
+    """timm's model with the weights of a local file (timm adapts the stem to in_chans and drops a classifier
+    of another size), checked: the file must load, and every backbone parameter must come from it. Only the
+    classifier head may differ (the usual fine-tuning case); otherwise the run would train from random init."""
+    import timm
+    import torch
+
+    if not weights.is_file():
+        raise ConfigError(f"key 'pretrained': weights file {weights} not found")
+    rng = torch.get_rng_state()
+    torch.manual_seed(rng.sum().item() + 1)
+    other = dict(timm.create_model(backbone, pretrained=False, **kwargs).named_parameters())  # another random init
+    torch.set_rng_state(rng)
+    same = dict(timm.create_model(backbone, pretrained=False, **kwargs).named_parameters())  # the model's own init
+    torch.set_rng_state(rng)
+    try:
+        model = timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay={"file": str(weights.resolve())},
+                                  **kwargs)
+    except Exception as e:  # noqa: BLE001 - torch, safetensors and timm each raise their own kinds on a bad file
+        detail = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ConfigError(f"key 'pretrained': {weights} cannot be loaded into {backbone} ({type(e).__name__}: "
+                          f"{detail}); it must be a safetensors file or a torch state dict of this backbone") from None
+    head = head_parameter_names(model)
+    random = [n for n in same if n not in head and not torch.equal(same[n], other[n])]  # judged: randomly initialised
+    untouched = [n for n, p in model.named_parameters() if n in random and torch.equal(p, same[n])]
+    if untouched:
+        raise ConfigError(
+            f"key 'pretrained': {weights} does not fit backbone {backbone}: {len(untouched)} of {len(random)} "
+            f"randomly initialised backbone weights were not in it ({', '.join(untouched[:4])}"
+            f"{' ...' if len(untouched) > 4 else ''}); only the classifier head may differ. Is it the weights "
+            "file of another model?")
+    return model
 
 
 _INTERP = {"nearest": 0, "bilinear": 1, "bicubic": 2, "area": 3}

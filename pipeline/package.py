@@ -13,6 +13,7 @@ inference path, scales to the hidden test size and the GPU factor, warns when th
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -20,15 +21,16 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.blends import stack
 from pipeline.config import Competition
 from pipeline.data import DataError
-from pipeline.io import file_md5, write_json, write_text
-from pipeline.blends import stack
+from pipeline.io import file_md5, make_dir_public, write_json, write_text
 from pipeline.kernel import BLEND_FILE, BUNDLE_FILE, load_models
 
 # What the Kaggle image lacks or has in other versions; `name` alone takes the installed version.
@@ -54,15 +56,30 @@ def slugify(text: str, max_len: int = 50) -> str:
     return s if len(s) >= 3 else (s + "-kfold").strip("-")
 
 
+SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?")  # Kaggle competition, dataset and kernel slugs
+USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,49}")
+
+
+def check_id(value: str, pattern: re.Pattern, what: str, where: str) -> str:
+    """A Kaggle slug or user name, refused unless it matches Kaggle's rules (it ends up in generated code)."""
+    if not pattern.fullmatch(value):
+        rule = ("lowercase letters, digits and inner hyphens, at most 50" if pattern is SLUG
+                else "letters, digits, '_' and '-', at most 50")
+        raise PackageError(f"{what} {value!r} ({where}) is not valid on Kaggle: use {rule} characters")
+    return value
+
+
 def kaggle_ids(comp: Competition, user: str | None, competition: str | None, dataset: str | None,
                kernel: str | None) -> dict:
     import os
 
-    comp_slug = competition or comp.data_dir.resolve().name
-    user = user or os.environ.get("KAGGLE_USERNAME") or "your-kaggle-username"
+    comp_slug = check_id(competition or comp.data_dir.resolve().name, SLUG, "competition slug",
+                         "--competition-slug" if competition else "the data folder's name; set --competition-slug")
+    user = check_id(user or os.environ.get("KAGGLE_USERNAME") or "your-kaggle-username", USERNAME, "Kaggle user",
+                    "KAGGLE_USER / --kaggle-user / $KAGGLE_USERNAME")
     return {"user": user, "competition": comp_slug,
-            "dataset": slugify(dataset or f"{comp_slug}-kfold-bundle"),
-            "kernel": slugify(kernel or f"{comp_slug}-kfold-inference")}
+            "dataset": check_id(slugify(dataset or f"{comp_slug}-kfold-bundle"), SLUG, "dataset slug", "--dataset-slug"),
+            "kernel": check_id(slugify(kernel or f"{comp_slug}-kfold-inference"), SLUG, "kernel slug", "--kernel-slug")}
 
 
 def dataset_metadata(ids: dict) -> dict:
@@ -119,14 +136,14 @@ def chosen_blend(comp: Competition, method: str | None, stacking: Path, folds: P
     table = submissions / "blend.test.csv"
     if not table.is_file():
         raise PackageError(f"{table}: not found; rerun `make ensemble`")
-    written = read_table(table, comp.id_col, level1.classes, level1.test_ids).to_numpy()
+    written = read_table(table, comp.id_col, level1.classes, level1.test_ids, task=comp.task).to_numpy()
     if not np.allclose(written, test, atol=1e-5):
         raise PackageError(f"{table} does not match the blend saved in {submissions / BLEND_STATE}; rerun "
                            "`make ensemble`")
     return level1, data
 
 
-def model_entries(level1, runs: Path, stacking: Path, folds_md5: str) -> list[dict]:
+def model_entries(comp: Competition, level1, runs: Path, stacking: Path, folds: Path) -> list[dict]:
     """Run folders and TTA of every model the blend uses (from the stacking tables' sidecars)."""
     from pipeline.runs import fold_runs
     from pipeline.tables import read_meta
@@ -139,7 +156,7 @@ def model_entries(level1, runs: Path, stacking: Path, folds_md5: str) -> list[di
             raise PackageError(
                 f"model {name!r}: stacking/{name}.oof.csv was not made by `predict` from {runs}/{name}/, so its "
                 "test predictions cannot be reproduced offline; remove its tables or retrain it here")
-        dirs = fold_runs(name, fold_ids, runs, folds_md5)
+        dirs = fold_runs(comp, name, fold_ids, runs, folds, level1.classes)
         stamp = meta.get("stamp", {})
         if stamp.get("checkpoints") and stamp["checkpoints"] != [file_md5(d / "best.pt") for d in dirs]:
             raise PackageError(f"model {name!r}: checkpoints changed since `predict`; rerun `make ensemble`")
@@ -213,7 +230,7 @@ def scrub_credentials(root: Path) -> list[str]:
     return removed
 
 
-KERNEL_SCRIPT = '''"""Offline inference for {competition}: installs the bundled wheels, then runs `python -m pipeline kernel`.
+KERNEL_SCRIPT = '''"""Offline inference for one competition: installs the bundled wheels, then runs `python -m pipeline kernel`.
 
 Written by `make package`; change the paths below (or pass --bundle/--data-dir/--out) to run it elsewhere.
 """
@@ -224,8 +241,8 @@ import subprocess
 import sys
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--bundle", default="/kaggle/input/{dataset}")
-parser.add_argument("--data-dir", default="/kaggle/input/{competition}")
+parser.add_argument("--bundle", default={bundle!r})
+parser.add_argument("--data-dir", default={data_dir!r})
 parser.add_argument("--out", default="/kaggle/working/submission.csv")
 parser.add_argument("--time-budget", type=float, default={budget!r}, help="seconds before extra TTA views are dropped")
 parser.add_argument("--skip-install", action="store_true")
@@ -304,55 +321,100 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
+@dataclass(frozen=True)
+class BundleOptions:
+    """How `package` builds the bundle (the command line's package options)."""
+
+    fp16: bool = False
+    wheels: tuple[str, ...] | None = None  # None: DEFAULT_WHEELS
+    find_links: tuple[str, ...] = ()
+    project: Path | None = None  # None: this checkout
+    private: bool = True
+    test_size: int | None = None
+    test_factor: float = 1.0
+    gpu_factor: float = 1.0
+    time_budget_frac: float = 0.9
+
+
 def build_package(comp: Competition, out: str | Path = "dist/kaggle", runs: str | Path = "runs",
                   stacking: str | Path = "stacking", folds: str | Path = "folds/folds.csv",
                   submissions: str | Path = "submissions", method: str | None = None,
-                  wheels: list[str] | None = None, find_links: list[str] | None = None,
-                  project: str | Path | None = None, fp16: bool = False, user: str | None = None,
-                  competition_slug: str | None = None, dataset_slug: str | None = None,
-                  kernel_slug: str | None = None, private: bool = True, test_size: int | None = None,
-                  test_factor: float = 1.0, gpu_factor: float = 1.0, time_budget_frac: float = 0.9) -> dict:
+                  user: str | None = None, competition_slug: str | None = None, dataset_slug: str | None = None,
+                  kernel_slug: str | None = None, options: BundleOptions = BundleOptions()) -> dict:
+    """Build the bundle in a temporary folder beside `out` and swap it in when complete: a failure leaves the
+    previous bundle as it was, and `out` is only ever replaced when `make package` made it (or it is empty)."""
     out, runs, stacking, folds, submissions = map(Path, (out, runs, stacking, folds, submissions))
+    ids = kaggle_ids(comp, user, competition_slug, dataset_slug, kernel_slug)  # bad ids fail before any work
+    check_replaceable(out)
     level1, blend = chosen_blend(comp, method, stacking, folds, submissions)
-    method = blend["method"]
-    entries = model_entries(level1, runs, stacking, file_md5(folds))
+    entries = model_entries(comp, level1, runs, stacking, folds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        manifest = write_bundle(build, comp, level1, blend, entries, ids, options)
+        make_dir_public(build)
+        replace_folder(build, out)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)  # our own temporary folder; `out` is untouched
+        raise
+    print(f"package: blend {blend['method']} of {len(entries)} model(s) -> {out}/")
+    print_summary(manifest, comp.time_limit_hours)
+    print(f"upload: kaggle datasets create -p {out / 'dataset'} ; kaggle kernels push -p {out / 'kernel'}")
+    return manifest
 
+
+def is_bundle(folder: Path) -> bool:
+    """A folder `make package` wrote: it holds manifest.json and dataset/bundle.json."""
+    return (folder / "manifest.json").is_file() and (folder / "dataset" / BUNDLE_FILE).is_file()
+
+
+def check_replaceable(out: Path) -> None:
+    if out.exists() and not (out.is_dir() and (is_bundle(out) or not any(out.iterdir()))):
+        raise PackageError(f"{out} exists and is not a bundle `make package` made (no manifest.json and "
+                           "dataset/bundle.json); it is left alone: choose another --out, or move it away")
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    """Put `new` in place of `out` (checked by check_replaceable), removing the old one only once swapped."""
+    old = None
     if out.exists():
-        shutil.rmtree(out)
-    dataset, kernel = out / "dataset", out / "kernel"
-    models_info = export_models(entries, dataset, fp16)
-    write_json(dataset / BLEND_FILE, blend)
+        old = out.with_name(f".{out.name}.old-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(out, old)
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old)
 
-    ids = kaggle_ids(comp, user, competition_slug, dataset_slug, kernel_slug)
+
+def write_bundle(build: Path, comp: Competition, level1, blend: dict, entries: list[dict], ids: dict,
+                 options: BundleOptions) -> dict:
+    """Everything of the bundle into `build`: dataset/, kernel/ and manifest.json; -> the manifest."""
+    dataset, kernel = build / "dataset", build / "kernel"
+    models_info = export_models(entries, dataset, options.fp16)
+    write_json(dataset / BLEND_FILE, blend)
     limit_s = comp.time_limit_hours * 3600.0
-    budget = round(limit_s * time_budget_frac - KERNEL_OVERHEAD_S, 1)
+    budget = round(limit_s * options.time_budget_frac - KERNEL_OVERHEAD_S, 1)
     comp_fields = comp.model_dump(mode="json", exclude={"data_dir", "answers", "generator", "models_dir"})
     write_json(dataset / BUNDLE_FILE, {
-        "competition": comp_fields, "classes": level1.classes, "models": models_info, "blend": method,
-        "time_budget_s": budget, "kaggle": ids, "fp16": fp16,
-        "made": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "competition": comp_fields, "classes": level1.classes, "models": models_info, "blend": blend["method"],
+        "time_budget_s": budget, "kaggle": ids, "fp16": options.fp16, "made": time.strftime("%Y-%m-%d %H:%M:%S"),
     })
-
-    project = Path(project) if project else Path(__file__).resolve().parents[1]
-    wheel_dir = dataset / "wheels"
-    project_wheel = build_wheel(project, wheel_dir)
-    specs = list(DEFAULT_WHEELS if wheels is None else wheels)
-    dep_wheels = [w for w in download_wheels(specs, wheel_dir, find_links or []) if w != project_wheel]
+    project = Path(options.project) if options.project else Path(__file__).resolve().parents[1]
+    project_wheel = build_wheel(project, dataset / "wheels")
+    specs = list(DEFAULT_WHEELS if options.wheels is None else options.wheels)
+    dep_wheels = [w for w in download_wheels(specs, dataset / "wheels", list(options.find_links)) if w != project_wheel]
     write_json(dataset / "dataset-metadata.json", dataset_metadata(ids))
-
     code_file = f"{ids['kernel']}.py"
-    write_text(kernel / code_file, KERNEL_SCRIPT.format(competition=ids["competition"], dataset=ids["dataset"],
-                                                        budget=budget))
-    write_json(kernel / "kernel-metadata.json", kernel_metadata(ids, code_file, private))
-    scrub_credentials(out)
+    write_text(kernel / code_file, KERNEL_SCRIPT.format(bundle=f"/kaggle/input/{ids['dataset']}",  # repr-quoted
+                                                        data_dir=f"/kaggle/input/{ids['competition']}",
+                                                        budget=float(budget)))
+    write_json(kernel / "kernel-metadata.json", kernel_metadata(ids, code_file, options.private))
+    scrub_credentials(build)
 
-    # planner
-    n_public = len(level1.test_ids)
-    n_test = int(test_size) if test_size else int(round(n_public * test_factor))
+    n_test = int(options.test_size) if options.test_size else int(round(len(level1.test_ids) * options.test_factor))
     test_paths = [comp.image_path("test", i) for i in level1.test_ids]
     speeds = {m["name"]: time_views(dataset, m, test_paths) for m in models_info}
-    plan = plan_runtime(speeds, {m["name"]: len(m["weights"]) for m in models_info}, n_test, limit_s, gpu_factor)
-
+    plan = plan_runtime(speeds, {m["name"]: len(m["weights"]) for m in models_info}, n_test, limit_s,
+                        options.gpu_factor)
     parts = {
         "weights": sum(_size(dataset / w) for m in models_info for w in m["weights"]),
         "configs": sum(_size(dataset / m["config"]) for m in models_info) + _size(dataset / BUNDLE_FILE),
@@ -362,15 +424,11 @@ def build_package(comp: Competition, out: str | Path = "dist/kaggle", runs: str 
         "metadata": _size(dataset / "dataset-metadata.json") + _size(kernel / "kernel-metadata.json"),
         "kernel_script": _size(kernel / code_file),
     }
-    manifest = {"method": method, "models": [m["name"] for m in models_info], "kaggle": ids, "bytes": parts,
-                "total_bytes": sum(parts.values()),
-                "files": {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()},
+    manifest = {"method": blend["method"], "models": [m["name"] for m in models_info], "kaggle": ids,
+                "bytes": parts, "total_bytes": sum(parts.values()),
+                "files": {str(p.relative_to(build)): p.stat().st_size for p in sorted(build.rglob("*")) if p.is_file()},
                 "wheels": [w.name for w in [project_wheel, *dep_wheels]], "plan": plan}
-    write_json(out / "manifest.json", manifest)
-
-    print(f"package: blend {method} of {len(models_info)} model(s) -> {out}/")
-    print_summary(manifest, comp.time_limit_hours)
-    print(f"upload: kaggle datasets create -p {dataset} ; kaggle kernels push -p {kernel}")
+    write_json(build / "manifest.json", manifest)
     return manifest
 
 

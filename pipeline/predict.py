@@ -21,7 +21,7 @@ from pipeline.infer import EvalSpec, device, image_logits, load_fold_model
 from pipeline.io import file_md5
 from pipeline.metrics import score
 from pipeline.runs import fold_runs, trained_models
-from pipeline.tables import read_meta, write_table
+from pipeline.tables import read_meta, unchanged_since_written, write_table
 from pipeline.tta import expand, merge
 
 
@@ -40,7 +40,9 @@ def predict_model(
     folds_path, stacking = Path(folds_path), Path(stacking)
     folds_md5 = file_md5(folds_path)
     fold_ids = sorted(int(k) for k in read_folds(folds_path, comp.id_col)["fold"].unique())
-    dirs = fold_runs(name, fold_ids, runs, folds_md5)
+    train = read_train(comp)
+    classes = class_names(comp, train)
+    dirs = fold_runs(comp, name, fold_ids, runs, folds_path, classes)
     out_name = out_name or name
     oof_path, test_path = stacking / f"{out_name}.oof.csv", stacking / f"{out_name}.test.csv"
 
@@ -57,13 +59,13 @@ def predict_model(
         "tta": views,
         "tta_merge": how,
     }
-    if not force and oof_path.is_file() and test_path.is_file() and read_meta(oof_path).get("stamp") == stamp:
+    current = all(p.is_file() and read_meta(p).get("stamp") == stamp and unchanged_since_written(p)
+                  for p in (oof_path, test_path))
+    if not force and current:  # both tables, from these very checkpoints, as written
         meta = read_meta(oof_path)
         print(f"{out_name}: tables up to date ({comp.metric} {meta['cv']:.4f}); --force remakes them")
         return meta
 
-    train = read_train(comp)
-    classes = class_names(comp, train)
     if ckpt["classes"] != classes:
         raise DataError(f"{name}: trained on classes {ckpt['classes']}, the competition now has {classes}")
     y = encode_targets(comp, train, classes)
@@ -88,7 +90,8 @@ def predict_model(
     meta = {"stamp": stamp, "folds_md5": folds_md5, "model": name, "metric": comp.metric, "cv": cv,
             "per_fold": per_fold, "tta": views, "tta_merge": how, "classes": classes}
     write_table(oof_path, ids, oof, classes, comp.id_col, meta=meta)
-    write_table(test_path, test_ids, test, classes, comp.id_col, meta={"folds_md5": folds_md5, "model": name})
+    write_table(test_path, test_ids, test, classes, comp.id_col, meta={"stamp": stamp, "folds_md5": folds_md5,
+                                                                       "model": name})
     folds_txt = " ".join(f"{s:.4f}" for s in per_fold)
     print(f"{out_name}: {comp.metric} {cv:.4f} (folds {folds_txt}; TTA {'+'.join(views)}, {how}) -> {oof_path}, {test_path}")
     return meta
@@ -159,7 +162,7 @@ def write_pseudo(
     train = read_train(comp)
     classes = class_names(comp, train)
     test_ids = read_sample(comp)[comp.id_col].tolist()
-    proba = read_table(source, comp.id_col, classes, expected_ids=test_ids)
+    proba = read_table(source, comp.id_col, classes, expected_ids=test_ids, task=comp.task)
     method = read_meta(source).get("method")
     if threshold is None and top_frac is None:  # defaults: a probability threshold, or ranks where scores are not
         threshold, top_frac = (None, 0.3) if method in UNCALIBRATED else (0.95, None)

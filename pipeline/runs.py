@@ -1,18 +1,29 @@
 """Run folders: `runs/<run>/fold<k>/`, and what says a fold is finished. No torch here, so `plan` is quick.
 
 Training writes `done.json` last, holding the stamp of what the fold was trained from: the config hash
-(result-neutral keys left out), the md5 of folds.csv, the classes, the task and the metric. A fold is
-done when its done.json holds the stamp the current config and files give; otherwise it is stale, and
-`plan` says why.
+(result-neutral keys left out), the md5 of folds.csv, the classes, the task and the metric, and the
+command-line overrides (`ARGS`) it was trained with. A fold is
+
+- done: its stamp is the one the current config file and overrides give;
+- kept: it was trained with overrides, none are given now, and the config file with *its* overrides still
+  gives its stamp (`make train-all ARGS=...` then `make predict`). Nothing retrains it unless asked
+  (`make train MODEL= FOLD=`, or `make train-all RETRAIN=1`), and the stages that use it say so;
+- stale: the config file, folds.csv, the classes, the task or the metric changed; `plan` says which.
+
+A fold is trained in `runs/<run>/.fold<k>.partial/` and moved into place only when finished; the fold
+it replaces, and an unfinished run that cannot be resumed, are set aside under `runs/<run>/stale/`,
+never deleted.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import Competition, config_hash
+from pipeline.config import Competition, ConfigError, config_hash
 from pipeline.data import DataError, class_names, read_train
 from pipeline.folds import read_folds
 from pipeline.io import file_md5
@@ -26,8 +37,40 @@ def run_name(model: str, cfg: ModelConfig) -> str:
     return model + (PSEUDO_SUFFIX if cfg.pseudo else "")
 
 
+def config_name(run: str) -> str:
+    """The model config a run folder was trained from."""
+    return run.removesuffix(PSEUDO_SUFFIX)
+
+
 def run_dir(run: str, fold: int, runs: str | Path = "runs") -> Path:
     return Path(runs) / run / f"fold{fold}"
+
+
+def staging_dir(out: Path) -> Path:
+    """Where a fold trains until it is finished: runs/<run>/.fold<k>.partial/."""
+    return out.parent / f".{out.name}.partial"
+
+
+def set_aside(folder: Path) -> Path:
+    """Move a run folder the pipeline made to runs/<run>/stale/<name>-<time>/ (never delete it); the
+    temporary files of writes that were killed midway (.<file>.<random>.tmp) are dropped on the way."""
+    for leftover in folder.rglob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+    name = folder.name.lstrip(".").removesuffix(".partial")
+    base = folder.parent / "stale" / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}"
+    target, n = base, 2
+    while target.exists():
+        target, n = base.with_name(f"{base.name}-{n}"), n + 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(folder, target)
+    return target
+
+
+def publish(work: Path, out: Path) -> Path | None:
+    """Move a finished staging folder into place; the fold it replaces is set aside. -> where it went."""
+    old = set_aside(out) if out.exists() else None
+    os.replace(work, out)
+    return old
 
 
 def run_stamp(cfg: ModelConfig, folds_md5: str, classes: list[str], comp: Competition) -> dict:
@@ -50,17 +93,37 @@ STAMP_REASONS = {"config_hash": "config changed", "folds_md5": "folds.csv change
                  "task": "task changed", "metric": "metric changed"}
 
 
-def stale_reason(out: Path, expected: dict) -> str | None:
-    """None when the fold in `out` is done with the `expected` stamp; else why it must be trained."""
+@dataclass(frozen=True)
+class FoldStatus:
+    state: str  # "done", "kept", "stale" or "todo"
+    reason: str | None = None  # why it is kept, stale or to do
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "kept")
+
+
+def fold_status(out: Path, expected: dict, models_dir: str | Path, model: str,
+                overrides: list[str] | None = None) -> FoldStatus:
+    """The state of the fold in `out` for the `expected` stamp, which the config `models_dir/<model>.yaml`
+    with `overrides` gives (see the module docstring)."""
     done = read_done(out)
     if done is None:
-        return "resumes from last.pt" if (Path(out) / "last.pt").is_file() else "not trained"
-    changed = [STAMP_REASONS[k] for k, v in expected.items() if done.get(k) != v]
-    return ", ".join(changed) or None
-
-
-def is_done(out: Path, expected: dict) -> bool:
-    return stale_reason(out, expected) is None
+        partial = staging_dir(Path(out)) / "last.pt"
+        return FoldStatus("todo", "resumes from its last checkpoint" if partial.is_file() else "not trained")
+    overrides = list(overrides or [])
+    changed = [k for k, v in expected.items() if done.get(k) != v]
+    if not changed:
+        return FoldStatus("done")
+    recorded = list(done.get("overrides", []))
+    if changed == ["config_hash"] and recorded and not overrides:  # no ARGS now: keep what ARGS trained
+        try:
+            own = load_model(models_dir, model, recorded)[0]
+        except ConfigError:
+            own = None
+        if own is not None and config_hash(own, RESULT_NEUTRAL_KEYS) == done["config_hash"]:
+            return FoldStatus("kept", f"trained with ARGS '{' '.join(recorded)}'")
+    return FoldStatus("stale", ", ".join(STAMP_REASONS[k] for k in changed))
 
 
 def trained_models(runs: str | Path = "runs") -> list[str]:
@@ -71,32 +134,53 @@ def trained_models(runs: str | Path = "runs") -> list[str]:
     return sorted(p.name for p in runs.iterdir() if p.is_dir() and any(p.glob("fold*/done.json")))
 
 
-def fold_runs(name: str, folds: list[int], runs: str | Path, folds_md5: str) -> list[Path]:
-    """The finished run folder of every fold, checked against the current folds.csv."""
-    dirs = [run_dir(name, k, runs) for k in folds]
-    missing = [k for k, d in zip(folds, dirs) if read_done(d) is None]
-    if missing:
-        raise DataError(f"{name}: fold(s) {missing} not trained yet; run `make train-all MODELS={name}`")
-    stale = [k for k, d in zip(folds, dirs) if read_done(d)["folds_md5"] != folds_md5]
-    if stale:
-        raise DataError(f"{name}: fold(s) {stale} were trained on another folds.csv; run `make train-all` again")
+def fold_runs(comp: Competition, run: str, folds: list[int], runs: str | Path, folds_path: str | Path,
+              classes: list[str]) -> list[Path]:
+    """The finished run folder of every fold, each checked against the current config file (with the
+    overrides it was trained with), folds.csv and classes: a stale or missing fold stops with its name.
+    A fold trained with other ARGS is used, and said so."""
+    model = config_name(run)
+    if not (Path(runs) / run).is_dir():
+        raise DataError(f"{run}: not trained (no {runs}/{run}/); run `make train-all MODELS={model}`")
+    if not (Path(comp.models_dir) / f"{model}.yaml").is_file():
+        raise DataError(f"{runs}/{run}: its config {comp.models_dir}/{model}.yaml is gone; restore it, or move "
+                        f"{runs}/{run} away so that it is not predicted")
+    dirs = [run_dir(run, k, runs) for k in folds]
+    folds_md5 = file_md5(folds_path)
+    problems, kept = [], []
+    for k, d in zip(folds, dirs):
+        done = read_done(d)
+        if done is None:
+            problems.append(f"fold{k} (not trained)")
+            continue
+        cfg = load_model(comp.models_dir, model, list(done.get("overrides", [])))[0]
+        status = fold_status(d, run_stamp(cfg, folds_md5, classes, comp), comp.models_dir, model,
+                             list(done.get("overrides", [])))
+        if not status.finished:
+            problems.append(f"fold{k} ({status.reason})")
+        elif done.get("overrides"):
+            kept.append(f"fold{k} with ARGS '{' '.join(done['overrides'])}'")
+    if problems:
+        raise DataError(f"{run}: {', '.join(problems)}; run `make train-all MODELS={model}`")
+    if kept:
+        print(f"note: {run}: using folds trained with command-line overrides: {', '.join(kept)}")
     return dirs
 
 
 @dataclass(frozen=True)
 class FoldJob:
-    """One model x fold of a training plan; `reason` is None when the fold is done."""
+    """One model x fold of a training plan."""
 
     model: str
     run: str
     fold: int
     target: str  # runs/<run>/fold<k>/done.json, the Make target
-    reason: str | None
+    status: FoldStatus
 
 
 def plan_training(comp: Competition, models_dir: str | Path, models: list[str], folds_path: str | Path,
                   runs: str | Path = "runs", overrides: list[str] | None = None) -> list[FoldJob]:
-    """Every model x fold with whether it is done, as `train` would decide it for the same config and
+    """Every model x fold with its status, as `train` would decide it for the same config and
     overrides. Every model config is loaded first, so a bad one fails before any training."""
     folds_path = Path(folds_path)
     folds = sorted(int(k) for k in read_folds(folds_path, comp.id_col)["fold"].unique())
@@ -109,5 +193,6 @@ def plan_training(comp: Competition, models_dir: str | Path, models: list[str], 
         run = run_name(m, cfg)
         for k in folds:
             out = run_dir(run, k, runs)
-            jobs.append(FoldJob(m, run, k, str(out / "done.json"), stale_reason(out, expected)))
+            jobs.append(FoldJob(m, run, k, str(out / "done.json"),
+                                fold_status(out, expected, models_dir, m, overrides)))
     return jobs

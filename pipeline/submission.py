@@ -30,8 +30,8 @@ import pandas as pd
 from pipeline.config import Competition, ConfigError
 from pipeline.data import DataError, examples
 from pipeline.io import write_csv, write_text
+from pipeline.tables import ROW_SUM_TOLERANCE
 
-ROW_SUM_TOLERANCE = 1e-3
 KINDS = ("labels", "positive_probability", "class_probabilities", "multilabel_probabilities", "multilabel_labels")
 
 
@@ -82,7 +82,7 @@ def infer_format(comp: Competition, sample: pd.DataFrame, classes: list[str]) ->
         return SubmissionFormat(kind, comp.id_col, tuple(columns), index)
     if len(values) != 1:
         raise DataError(f"{path}: header {columns} has no value column besides the id column '{comp.id_col}'")
-    numeric_floats = pd.api.types.is_float_dtype(sample[values[0]])
+    numeric_floats = holds_floats(sample[values[0]])
     if wanted == "probabilities" or (wanted == "auto" and comp.task == "binary" and numeric_floats):
         if comp.task != "binary" or len(classes) != 2:
             raise ConfigError(
@@ -92,6 +92,17 @@ def infer_format(comp: Competition, sample: pd.DataFrame, classes: list[str]) ->
             )
         return SubmissionFormat("positive_probability", comp.id_col, tuple(columns), (1,))
     return SubmissionFormat("labels", comp.id_col, tuple(columns), ())
+
+
+def holds_floats(column: pd.Series) -> bool:
+    """A sample column (as text) holds probabilities: every cell is a number or empty, and some cell is
+    written as a float (a '.', an exponent) or is empty; whole numbers alone are label placeholders."""
+    text = column.astype(str).str.strip()
+    numbers = pd.to_numeric(text.where(text != "", "nan"), errors="coerce")
+    written_empty = text == ""
+    if (numbers.isna() & ~written_empty).any():
+        return False
+    return bool((text.str.contains(r"[.eE]") | written_empty).any())
 
 
 def make_submission(

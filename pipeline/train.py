@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +27,10 @@ from tqdm import tqdm
 
 from pipeline.augment import build_transform
 from pipeline.config import Competition, ConfigError
-from pipeline.data import DataError, class_names, encode_targets, read_sample, read_train
+from pipeline.data import DataError, class_names, encode_targets, lines, read_csv_text, read_sample, read_train
 from pipeline.folds import fold_of
 from pipeline.infer import EvalSpec, amp_dtype, autocast, device, image_logits, load_fold_model, to_proba
-from pipeline.io import file_md5, load_checkpoint, save_checkpoint, write_csv, write_json, write_text
+from pipeline.io import CheckpointError, file_md5, load_checkpoint, save_checkpoint, write_csv, write_json, write_text
 from pipeline.loader import EpochSampler, ImageDataset, make_loader, maybe_cache, resolve_workers
 from pipeline.metrics import GREATER_IS_BETTER, is_better, score
 from pipeline.models import ModelConfig, build_model, data_config, resolve_stages
@@ -47,7 +46,7 @@ from pipeline.recipe import (
     make_scheduler,
     scheduler_state,
 )
-from pipeline.runs import read_done, run_dir, run_stamp, stale_reason
+from pipeline.runs import config_name, fold_status, publish, read_done, run_dir, run_stamp, set_aside, staging_dir
 from pipeline.tables import write_table
 
 
@@ -77,11 +76,17 @@ def read_pseudo(path: str | Path, comp: Competition, classes: list[str]) -> tupl
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"key 'pseudo': {path} not found (make pseudo writes folds/pseudo.csv)")
-    df = pd.read_csv(path, dtype={comp.id_col: str})
+    df = read_csv_text(path)
+    if comp.id_col not in df.columns:
+        raise DataError(f"{path}: id column '{comp.id_col}' missing; columns are {list(df.columns)}")
     if df.empty:
         raise DataError(f"{path}: holds no pseudo-labelled rows")
     if all(c in df.columns for c in classes):
-        targets = df[classes].to_numpy(dtype=np.float32)
+        values = df[classes].apply(lambda col: pd.to_numeric(col.str.strip(), errors="coerce")).to_numpy()
+        bad = ~(np.isfinite(values) & (values >= 0) & (values <= 1)).all(axis=1)
+        if bad.any():
+            raise DataError(f"{path}: soft labels must be probabilities in [0, 1]; line(s) {lines(bad)} are not")
+        targets = values.astype(np.float32)
     elif comp.task != "multilabel" and comp.target in df.columns:
         index = {c: i for i, c in enumerate(classes)}
         labels = df[comp.target].astype(str)
@@ -388,18 +393,30 @@ def evaluate(eng: Engine, model: torch.nn.Module, spec: EvalSpec) -> np.ndarray:
     return to_proba(gather_rows(logits, eng.world), eng.comp.task)
 
 
-def resume_or_restart(out: Path, expected: dict, main: bool) -> dict | None:
-    """The last checkpoint when it continues this very run; otherwise None (the folder starts over)."""
+def prepare_staging(out: Path, expected: dict, main: bool) -> tuple[Path, dict | None]:
+    """(the staging folder this run trains in, the checkpoint to resume from or None).
+
+    A fold trains in runs/<run>/.fold<k>.partial/ and replaces runs/<run>/fold<k>/ only when finished, so a
+    killed rerun never costs the finished fold. An unfinished run with another stamp, or whose last.pt
+    cannot be read, is set aside under runs/<run>/stale/ and training starts over."""
+    work = staging_dir(out)
+    if main and out.is_dir() and read_done(out) is None and not work.exists():
+        os.replace(out, work)  # an unfinished fold of the earlier layout, trained in place: resume it here
     resume = None
-    if (out / "last.pt").is_file() and read_done(out) is None:
-        ckpt = load_checkpoint(out / "last.pt")
-        if ckpt.get("stamp") == expected:
+    if (work / "last.pt").is_file():
+        try:
+            ckpt = load_checkpoint(work / "last.pt")
+        except CheckpointError as e:
+            ckpt = None
+            if main:
+                print(f"{e}; starting over")
+        if ckpt is not None and ckpt.get("stamp") == expected:
             resume = ckpt
-        elif main:
-            print(f"{out}: last.pt was made with another config or folds.csv; starting over")
-    if resume is None and main and out.exists():
-        shutil.rmtree(out)
-    return resume
+        elif ckpt is not None and main:
+            print(f"{work / 'last.pt'} was made with another config or folds.csv; starting over")
+    if resume is None and main and work.exists():
+        print(f"{work}: set aside in {set_aside(work)}")
+    return work, resume
 
 
 def restore(eng: Engine, resume: dict) -> Progress:
@@ -429,31 +446,38 @@ def checkpoint(eng: Engine, out: Path, stage: Stage, progress: Progress, expecte
 
 def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
                folds_path: str | Path = "folds/folds.csv", runs: str | Path = "runs", rerun: bool = False,
-               source: str = "config") -> Path:
-    """Train (or resume, or skip) one fold; return the run folder."""
+               source: str = "config", overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """Train (or resume, or skip) one fold; return the run folder. `overrides` (the command line's
+    key=value words) are recorded in config.yaml and done.json."""
     data = fold_data(comp, folds_path, fold, cfg.pseudo)
     out = run_dir(model_name, fold, runs)
     expected = run_stamp(cfg, file_md5(folds_path), data.classes, comp)
     rank, local_rank, world = dist_info()
-    if stale_reason(out, expected) is None and not rerun:
+    if rank == 0 and read_done(staging_dir(out)) is not None:  # finished, but killed before it moved into place
+        publish(staging_dir(out), out)
+    status = fold_status(out, expected, comp.models_dir, config_name(model_name), list(overrides))
+    if status.state == "done" and not rerun:
         print(f"{out}: done (same config and folds); skipping. `make train MODEL={model_name} FOLD={fold}` reruns it")
         return out
-    resume = resume_or_restart(out, expected, rank == 0)
+    if status.state in ("kept", "stale") and rank == 0:
+        print(f"{out}: {status.reason}; training it again beside the finished fold, which is set aside when done")
+    work, resume = prepare_staging(out, expected, rank == 0)
     stages = resolve_stages(cfg, source)
     eng = build_engine(comp, cfg, model_name, fold, data, rank, local_rank, world)
     dcfg = data_config(cfg, eng.model)
     spec = EvalSpec.of(cfg, dcfg)
     if eng.main:
-        out.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
         resolved = {**cfg.model_dump(mode="json"), "_model": model_name, "_fold": fold, "_data": dcfg,
-                    "_classes": data.classes, "_num_workers": resolve_workers(cfg.num_workers, eng.dev, world)}
-        write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+                    "_classes": data.classes, "_overrides": list(overrides),
+                    "_num_workers": resolve_workers(cfg.num_workers, eng.dev, world)}
+        write_text(work / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     progress = restore(eng, resume) if resume is not None else Progress()
     total_epochs = sum(s.epochs for s in stages)
     stage_of = [i for i, s in enumerate(stages) for _ in range(s.epochs)]
     if resume is not None and eng.main:
         print(f"{out}: resuming after epoch {progress.epoch} of {total_epochs}")
-    board = open_tensorboard(out, progress.log, comp.metric) if cfg.tensorboard and eng.main else None
+    board = open_tensorboard(work, progress.log, comp.metric) if cfg.tensorboard and eng.main else None
     stage = None
     while progress.epoch < total_epochs and not (cfg.early_stopping and progress.bad_epochs >= cfg.early_stopping):
         epoch = progress.epoch
@@ -485,14 +509,17 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
             print(f"{model_name} fold{fold} epoch {epoch + 1}/{total_epochs} | loss {row['train_loss']:.4f} | "
                   f"val_loss {val_loss:.4f} | {comp.metric} {metric:.4f} | lr {row['lr']:.2e} | "
                   f"{row['img_per_s']:.0f} img/s | {row['time_s']:.1f}s" + (" *" if improved else ""), flush=True)
-            checkpoint(eng, out, stage, progress, expected, dcfg, improved)
+            checkpoint(eng, work, stage, progress, expected, dcfg, improved)
             if board is not None:
                 log_scalars(board, row, comp.metric)
         progress.epoch += 1
     if board is not None:
         board.close()
     if eng.main:
-        finish(eng, out, spec, expected, progress)
+        finish(eng, work, spec, {**expected, "overrides": list(overrides)}, progress)
+        old = publish(work, out)
+        print(f"{out}: done, best epoch {progress.best_epoch + 1}"
+              + (f"; the fold it replaces is set aside in {old}" if old else ""))
     if world > 1:
         import torch.distributed as dist
 
@@ -543,4 +570,4 @@ def finish(eng: Engine, out: Path, spec: EvalSpec, expected: dict, progress: Pro
         "best_epoch": progress.best_epoch + 1, "epochs_run": len(progress.log),
         "greater_is_better": GREATER_IS_BETTER[comp.metric], "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     })
-    print(f"{out}: done, best epoch {progress.best_epoch + 1}, {comp.metric} {fold_score:.4f}")
+    print(f"{eng.name} fold{eng.fold}: {comp.metric} {fold_score:.4f} (best epoch {progress.best_epoch + 1})")

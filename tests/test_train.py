@@ -112,7 +112,7 @@ def test_sigkill_mid_run_then_resume_equals_unbroken(tmp_path):
     cmd = [sys.executable, "-m", "pipeline", "train", "-c", "competition.yaml", "--model", "tiny", "--fold", "0",
            "tensorboard=true"]
     proc = subprocess.Popen(cmd, cwd=b, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = b / "runs" / "tiny" / "fold0" / "last.pt"
+    last = b / "runs" / "tiny" / ".fold0.partial" / "last.pt"  # a fold trains beside its final place
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
