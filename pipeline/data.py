@@ -40,6 +40,11 @@ def read_csv_text(path: str | Path, what: str = "") -> pd.DataFrame:
         raise DataError(f"{path}: cannot be read as CSV ({e})") from None
 
 
+def numbers(frame: pd.DataFrame) -> np.ndarray:
+    """Text cells as float64 (surrounding spaces ignored); NaN where a cell is not a number."""
+    return frame.apply(lambda col: pd.to_numeric(col.astype(str).str.strip(), errors="coerce")).to_numpy(np.float64)
+
+
 def _read_csv(path: Path, key: str, id_col: str) -> pd.DataFrame:
     df = read_csv_text(path, f" (competition key '{key}')")
     if id_col not in df.columns:

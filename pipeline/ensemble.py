@@ -180,7 +180,7 @@ def check_provenance(comp: Competition, stacking: str | Path, runs: str | Path, 
     there and unchanged (with the overrides its folds were trained with), and its checkpoints are the
     ones the tables came from. Tables of your own (no predict stamp) and runs not on this machine pass."""
     from pipeline.data import class_names, read_train
-    from pipeline.folds import read_folds
+    from pipeline.folds import fold_numbers
     from pipeline.runs import fold_runs
     from pipeline.tables import find_models, read_meta
 
@@ -195,7 +195,7 @@ def check_provenance(comp: Competition, stacking: str | Path, runs: str | Path, 
             print(f"note: {stacking / name}.*.csv: made by predict from {runs}/{run}, which is not here; not checked")
             continue
         classes = classes or class_names(comp, read_train(comp))
-        folds = sorted(int(k) for k in read_folds(folds_path)["fold"].unique())
+        folds = fold_numbers(folds_path)
         try:
             dirs = fold_runs(comp, run, folds, runs, folds_path, classes)
         except DataError as e:

@@ -259,6 +259,11 @@ def read_folds(path: str | Path = "folds/folds.csv", id_col: str | None = None) 
     return df
 
 
+def fold_numbers(path: str | Path) -> list[int]:
+    """The fold numbers folds.csv holds, sorted."""
+    return sorted(int(k) for k in read_folds(path)["fold"].unique())
+
+
 def fold_of(path: str | Path, comp: Competition, train_ids: list[str]) -> np.ndarray:
     """The validation fold of every id in train_ids (in that order), from folds.csv. A folds.csv that does
     not list exactly the ids of train.csv, once each, is refused."""

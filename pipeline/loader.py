@@ -39,13 +39,17 @@ def available_memory() -> int:
 AUTO_CACHE_MAX_BYTES = 4 * 2**30  # `cache_images: auto` caches up to this, and at most a quarter of free RAM
 
 
+def evenly_spaced(items: list, k: int) -> list:
+    """Up to k items spread evenly over the list, first and last included."""
+    return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, min(k, len(items))).astype(int))]
+
+
 def estimate_bytes(paths: list[Path], in_chans: int, sample: int = 32) -> int:
     """Decoded size of all `paths`, from the mean of up to `sample` evenly spaced images."""
-    picks = np.unique(np.linspace(0, len(paths) - 1, min(sample, len(paths))).astype(int))
     sizes = []
-    for i in picks:
+    for path in evenly_spaced(paths, sample):
         try:
-            sizes.append(read_image(paths[i], in_chans).nbytes)
+            sizes.append(read_image(path, in_chans).nbytes)
         except BadImage:
             continue
     return int(np.mean(sizes) * len(paths)) if sizes else 0

@@ -266,9 +266,10 @@ def time_views(bundle: Path, entry: dict, paths: list[Path], sample: int = 64) -
     """Images per second of one fold model for every TTA view, measured on this machine (CPU or GPU) through
     the kernel's own path on up to `sample` real test images: decode, resize, normalise, the model."""
     from pipeline.infer import device
+    from pipeline.loader import evenly_spaced
 
     dev = device()
-    picks = [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, min(sample, len(paths))).astype(int))]
+    picks = evenly_spaced(paths, sample)
     pm = load_models(bundle, {**entry, "weights": entry["weights"][:1]}, dev, picks)
     pm.logits(pm.views[:1], dev)  # warm-up: allocator, first-call overheads, file cache
     return {view: len(picks) / max(pm.logits([view], dev)[1], 1e-9) for view in pm.views}

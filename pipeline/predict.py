@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipeline.config import Competition, ConfigError
 from pipeline.data import DataError, class_names, encode_targets, read_sample, read_train
-from pipeline.folds import fold_of, read_folds
+from pipeline.folds import fold_numbers, fold_of
 from pipeline.infer import EvalSpec, device, image_logits, load_fold_model
 from pipeline.io import file_md5
 from pipeline.metrics import score
@@ -39,7 +39,7 @@ def predict_model(
     """Write the model's OOF and test tables; return {'cv': ..., 'per_fold': [...]}."""
     folds_path, stacking = Path(folds_path), Path(stacking)
     folds_md5 = file_md5(folds_path)
-    fold_ids = sorted(int(k) for k in read_folds(folds_path, comp.id_col)["fold"].unique())
+    fold_ids = fold_numbers(folds_path)
     train = read_train(comp)
     classes = class_names(comp, train)
     dirs = fold_runs(comp, name, fold_ids, runs, folds_path, classes)

@@ -25,9 +25,14 @@ from pathlib import Path
 
 from pipeline.config import Competition, ConfigError, config_hash
 from pipeline.data import DataError, class_names, read_train
-from pipeline.folds import read_folds
+from pipeline.folds import fold_numbers
 from pipeline.io import file_md5
-from pipeline.models import RESULT_NEUTRAL_KEYS, ModelConfig, load_model
+from pipeline.models import (
+    RESULT_NEUTRAL_KEYS,
+    ModelConfig,
+    load_model,
+    model_config_path,
+)
 
 PSEUDO_SUFFIX = "-pseudo"  # a pseudo-label round trains runs/<model>-pseudo/ beside round 0
 
@@ -142,7 +147,7 @@ def fold_runs(comp: Competition, run: str, folds: list[int], runs: str | Path, f
     model = config_name(run)
     if not (Path(runs) / run).is_dir():
         raise DataError(f"{run}: not trained (no {runs}/{run}/); run `make train-all MODELS={model}`")
-    if not (Path(comp.models_dir) / f"{model}.yaml").is_file():
+    if not model_config_path(comp.models_dir, model).is_file():
         raise DataError(f"{runs}/{run}: its config {comp.models_dir}/{model}.yaml is gone; restore it, or move "
                         f"{runs}/{run} away so that it is not predicted")
     dirs = [run_dir(run, k, runs) for k in folds]
@@ -183,7 +188,7 @@ def plan_training(comp: Competition, models_dir: str | Path, models: list[str], 
     """Every model x fold with its status, as `train` would decide it for the same config and
     overrides. Every model config is loaded first, so a bad one fails before any training."""
     folds_path = Path(folds_path)
-    folds = sorted(int(k) for k in read_folds(folds_path, comp.id_col)["fold"].unique())
+    folds = fold_numbers(folds_path)
     configs = {m: load_model(models_dir, m, overrides)[0] for m in models}
     classes = class_names(comp, read_train(comp))
     folds_md5 = file_md5(folds_path)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Competition, ConfigError
-from pipeline.data import DataError, examples
+from pipeline.data import DataError, examples, numbers
 from pipeline.io import write_csv, write_text
 from pipeline.tables import ROW_SUM_TOLERANCE
 
@@ -98,9 +98,8 @@ def holds_floats(column: pd.Series) -> bool:
     """A sample column (as text) holds probabilities: every cell is a number or empty, and some cell is
     written as a float (a '.', an exponent) or is empty; whole numbers alone are label placeholders."""
     text = column.astype(str).str.strip()
-    numbers = pd.to_numeric(text.where(text != "", "nan"), errors="coerce")
-    written_empty = text == ""
-    if (numbers.isna() & ~written_empty).any():
+    written_empty = (text == "").to_numpy()
+    if (np.isnan(numbers(text.to_frame())[:, 0]) & ~written_empty).any():
         return False
     return bool((text.str.contains(r"[.eE]") | written_empty).any())
 
@@ -179,9 +178,9 @@ def check_submission(
             if bad.any():
                 reasons.append(f"column '{col}': {bad.sum()} value(s) not 0 or 1 ({examples(text[col][bad].unique())})")
         return reasons
-    values = pd.DataFrame({c: pd.to_numeric(text[c].str.strip(), errors="coerce") for c in value_cols})
-    for col in value_cols:
-        v = values[col].to_numpy(dtype=np.float64)
+    values = numbers(text[value_cols])
+    for j, col in enumerate(value_cols):
+        v = values[:, j]
         nan, inf = np.isnan(v), np.isinf(v)
         if nan.any():
             reasons.append(f"column '{col}': {nan.sum()} NaN, empty or non-numeric value(s), ids {examples(ids[nan])}")
@@ -191,7 +190,7 @@ def check_submission(
         if out.any():
             reasons.append(f"column '{col}': {out.sum()} probability(ies) outside [0, 1], ids {examples(ids[out])}")
     if fmt.kind == "class_probabilities" and task != "multilabel" and len(value_cols) == len(fmt.value_cols):
-        sums = values.to_numpy(dtype=np.float64).sum(axis=1)
+        sums = values.sum(axis=1)
         off = np.isfinite(sums) & (np.abs(sums - 1.0) > ROW_SUM_TOLERANCE)
         if off.any():
             reasons.append(

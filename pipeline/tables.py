@@ -16,7 +16,17 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Competition
-from pipeline.data import DataError, class_names, encode_targets, examples, lines, read_csv_text, read_sample, read_train
+from pipeline.data import (
+    DataError,
+    class_names,
+    encode_targets,
+    examples,
+    lines,
+    numbers,
+    read_csv_text,
+    read_sample,
+    read_train,
+)
 from pipeline.folds import fold_of
 from pipeline.io import file_md5, write_csv, write_json
 
@@ -110,7 +120,7 @@ def read_table(
     dup = ids[ids.duplicated()].unique()
     if len(dup):
         raise TableError(f"{path}: {len(dup)} repeated id(s): {examples(dup)}")
-    values = df[classes].apply(lambda col: pd.to_numeric(col.str.strip(), errors="coerce")).to_numpy(dtype=np.float64)
+    values = numbers(df[classes])
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
         raise TableError(f"{path}: NaN, Inf or non-numeric values in {bad.sum()} row(s), ids {examples(ids[bad])}")

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from pipeline.augment import build_transform
 from pipeline.config import Competition, ConfigError
-from pipeline.data import DataError, class_names, encode_targets, lines, read_csv_text, read_sample, read_train
+from pipeline.data import DataError, class_names, encode_targets, lines, numbers, read_csv_text, read_sample, read_train
 from pipeline.folds import fold_of
 from pipeline.infer import EvalSpec, amp_dtype, autocast, device, image_logits, load_fold_model, to_proba
 from pipeline.io import CheckpointError, file_md5, load_checkpoint, save_checkpoint, write_csv, write_json, write_text
@@ -82,7 +82,7 @@ def read_pseudo(path: str | Path, comp: Competition, classes: list[str]) -> tupl
     if df.empty:
         raise DataError(f"{path}: holds no pseudo-labelled rows")
     if all(c in df.columns for c in classes):
-        values = df[classes].apply(lambda col: pd.to_numeric(col.str.strip(), errors="coerce")).to_numpy()
+        values = numbers(df[classes])
         bad = ~(np.isfinite(values) & (values >= 0) & (values <= 1)).all(axis=1)
         if bad.any():
             raise DataError(f"{path}: soft labels must be probabilities in [0, 1]; line(s) {lines(bad)} are not")
