@@ -198,8 +198,7 @@ def encode_targets(comp: Competition, table: pd.DataFrame, classes: list[str], s
                    ) -> np.ndarray:
     """Integer class index per row (n,), or the 0/1 matrix (n, C) for multilabel. A label that is not one
     of `classes` is an error naming `source` (default: train.csv)."""
-    if comp.task == "multilabel":
-        table = binary_columns(Path(source or comp.train_csv_path), table, comp.target_cols)
+    if comp.task == "multilabel":  # read_train and read_answers have made these 0/1 integers
         return table[comp.target_cols].to_numpy(dtype=np.float32)
     labels = labels_as_text(comp, table[comp.target])
     unknown = sorted(set(labels) - set(classes))
@@ -227,4 +226,7 @@ def read_answers(comp: Competition, classes: list[str], test_ids: list[str]) -> 
     lacking = pd.Index(test_ids).difference(df.index)
     if len(lacking):
         raise DataError(f"{path}: no answer for {len(lacking)} test id(s): {examples(lacking)}")
-    return encode_targets(comp, df.loc[test_ids].reset_index(), classes, source=path)
+    df = df.loc[test_ids].reset_index()
+    if comp.task == "multilabel":
+        df = binary_columns(path, df, comp.target_cols)
+    return encode_targets(comp, df, classes, source=path)

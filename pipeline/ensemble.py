@@ -184,7 +184,7 @@ def check_provenance(comp: Competition, stacking: str | Path, runs: str | Path, 
     from pipeline.runs import fold_runs
     from pipeline.tables import find_models, read_meta
 
-    stacking, classes = Path(stacking), None
+    stacking, classes, folds = Path(stacking), None, None
     for name in find_models(stacking)[0]:
         meta = read_meta(stacking / f"{name}.oof.csv")
         stamp = meta.get("stamp") or {}
@@ -194,8 +194,8 @@ def check_provenance(comp: Competition, stacking: str | Path, runs: str | Path, 
         if not (Path(runs) / run).is_dir():
             print(f"note: {stacking / name}.*.csv: made by predict from {runs}/{run}, which is not here; not checked")
             continue
-        classes = classes or class_names(comp, read_train(comp))
-        folds = fold_numbers(folds_path)
+        if classes is None:  # read once, and only when some table needs checking
+            classes, folds = class_names(comp, read_train(comp)), fold_numbers(folds_path)
         try:
             dirs = fold_runs(comp, run, folds, runs, folds_path, classes)
         except DataError as e:
@@ -254,7 +254,8 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
             previous = json.loads((out / "cv.json").read_text())
         except json.JSONDecodeError:
             previous = {}
-        changed = sorted(k for k, v in previous.get("outputs", {}).items() if outputs_md5(out).get(k) != v)
+        now = outputs_md5(out)
+        changed = sorted(k for k, v in previous.get("outputs", {}).items() if now.get(k) != v)
         if previous.get("inputs") == inputs and previous.get("outputs") and not changed:
             print(f"{out / 'submission.csv'}: inputs unchanged since the last ensemble (chosen: "
                   f"{previous.get('chosen')}); skipping. `--force` (make ensemble FORCE=1) reruns it")

@@ -38,14 +38,17 @@ def _scan_one(path: Path, decode: bool) -> tuple[str | None, str | None]:
     """(md5, problem) for one image file; problem is 'missing' or 'unreadable'."""
     from pipeline.images import BadImage, decode_image
 
-    if not path.is_file():
-        return None, "missing"
     try:
         data = path.read_bytes()
-        if decode:
-            decode_image(data, path)
-    except (OSError, BadImage):
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError:
         return None, "unreadable"
+    if decode:
+        try:
+            decode_image(data, path)
+        except BadImage:
+            return None, "unreadable"
     return hashlib.md5(data).hexdigest(), None
 
 

@@ -103,10 +103,6 @@ class FoldStatus:
     state: str  # "done", "kept", "stale" or "todo"
     reason: str | None = None  # why it is kept, stale or to do
 
-    @property
-    def finished(self) -> bool:
-        return self.state in ("done", "kept")
-
 
 def fold_status(out: Path, expected: dict, models_dir: str | Path, model: str,
                 overrides: list[str] | None = None) -> FoldStatus:
@@ -158,13 +154,13 @@ def fold_runs(comp: Competition, run: str, folds: list[int], runs: str | Path, f
         if done is None:
             problems.append(f"fold{k} (not trained)")
             continue
-        cfg = load_model(comp.models_dir, model, list(done.get("overrides", [])))[0]
-        status = fold_status(d, run_stamp(cfg, folds_md5, classes, comp), comp.models_dir, model,
-                             list(done.get("overrides", [])))
-        if not status.finished:
+        recorded = list(done.get("overrides", []))  # judged by the config file with its own overrides
+        cfg = load_model(comp.models_dir, model, recorded)[0]
+        status = fold_status(d, run_stamp(cfg, folds_md5, classes, comp), comp.models_dir, model, recorded)
+        if status.state != "done":
             problems.append(f"fold{k} ({status.reason})")
-        elif done.get("overrides"):
-            kept.append(f"fold{k} with ARGS '{' '.join(done['overrides'])}'")
+        elif recorded:
+            kept.append(f"fold{k} with ARGS '{' '.join(recorded)}'")
     if problems:
         raise DataError(f"{run}: {', '.join(problems)}; run `make train-all MODELS={model}`")
     if kept:

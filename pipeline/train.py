@@ -206,7 +206,6 @@ class Progress:
     bad_epochs: int = 0
     log: list[dict] = field(default_factory=list)
     bad_images: int = 0
-    nan_steps: int = 0
 
 
 @dataclass
@@ -307,10 +306,10 @@ def check_faults(eng: Engine, progress: Progress, epoch: int, step: int) -> None
     if progress.bad_images > cfg.max_bad_images:
         raise TrainingError(f"{progress.bad_images} unreadable images skipped, more than "
                             f"max_bad_images={cfg.max_bad_images}")
-    progress.nan_steps = int(eng.guard.nonfinite)  # the one read-back of the count
-    if progress.nan_steps and (cfg.nan_policy == "stop" or progress.nan_steps > cfg.max_nan_steps):
+    nan_steps = int(eng.guard.nonfinite)  # the one read-back of the count
+    if nan_steps and (cfg.nan_policy == "stop" or nan_steps > cfg.max_nan_steps):
         raise TrainingError(
-            f"non-finite loss in epoch {epoch + 1} by step {step} ({progress.nan_steps} step(s) skipped so far; "
+            f"non-finite loss in epoch {epoch + 1} by step {step} ({nan_steps} step(s) skipped so far; "
             f"nan_policy={cfg.nan_policy}, max_nan_steps={cfg.max_nan_steps}); lower lr, enable grad_clip, "
             "or check the inputs")
 
