@@ -25,10 +25,10 @@ $(STAMP): $(ROOT)pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed (set PYTHON=python3.11)")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e "$(ROOT)[dev,tensorboard]"
+	$(PY) -m pip install --quiet -e "$(ROOT)[dev,tensorboard,dicom]"
 	@touch $@
 
-install: $(STAMP) ## create .venv and install the project with its dev and tensorboard extras
+install: $(STAMP) ## create .venv and install the project with its dev, tensorboard and dicom extras
 
 test: $(STAMP) ## run the test suite (sets itself up)
 	cd $(ROOT) && $(PY) -m pytest $(PYTEST_ARGS)
@@ -41,7 +41,7 @@ N_TEST  ?=
 data-fashion-mnist: $(STAMP) ## write Fashion-MNIST to data/fashion-mnist (N_TRAIN=/N_TEST= subsample)
 	$(RUN) fashion-mnist $(if $(N_TRAIN),--n-train $(N_TRAIN)) $(if $(N_TEST),--n-test $(N_TEST))
 
-check: $(STAMP) ## validate the competition config and its files
+check: $(STAMP) ## in seconds, before training: config, tables, every image path, a decoded sample, answers, model configs
 	$(RUN) check -c $(COMPETITION) $(COMP_ARGS)
 
 folds: $(STAMP) ## assign every training row to a validation fold -> folds/folds.csv
