@@ -37,13 +37,9 @@ def cmd_fashion_mnist(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    from pipeline.data import class_names, read_sample, read_train
+    from pipeline.check import run_check
 
-    comp = open_competition(args.competition, args.overrides)
-    train, sample = read_train(comp), read_sample(comp)
-    classes = class_names(comp, train)
-    print(f"{args.competition}: ok ({len(train)} train rows, {len(sample)} test rows, task {comp.task}, "
-          f"{len(classes)} classes)")
+    run_check(open_competition(args.competition, args.overrides), models_dir=args.models_dir, source=args.competition)
 
 
 def cmd_folds(args: argparse.Namespace) -> None:
@@ -224,7 +220,10 @@ def _data_commands(command) -> None:
     p.add_argument("--n-test", type=int, default=None, help="class-stratified subsample of the 10,000 test images")
     p.add_argument("--seed", type=int, default=0)
 
-    _competition_args(command("check", cmd_check, "validate the competition config and its files"))
+    p = command("check", cmd_check, "check the config, tables, image paths, a decoded sample, answers and model "
+                "configs in seconds")
+    _competition_args(p)
+    p.add_argument("--models-dir", default=None, help="model configs to check (default: competition key models_dir)")
 
     p = command("folds", cmd_folds, "assign every training row to a validation fold -> folds/folds.csv")
     _competition_args(p)
