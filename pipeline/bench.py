@@ -71,9 +71,9 @@ def data_path(data_dir: Path, backbone: str, batch: int, steps: int, rounds: int
     alternate and each pipeline block is compared with the mean of the model-only blocks either side.
     The efficiency is model-only time over pipeline time for the same number of images.
     """
-    from pipeline.augment import build_transform
+    from pipeline.augment import train_transform
     from pipeline.loader import EpochSampler, ImageCache, ImageDataset, make_loader, resolve_workers
-    from pipeline.models import ModelConfig, build_model
+    from pipeline.models import ModelConfig, build_model, data_config
 
     train = pd.read_csv(data_dir / "train.csv", dtype=str)
     classes = sorted(train.label.unique())
@@ -81,8 +81,10 @@ def data_path(data_dir: Path, backbone: str, batch: int, steps: int, rounds: int
     dev = device()
     workers = resolve_workers("auto", dev)
     torch.manual_seed(0)
-    step = _Trainer(build_model(ModelConfig(**{**COMMON, "backbone": backbone}), len(classes)), dev)
-    tf = build_transform("light", 32, [0.5], [0.5], color=False)
+    cfg = ModelConfig(**{**COMMON, "backbone": backbone})
+    model = build_model(cfg, len(classes))
+    step = _Trainer(model, dev)
+    tf = train_transform(cfg.augment, data_config(cfg, model), cfg.in_chans)  # the training geometry and preset
     # Epochs as long as a full Fashion-MNIST fold's (48,000 images: the subset repeated), so anything
     # done once per epoch (worker start-up) weighs what it weighs in a real run.
     reps = max(1, -(-epoch_images // len(train)))
@@ -159,8 +161,8 @@ def inference(data_dir: Path, backbone: str, batch: int, n_images: int = 1024) -
     model = build_model(cfg, 10).to(dev).eval()
     train = pd.read_csv(data_dir / "train.csv", dtype=str)
     paths = [data_dir / "train" / f"{i}.png" for i in train.image_id[:n_images]]
-    cache = ImageCache(paths, 1)
     spec = EvalSpec.of(cfg, data_config(cfg, model))
+    cache = ImageCache(paths, 1, short_side=spec.data_config.get("read_side"))
     out = {}
     for name in expand(["none", "hflip", "rot90", "scale:0.9"]):
         image_logits([model], paths[:batch], spec, [name], dev, cache.split(batch)[0])  # warm-up
@@ -225,7 +227,7 @@ def quality(work: Path, n_train: int, n_test: int, n_folds: int) -> dict:
 
 def blend_times(work: Path) -> list[dict]:
     from pipeline.config import load_competition
-    from pipeline.blends import BLENDS, make_blend, stack
+    from pipeline.blends import make_blend, stack, task_blends
     from pipeline.ensemble import evaluate_blend
     from pipeline.tables import load_level1
 
@@ -235,12 +237,10 @@ def blend_times(work: Path) -> list[dict]:
     X, X_test = stack(level1.oof), stack(level1.test)
     n_models, n, c = level1.oof.shape
     rows = []
-    for name in BLENDS:
-        if name.endswith("+thr"):
-            continue
-        est = make_blend(name, comp.task, c, comp.metric, comp.seed)
+    for name in task_blends(comp.task):
+        est = make_blend(name, comp.task, c, comp.scoring(), comp.seed)
         t0 = time.perf_counter()
-        result = evaluate_blend(name, est, X, level1.y, level1.fold, X_test, comp.metric, comp.task)
+        result = evaluate_blend(name, est, X, level1.y, level1.fold, X_test, comp.scoring())
         rows.append({"blend": name, "seconds": time.perf_counter() - t0, "rows": n, "models": n_models,
                      "classes": c, "cv": result.cv})
     return rows

@@ -16,7 +16,11 @@ Every blend takes X = the models' probabilities side by side, shape (n, n_models
   stopping on an inner split of its own training rows.
 - `logreg`: logistic regression on log-probabilities (binary / multilabel: logits of the positive
   column, per label).
-- `<name>+thr` (ordinal): `Thresholded` wraps a blend with class thresholds on its expected class index.
+- `median` (all tasks, auto tries it for regression), `ridge` (regression): ridge per target column.
+- `<name>+thr`: ordinal (`Thresholded`) class thresholds on the expected class index; multilabel
+  (`LabelThresholded`) one threshold per label for the metric, moved to 0.5.
+- Regression: X holds each model's predicted values; mean, median, weights (weights_scipy: squared
+  error), lgbm (a regressor per target) and ridge; `predict_proba` returns the values (n, T).
 
 Blends live in the registry `BLENDS` (name -> estimator class). A fitted blend exports its state as
 JSON-safe data (`export_state`, no pickle) and `import_blend_state` rebuilds it exactly: `ensemble`
@@ -34,8 +38,8 @@ from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from pipeline.config import ConfigError
-from pipeline.metrics import apply_thresholds, fit_thresholds, is_better, logloss, score
+from pipeline.errors import ConfigError
+from pipeline.metrics import Metric, apply_thresholds, fit_label_thresholds, fit_thresholds, get_metric, logloss
 
 GMEAN_EPS = 1e-6
 LOG_EPS = 1e-6
@@ -73,12 +77,22 @@ def one_hot(index: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def _finish(task: str, p: np.ndarray) -> np.ndarray:
-    return p if task == "multilabel" else normalise_rows(p)
+    return p if task in ("multilabel", "regression") else normalise_rows(p)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, LOG_EPS, 1 - LOG_EPS)
     return np.log(p) - np.log1p(-p)
+
+
+DEFAULT_METRIC = {"regression": "rmse", "multilabel": "f1_samples"}  # when a blend is made without one
+
+
+def resolve_metric(metric: Metric | str | None, task: str) -> Metric:
+    """A blend's `metric` parameter as a Metric: the object, a built-in name, or the task's default."""
+    if isinstance(metric, Metric):
+        return metric
+    return get_metric(metric or DEFAULT_METRIC.get(task, "accuracy"), task)
 
 
 # --- the blends as functions of P (n_models, n, C) -------------------------------------------
@@ -128,8 +142,10 @@ def blend_rank(P: np.ndarray, task: str) -> np.ndarray:
     return _finish(task, r)
 
 
-def caruana_weights(P: np.ndarray, y: np.ndarray, task: str, metric: str, n_iter: int = 30) -> tuple[np.ndarray, list]:
+def caruana_weights(P: np.ndarray, y: np.ndarray, task: str, metric: Metric | str, n_iter: int = 30
+                    ) -> tuple[np.ndarray, list]:
     """Greedy forward selection with replacement: add the model that best improves the mean, keep the best step."""
+    metric = resolve_metric(metric, task)
     P = np.asarray(P, dtype=np.float64)
     m = P.shape[0]
     counts = np.zeros(m, dtype=int)
@@ -138,15 +154,15 @@ def caruana_weights(P: np.ndarray, y: np.ndarray, task: str, metric: str, n_iter
     for step in range(1, n_iter + 1):
         pick, pick_score = None, None
         for k in range(m):
-            s = score(metric, task, y, (total + P[k]) / step)
-            if is_better(metric, s, pick_score):
+            s = metric.score(y, (total + P[k]) / step)
+            if metric.is_better(s, pick_score):
                 pick, pick_score = k, s
         if pick is None:  # the metric is undefined here (e.g. AUC with one class)
             break
         counts[pick] += 1
         total += P[pick]
         path.append(pick_score)
-        if is_better(metric, pick_score, best):
+        if metric.is_better(pick_score, best):
             best, best_counts = pick_score, counts.copy()
     if best_counts is None:
         return np.full(m, 1.0 / m), path
@@ -154,15 +170,17 @@ def caruana_weights(P: np.ndarray, y: np.ndarray, task: str, metric: str, n_iter
 
 
 def scipy_weights(P: np.ndarray, y: np.ndarray, task: str) -> np.ndarray:
-    """Weights on the simplex minimising log loss of the weighted mean (SLSQP)."""
+    """Weights on the simplex minimising log loss (regression: squared error) of the weighted mean (SLSQP)."""
     from scipy.optimize import minimize
 
     P = np.asarray(P, dtype=np.float64)
     m = P.shape[0]
+    y_values = np.asarray(y, dtype=np.float64).reshape(P.shape[1], -1)
 
     def loss(w):
         w = np.clip(w, 0, None)
-        return logloss(task, y, np.tensordot(w / max(w.sum(), 1e-12), P, axes=1))
+        mean = np.tensordot(w / max(w.sum(), 1e-12), P, axes=1)
+        return float(((mean - y_values) ** 2).mean()) if task == "regression" else logloss(task, y, mean)
 
     res = minimize(
         loss, np.full(m, 1.0 / m), method="SLSQP", bounds=[(0.0, 1.0)] * m,
@@ -180,7 +198,8 @@ class Blend(ClassifierMixin, BaseEstimator):
 
     learned = False
 
-    def __init__(self, task: str = "multiclass", n_classes: int | None = None, metric: str = "accuracy", seed: int = 0):
+    def __init__(self, task: str = "multiclass", n_classes: int | None = None, metric: Metric | str | None = None,
+                 seed: int = 0):
         self.task = task
         self.n_classes = n_classes
         self.metric = metric
@@ -200,7 +219,7 @@ class Blend(ClassifierMixin, BaseEstimator):
         if self.n_classes is not None:
             c = int(self.n_classes)
         else:
-            c = y.shape[1] if self.task == "multilabel" else int(y.max()) + 1
+            c = y.shape[1] if self.task in ("multilabel", "regression") else int(y.max()) + 1
         if X.shape[1] % c:
             raise ValueError(f"X has {X.shape[1]} columns, not a multiple of n_classes={c}")
         self.n_classes_ = c
@@ -223,6 +242,8 @@ class Blend(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         p = self.predict_proba(X)
+        if self.task == "regression":
+            return p
         return (p >= 0.5).astype(int) if self.task == "multilabel" else p.argmax(axis=1)
 
     # --- export / import of the fitted state as JSON-safe data (used by `package` and `kernel`) ---
@@ -230,7 +251,8 @@ class Blend(ClassifierMixin, BaseEstimator):
     def export_state(self) -> dict:
         """The constructor parameters and fitted state as JSON-safe values (no pickle)."""
         check_is_fitted(self, "n_features_in_")
-        return {"class": type(self).__name__, "params": self.get_params(deep=False),
+        params = {k: v for k, v in self.get_params(deep=False).items() if k != "metric"}  # used in fit only
+        return {"class": type(self).__name__, "params": params,
                 "n_classes_": int(self.n_classes_), "n_models_": int(self.n_models_),
                 "n_features_in_": int(self.n_features_in_), "state": self._export_fitted()}
 
@@ -268,12 +290,19 @@ class MeanBlend(Blend):
 class GMeanBlend(Blend):
     """Geometric mean of probabilities clipped to `eps`, renormalised."""
 
-    def __init__(self, task="multiclass", n_classes=None, metric="accuracy", seed=0, eps: float = GMEAN_EPS):
+    def __init__(self, task="multiclass", n_classes=None, metric=None, seed=0, eps: float = GMEAN_EPS):
         super().__init__(task, n_classes, metric, seed)
         self.eps = eps
 
     def _predict(self, P, X):
         return blend_gmean(P, self.task, self.eps)
+
+
+class MedianBlend(Blend):
+    """The median of the models' predictions (regression: robust to one model far off)."""
+
+    def _predict(self, P, X):
+        return _finish(self.task, np.median(np.asarray(P, dtype=np.float64), axis=0))
 
 
 class RankBlend(Blend):
@@ -292,7 +321,7 @@ class WeightsBlend(Blend):
 
     learned = True
 
-    def __init__(self, task="multiclass", n_classes=None, metric="accuracy", seed=0,
+    def __init__(self, task="multiclass", n_classes=None, metric=None, seed=0,
                  optimizer: str = "greedy", n_iter: int = 30):
         super().__init__(task, n_classes, metric, seed)
         self.optimizer = optimizer
@@ -318,15 +347,19 @@ class WeightsBlend(Blend):
 
 
 def _targets(task: str, y: np.ndarray, n_classes: int) -> list[tuple[np.ndarray, int]]:
-    """(target vector, number of classes) per learner: one per label for multilabel, else one."""
+    """(target vector, number of classes) per learner: one per label for multilabel, one per target column
+    for regression (0 classes: a number), else one."""
+    if task == "regression":
+        y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+        return [(y[:, j], 0) for j in range(y.shape[1])]
     if task == "multilabel":
         return [(np.asarray(y)[:, j].astype(int), 2) for j in range(n_classes)]
     return [(np.asarray(y).astype(int), n_classes)]
 
 
 def _assemble(task: str, parts: list[np.ndarray], n_classes: int) -> np.ndarray:
-    """Per-learner outputs -> (n, n_classes): multilabel parts are P(label) vectors."""
-    if task == "multilabel":
+    """Per-learner outputs -> (n, n_classes): multilabel parts are P(label) vectors, regression parts values."""
+    if task in ("multilabel", "regression"):
         return np.column_stack(parts)
     return normalise_rows(parts[0])
 
@@ -340,7 +373,7 @@ class LGBMStacker(Blend):
 
     learned = True
 
-    def __init__(self, task="multiclass", n_classes=None, metric="accuracy", seed=0, n_estimators: int = 500,
+    def __init__(self, task="multiclass", n_classes=None, metric=None, seed=0, n_estimators: int = 500,
                  learning_rate: float = 0.05, num_leaves: int = 8, min_child_samples: int = 10,
                  early_stopping_rounds: int = 30, inner_valid: float = 0.2, num_threads: int = 1):
         super().__init__(task, n_classes, metric, seed)
@@ -354,7 +387,7 @@ class LGBMStacker(Blend):
 
     def _params(self, n_cls: int) -> dict:
         params = {
-            "objective": "binary" if n_cls == 2 else "multiclass",
+            "objective": {0: "regression", 2: "binary"}.get(n_cls, "multiclass"),
             "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
             "min_data_in_leaf": self.min_child_samples, "seed": self.seed, "deterministic": True,
             "force_row_wise": True, "num_threads": self.num_threads, "verbose": -1, "feature_pre_filter": False,
@@ -369,13 +402,14 @@ class LGBMStacker(Blend):
 
         self.boosters_, self.best_iterations_ = [], []
         for t, n_cls in _targets(self.task, y, self.n_classes_):
-            if len(np.unique(t)) < 2:
-                self.boosters_.append(np.bincount(t, minlength=n_cls) / len(t))
+            if len(np.unique(t)) < 2:  # a constant target: its class frequencies (regression: its value)
+                self.boosters_.append(np.bincount(t, minlength=n_cls) / len(t) if n_cls else t[:1].copy())
                 self.best_iterations_.append(0)
                 continue
             idx = np.arange(len(t))
             try:
-                tr, va = train_test_split(idx, test_size=self.inner_valid, random_state=self.seed, stratify=t)
+                tr, va = train_test_split(idx, test_size=self.inner_valid, random_state=self.seed,
+                                          stratify=t if n_cls else None)
             except ValueError:
                 tr, va = train_test_split(idx, test_size=self.inner_valid, random_state=self.seed)
             dtrain = lgb.Dataset(X[tr], t[tr], params={"verbose": -1})
@@ -394,7 +428,13 @@ class LGBMStacker(Blend):
                 p = np.tile(booster, (len(X), 1))
             else:
                 p = booster.predict(X, num_iteration=best)
+                if self.task == "regression":
+                    parts.append(p)
+                    continue
                 p = np.column_stack([1 - p, p]) if p.ndim == 1 else p
+            if self.task == "regression":
+                parts.append(p[:, 0])
+                continue
             parts.append(p[:, 1] if self.task == "multilabel" else p)
         return _assemble(self.task, parts, self.n_classes_)
 
@@ -419,7 +459,7 @@ class LogRegStacker(Blend):
 
     learned = True
 
-    def __init__(self, task="multiclass", n_classes=None, metric="accuracy", seed=0, C: float = 1.0,
+    def __init__(self, task="multiclass", n_classes=None, metric=None, seed=0, C: float = 1.0,
                  max_iter: int = 1000):
         super().__init__(task, n_classes, metric, seed)
         self.C = C
@@ -483,10 +523,93 @@ class LogRegStacker(Blend):
             self.estimators_.append(est)
 
 
-class Thresholded(ClassifierMixin, BaseEstimator):
-    """Ordinal: a blend, then class thresholds on its expected class index fitted on the training rows."""
+class RidgeStacker(Blend):
+    """Regression: ridge regression per target column on every model's predictions of every target."""
 
     learned = True
+
+    def __init__(self, task="regression", n_classes=None, metric=None, seed=0, alpha: float = 1.0):
+        super().__init__(task, n_classes, metric, seed)
+        self.alpha = alpha
+
+    def _fit(self, P, X, y):
+        from sklearn.linear_model import Ridge
+
+        if self.task != "regression":
+            raise ValueError("ridge stacks regression targets; use logreg or lgbm for classes")
+        self.coef_, self.intercept_ = [], []
+        for t, _ in _targets(self.task, y, self.n_classes_):
+            est = Ridge(alpha=self.alpha).fit(X, t)
+            self.coef_.append(est.coef_.astype(np.float64))
+            self.intercept_.append(float(est.intercept_))
+
+    def _predict(self, P, X):
+        return np.column_stack([X @ c + b for c, b in zip(self.coef_, self.intercept_)])
+
+    def _export_fitted(self) -> dict:
+        return {"coef": [c.tolist() for c in self.coef_], "intercept": list(self.intercept_)}
+
+    def _import_fitted(self, state: dict) -> None:
+        self.coef_ = [np.asarray(c, dtype=np.float64) for c in state["coef"]]
+        self.intercept_ = [float(b) for b in state["intercept"]]
+
+
+class ThresholdWrapper(ClassifierMixin, BaseEstimator):
+    """A blend (`estimator`) and thresholds fitted on its output (`thresholds_`); exported as JSON with both."""
+
+    learned = True
+
+    def export_state(self) -> dict:
+        check_is_fitted(self, "thresholds_")
+        return {"class": type(self).__name__, "estimator": self.estimator_.export_state(),
+                "thresholds": [float(t) for t in self.thresholds_]}
+
+    @classmethod
+    def import_state(cls, data: dict):
+        inner = import_blend_state(data["estimator"])
+        est = cls(clone(inner))
+        est.estimator_ = inner
+        est.n_classes_, est.n_features_in_ = inner.n_classes_, inner.n_features_in_
+        est.classes_ = np.arange(est.n_classes_)
+        est.thresholds_ = np.asarray(data["thresholds"], dtype=np.float64)
+        return est
+
+
+class LabelThresholded(ThresholdWrapper):
+    """Multilabel: a blend, then one threshold per label fitted on the training rows for the competition
+    metric (pipeline.metrics.fit_label_thresholds). Its output moves each label's threshold to 0.5,
+    piecewise linearly (p < t: 0.5 p / t; else 0.5 + 0.5 (p - t) / (1 - t)), so ranks stay and every
+    later step that cuts at 0.5 (scores, submissions) cuts at the tuned thresholds."""
+
+    def __init__(self, estimator=None, metric: Metric | str | None = None):
+        self.estimator = estimator
+        self.metric = metric
+
+    def fit(self, X, y):
+        self.estimator_ = clone(self.estimator).fit(X, y)
+        self.n_classes_, self.n_features_in_ = self.estimator_.n_classes_, self.estimator_.n_features_in_
+        self.classes_ = np.arange(self.n_classes_)
+        self.thresholds_ = fit_label_thresholds(resolve_metric(self.metric, "multilabel"), np.asarray(y),
+                                                self.estimator_.predict_proba(X))
+        return self
+
+    @staticmethod
+    def recentre(p: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        t = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-6, 1 - 1e-6)
+        p = np.asarray(p, dtype=np.float64)
+        return np.where(p < t, 0.5 * p / t, 0.5 + 0.5 * (p - t) / (1 - t))
+
+    def predict_proba(self, X) -> np.ndarray:
+        check_is_fitted(self, "thresholds_")
+        return self.recentre(self.estimator_.predict_proba(X), self.thresholds_)
+
+    def predict(self, X) -> np.ndarray:
+        return (self.predict_proba(X) >= 0.5).astype(int)
+
+
+
+class Thresholded(ThresholdWrapper):
+    """Ordinal: a blend, then class thresholds on its expected class index fitted on the training rows."""
 
     def __init__(self, estimator=None):
         self.estimator = estimator
@@ -509,26 +632,12 @@ class Thresholded(ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)
 
-    def export_state(self) -> dict:
-        check_is_fitted(self, "thresholds_")
-        return {"class": "Thresholded", "estimator": self.estimator_.export_state(),
-                "thresholds": [float(t) for t in self.thresholds_]}
-
-    @classmethod
-    def import_state(cls, data: dict) -> "Thresholded":
-        inner = import_blend_state(data["estimator"])
-        est = cls(clone(inner))
-        est.estimator_ = inner
-        est.n_classes_, est.n_features_in_ = inner.n_classes_, inner.n_features_in_
-        est.classes_ = np.arange(est.n_classes_)
-        est.thresholds_ = np.asarray(data["thresholds"], dtype=np.float64)
-        return est
 
 
 def import_blend_state(data: dict):
     """A fitted blend (or Thresholded) from `export_state()` output."""
-    classes = {c.__name__: c for c in (VoteBlend, MeanBlend, GMeanBlend, RankBlend, WeightsBlend, LGBMStacker,
-                                       LogRegStacker, Thresholded)}
+    classes = {c.__name__: c for c in (VoteBlend, MeanBlend, MedianBlend, GMeanBlend, RankBlend, WeightsBlend,
+                                       LGBMStacker, LogRegStacker, RidgeStacker, Thresholded, LabelThresholded)}
     if data.get("class") not in classes:
         raise ConfigError(f"unknown blend class {data.get('class')!r} in exported blend state")
     return classes[data["class"]].import_state(data)
@@ -537,30 +646,51 @@ def import_blend_state(data: dict):
 BLENDS: dict[str, type[Blend] | partial] = {
     "vote": VoteBlend,
     "mean": MeanBlend,
+    "median": MedianBlend,
     "gmean": GMeanBlend,
     "rank": RankBlend,
     "weights": WeightsBlend,
     "weights_scipy": partial(WeightsBlend, optimizer="scipy"),
     "lgbm": LGBMStacker,
     "logreg": LogRegStacker,
+    "ridge": RidgeStacker,
 }
 METHODS = ("auto", *BLENDS)
+# The blends `auto` tries, per kind of task (a method named explicitly must be one of them too).
+REGRESSION_BLENDS = ("mean", "median", "weights", "weights_scipy", "lgbm", "ridge")
+CLASS_BLENDS = ("vote", "mean", "gmean", "rank", "weights", "weights_scipy", "lgbm", "logreg")
 
 
-def make_blend(name: str, task: str, n_classes: int, metric: str, seed: int = 0):
-    """The estimator for a registry name; `<name>+thr` wraps it with ordinal thresholds."""
+def task_blends(task: str) -> tuple[str, ...]:
+    return REGRESSION_BLENDS if task == "regression" else CLASS_BLENDS
+
+
+def make_blend(name: str, task: str, n_classes: int, metric: Metric | None, seed: int = 0):
+    """The estimator for a registry name; `<name>+thr` wraps it with thresholds (ordinal: class cut points
+    on the expected class; multilabel: one threshold per label)."""
     base = name.removesuffix(THRESHOLD_SUFFIX)
-    if base not in BLENDS:
-        raise ConfigError(f"unknown ensemble method {name!r}; choose one of {', '.join(METHODS)}")
+    if base not in task_blends(task):
+        raise ConfigError(f"unknown ensemble method {name!r} for task {task}; choose one of auto, "
+                          f"{', '.join(task_blends(task))}")
     est = BLENDS[base](task=task, n_classes=n_classes, metric=metric, seed=seed)
-    return Thresholded(est) if name.endswith(THRESHOLD_SUFFIX) else est
+    if not name.endswith(THRESHOLD_SUFFIX):
+        return est
+    return LabelThresholded(est, metric) if task == "multilabel" else Thresholded(est)
 
 
-def candidate_names(method: str, metric: str) -> list[str]:
-    if method != "auto" and method.removesuffix(THRESHOLD_SUFFIX) not in BLENDS:
-        raise ConfigError(f"unknown ensemble method {method!r}; choose one of {', '.join(METHODS)}")
-    names = list(BLENDS) if method == "auto" else [method]
-    if metric == "qwk":
+def thresholds_apply(metric: Metric) -> bool:
+    """Blends get a `+thr` variant: ordinal qwk (class cut points), and multilabel metrics that decide at a
+    threshold (f1, fbeta, accuracy, ...)."""
+    return metric.name == "qwk" or (metric.task == "multilabel" and metric.thresholded)
+
+
+def candidate_names(method: str, metric: Metric) -> list[str]:
+    allowed = task_blends(metric.task)
+    if method != "auto" and method.removesuffix(THRESHOLD_SUFFIX) not in allowed:
+        raise ConfigError(f"unknown ensemble method {method!r} for task {metric.task}; choose one of auto, "
+                          f"{', '.join(allowed)}")
+    names = list(allowed) if method == "auto" else [method]
+    if thresholds_apply(metric):
         names = [v for n in names for v in ((n, n + THRESHOLD_SUFFIX) if not n.endswith(THRESHOLD_SUFFIX) else (n,))]
     return names
 
@@ -575,6 +705,9 @@ def combine_tests(learners: list, X_test: np.ndarray, task: str) -> np.ndarray:
         value = np.mean([est.expected_value(X_test) for est in learners], axis=0)
         cuts = np.mean([np.sort(est.thresholds_) for est in learners], axis=0)
         return one_hot(apply_thresholds(value, cuts), learners[0].n_classes_)
+    if isinstance(learners[0], LabelThresholded):  # fold-averaged probabilities at fold-averaged thresholds
+        p = np.mean([est.estimator_.predict_proba(X_test) for est in learners], axis=0)
+        return LabelThresholded.recentre(p, np.mean([est.thresholds_ for est in learners], axis=0))
     return _finish(task, np.mean([est.predict_proba(X_test) for est in learners], axis=0))
 
 

@@ -7,6 +7,7 @@ ignored, and a close match is suggested when there is one.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -16,9 +17,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(Exception):
-    """A configuration problem the user must fix; the message says where and what."""
+from pipeline.errors import ConfigError  # noqa: F401  (re-exported: `from pipeline.config import ConfigError`)
 
 
 class StrictModel(BaseModel):
@@ -28,8 +27,8 @@ class StrictModel(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
-TASKS = ("binary", "multiclass", "multilabel", "ordinal")
-METRICS = ("accuracy", "logloss", "f1_macro", "auc", "qwk")
+TASKS = ("binary", "multiclass", "multilabel", "ordinal", "regression")
+DEFAULT_METRIC = {"regression": "rmse"}  # every other task: accuracy
 
 
 class Competition(StrictModel):
@@ -42,22 +41,32 @@ class Competition(StrictModel):
         description="under data_dir; its id column lists the test rows, its header is the submission format",
     )
     id_col: str = Field("image_id", description="id column in train.csv and sample_submission.csv")
-    target: str | list[str] = Field(description="label column; a list of 0/1 columns for multilabel")
-    task: Literal["binary", "multiclass", "multilabel", "ordinal"] = "multiclass"
+    target: str | list[str] = Field(
+        description="label column; multilabel: a list of 0/1 columns, or one column of labels separated by "
+        "label_sep (tags); regression: one or more number columns"
+    )
+    task: Literal["binary", "multiclass", "multilabel", "ordinal", "regression"] = "multiclass"
+    label_sep: str = Field(" ", min_length=1, description="multilabel tags: the separator between labels in one cell")
     train_images: str = Field("train/{id}.png", description="image path template under data_dir")
     test_images: str = Field("test/{id}.png", description="image path template under data_dir")
     images_outside_data_dir: bool = Field(
         False, description="allow ids whose image path leaves data_dir (e.g. an id '../x'); refused by default"
     )
     group_col: str | None = Field(None, description="rows sharing a group never straddle folds")
-    metric: Literal["accuracy", "logloss", "f1_macro", "auc", "qwk"] = "accuracy"
+    metric: str = Field(
+        None, description="a metric name (see pipeline/metrics.py; null: accuracy, rmse for regression) or "
+        "path/to/file.py:function, your own, with greater_is_better"
+    )
+    greater_is_better: bool | None = Field(None, description="the direction of a metric from a file (required there)")
+    beta: float = Field(2.0, gt=0, description="fbeta's beta (2: F2, as Planet)")
+    k: int = Field(5, ge=1, description="map@k's k and the number of labels a topk submission writes")
     n_folds: int = Field(5, ge=2, le=100)
     seed: int = Field(42, ge=0, lt=2**32, description="the fold split's seed")
     classes: list[str] | None = Field(
         None, description="class order for probability columns; default: sorted labels of train.csv"
     )
-    submission_format: Literal["auto", "labels", "probabilities"] = Field(
-        "auto", description="auto reads it off sample_submission.csv"
+    submission_format: Literal["auto", "labels", "probabilities", "topk"] = Field(
+        "auto", description="auto reads it off sample_submission.csv; topk: the k best classes, best first"
     )
     answers: Path | None = Field(
         None, description="optional test answer key (id, target) kept outside data_dir, for a true test score"
@@ -77,19 +86,38 @@ class Competition(StrictModel):
             raise ValueError(f"path template must contain '{{id}}', got {v!r}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_metric(cls, data):
+        if isinstance(data, dict) and data.get("metric") is None:
+            data = {**data, "metric": DEFAULT_METRIC.get(data.get("task"), "accuracy")}
+        return data
+
     @model_validator(mode="after")
     def _task_matches_target(self) -> "Competition":
-        if self.task == "multilabel" and not isinstance(self.target, list):
-            raise ValueError("task multilabel expects target to be a list of 0/1 columns")
-        if self.task != "multilabel" and isinstance(self.target, list):
+        if self.task not in ("multilabel", "regression") and isinstance(self.target, list):
             raise ValueError(f"task {self.task} expects target to be one column name, not a list")
-        if self.metric == "qwk" and self.task != "ordinal":
-            raise ValueError("metric qwk (quadratic weighted kappa) needs task: ordinal")
+        if self.submission_format == "topk" and self.task not in ("binary", "multiclass", "ordinal"):
+            raise ValueError(f"submission_format topk needs a single-label task, not {self.task}")
+        try:
+            self.scoring()  # an unknown metric, or one that does not fit the task, fails here
+        except ConfigError as e:
+            raise ValueError(f"key 'metric': {e}") from None
         return self
+
+    def scoring(self):
+        """The competition metric (pipeline.metrics.Metric): name, direction, task, and how it scores."""
+        return _scoring(self.metric, self.task, self.beta, self.k, self.greater_is_better)
+
+    @property
+    def is_tags(self) -> bool:
+        """Multilabel targets written as one column of labels separated by label_sep."""
+        return self.task == "multilabel" and isinstance(self.target, str)
 
     # --- derived paths -------------------------------------------------------------------------
     @property
     def target_cols(self) -> list[str]:
+        """The target column(s) as written in train.csv."""
         return self.target if isinstance(self.target, list) else [self.target]
 
     @property
@@ -103,6 +131,14 @@ class Competition(StrictModel):
     def image_path(self, split: Literal["train", "test"], image_id: str) -> Path:
         template = self.train_images if split == "train" else self.test_images
         return self.data_dir / template.format(id=image_id)
+
+
+@functools.lru_cache(maxsize=16)
+def _scoring(metric: str, task: str, beta: float, k: int, greater_is_better: bool | None):
+    """One Metric per setting (a metric from a file is imported once)."""
+    from pipeline.metrics import get_metric
+
+    return get_metric(metric, task, beta=beta, k=k, greater_is_better=greater_is_better, base_dir=Path("."))
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -218,6 +254,8 @@ def format_validation_error(err: ValidationError, source: str, model: type[BaseM
             lines.append(f"  key '{key}': unknown key{hint}; allowed keys: {', '.join(allowed)}")
         elif e["type"] == "missing":
             lines.append(f"  key '{key}': required but missing")
+        elif not loc and e["msg"].startswith("Value error, key '"):  # a model-level check naming its key
+            lines.append("  " + e["msg"].removeprefix("Value error, "))
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")

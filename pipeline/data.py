@@ -139,15 +139,35 @@ def read_train(comp: Competition) -> pd.DataFrame:
         if empty.any():
             raise DataError(f"{path}: empty value in column '{col}' for {empty.sum()} row(s), "
                             f"ids {examples(ids[empty])}")
-    if comp.task == "multilabel":
+    return check_targets(comp, path, df)
+
+
+def check_targets(comp: Competition, path: Path, df: pd.DataFrame) -> pd.DataFrame:
+    """The target cells of train.csv or the answers, checked for the task: 0/1 multilabel columns become
+    integers, tags must hold labels, regression and ordinal targets must be numbers, labels must not be holes."""
+    if comp.task == "multilabel" and not comp.is_tags:
         return binary_columns(path, df, comp.target_cols)
+    if comp.is_tags:
+        empty = pd.Series([not tags for tags in split_tags(df[comp.target], comp.label_sep)], index=df.index)
+        if empty.any():
+            raise DataError(f"{path}: column '{comp.target}' holds no label (separator {comp.label_sep!r}, "
+                            f"competition key 'label_sep') in line(s) {lines(empty)}")
+        return df
+    if comp.task in ("regression", "ordinal"):
+        values = numbers(df[comp.target_cols])
+        bad = ~np.isfinite(values).all(axis=1)
+        if bad.any():
+            raise DataError(f"{path}: {comp.task} target(s) {comp.target_cols} must be finite numbers; line(s) "
+                            f"{lines(bad)} are not ({examples(df.loc[bad, comp.target_cols[0]].unique())})")
+        if comp.task == "regression":
+            return df
     check_labels(comp, path, df)
-    if comp.task == "ordinal":
-        numeric = pd.to_numeric(df[comp.target], errors="coerce")
-        if numeric.isna().any():
-            bad = ids[numeric.isna()].tolist()
-            raise DataError(f"{path}: ordinal target '{comp.target}' must be numeric; ids {examples(bad)} are not")
     return df
+
+
+def split_tags(values: pd.Series, sep: str) -> list[list[str]]:
+    """Each cell's labels: split at `sep`, surrounding spaces and empty pieces dropped, order kept."""
+    return [[t.strip() for t in str(v).split(sep) if t.strip()] for v in values]
 
 
 def read_sample(comp: Competition) -> pd.DataFrame:
@@ -175,13 +195,14 @@ def labels_as_text(comp: Competition, values: pd.Series) -> pd.Series:
 
 def class_names(comp: Competition, train: pd.DataFrame) -> list[str]:
     """The probability columns, in a stable order: config `classes`, else sorted labels (numeric for ordinal)."""
-    if comp.task == "multilabel":
+    if comp.task == "regression" or (comp.task == "multilabel" and not comp.is_tags):
         return list(comp.target_cols)
-    labels = labels_as_text(comp, train[comp.target])
-    if comp.task == "ordinal":
-        found = sorted(pd.unique(labels), key=float)
+    if comp.is_tags:
+        found = sorted({t for tags in split_tags(train[comp.target], comp.label_sep) for t in tags})
+    elif comp.task == "ordinal":
+        found = sorted(pd.unique(labels_as_text(comp, train[comp.target])), key=float)
     else:
-        found = sorted(pd.unique(labels))
+        found = sorted(pd.unique(labels_as_text(comp, train[comp.target])))
     if comp.classes is not None:
         unknown = sorted(set(found) - set(comp.classes))
         if unknown:
@@ -196,10 +217,23 @@ def class_names(comp: Competition, train: pd.DataFrame) -> list[str]:
 
 def encode_targets(comp: Competition, table: pd.DataFrame, classes: list[str], source: str | Path | None = None
                    ) -> np.ndarray:
-    """Integer class index per row (n,), or the 0/1 matrix (n, C) for multilabel. A label that is not one
-    of `classes` is an error naming `source` (default: train.csv)."""
-    if comp.task == "multilabel":  # read_train and read_answers have made these 0/1 integers
+    """Integer class index per row (n,), the 0/1 matrix (n, C) for multilabel, the numbers (n, T) for
+    regression. A label that is not one of `classes` is an error naming `source` (default: train.csv)."""
+    if comp.task == "regression":
+        return numbers(table[comp.target_cols]).astype(np.float32)
+    if comp.task == "multilabel" and not comp.is_tags:  # check_targets has made these 0/1 integers
         return table[comp.target_cols].to_numpy(dtype=np.float32)
+    if comp.is_tags:
+        index = {c: i for i, c in enumerate(classes)}
+        tags = split_tags(table[comp.target], comp.label_sep)
+        unknown = sorted({t for row in tags for t in row} - set(index))
+        if unknown:
+            raise DataError(f"{source or comp.train_csv_path}: label(s) {examples(unknown)} are not classes "
+                            f"{examples(classes, 12)}")
+        out = np.zeros((len(tags), len(classes)), dtype=np.float32)
+        for r, row in enumerate(tags):
+            out[r, [index[t] for t in row]] = 1.0
+        return out
     labels = labels_as_text(comp, table[comp.target])
     unknown = sorted(set(labels) - set(classes))
     if unknown:
@@ -226,7 +260,5 @@ def read_answers(comp: Competition, classes: list[str], test_ids: list[str]) -> 
     lacking = pd.Index(test_ids).difference(df.index)
     if len(lacking):
         raise DataError(f"{path}: no answer for {len(lacking)} test id(s): {examples(lacking)}")
-    df = df.loc[test_ids].reset_index()
-    if comp.task == "multilabel":
-        df = binary_columns(path, df, comp.target_cols)
+    df = check_targets(comp, path, df.loc[test_ids].reset_index())
     return encode_targets(comp, df, classes, source=path)

@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.config import Competition
-from pipeline.data import class_names, labels_as_text, read_sample, read_train
+from pipeline.data import class_names, encode_targets, labels_as_text, read_sample, read_train
 from pipeline.io import write_csv, write_json, write_text
 from pipeline.report import md_table, pyplot, save_fig
 
@@ -127,8 +127,8 @@ def adversarial_auc(stats: pd.DataFrame, seed: int = 0, n_splits: int = 5) -> di
 
 
 def class_counts(comp: Competition, train: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    if comp.task == "multilabel":
-        counts = [int(train[c].astype(int).sum()) for c in classes]
+    if comp.task in ("multilabel", "regression"):  # positives per label (regression: nonzero values)
+        counts = encode_targets(comp, train, classes).astype(bool).sum(axis=0).astype(int).tolist()
     else:
         vc = labels_as_text(comp, train[comp.target]).value_counts()
         counts = [int(vc.get(c, 0)) for c in classes]

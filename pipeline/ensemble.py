@@ -13,7 +13,9 @@ of the fold-wise learners' test predictions. Blends that learn nothing are appli
 
 For metric qwk every blend also gets a `<name>+thr` variant: class thresholds on the expected class
 index, fitted under the same nested rule; its prediction is a hard class (one-hot). Its test class is
-the fold-averaged expected value cut at the fold-averaged thresholds.
+the fold-averaged expected value cut at the fold-averaged thresholds. For a multilabel metric that
+decides at a threshold (f1, fbeta, accuracy, ...) `<name>+thr` tunes one threshold per label, under the
+same nested rule, and moves it to 0.5 (blends.LabelThresholded).
 
 `auto` (default) evaluates every blend and picks the best CV (ties: the first in registry order).
 Outputs: submission.csv (validated), cv.md and cv.json (every model's and blend's CV), blend.test.csv
@@ -35,8 +37,9 @@ from tqdm import tqdm
 from pipeline.blends import FittedBlend, blend_test_prediction, candidate_names, make_blend, stack
 from pipeline.config import Competition, config_hash
 from pipeline.data import DataError, read_answers, read_sample
+from pipeline.folds import competition_identity
 from pipeline.io import file_md5, write_json, write_text
-from pipeline.metrics import GREATER_IS_BETTER, is_better, score
+from pipeline.metrics import Metric
 from pipeline.tables import Level1, load_level1
 
 TEST_PREDICTION_RULE = (
@@ -65,8 +68,8 @@ class BlendResult:
     test_score: float | None = None
 
 
-def fold_scores(metric: str, task: str, y: np.ndarray, proba: np.ndarray, fold: np.ndarray) -> dict[int, float]:
-    return {int(k): score(metric, task, y[fold == k], proba[fold == k]) for k in np.unique(fold)}
+def fold_scores(metric: Metric, y: np.ndarray, proba: np.ndarray, fold: np.ndarray) -> dict[int, float]:
+    return {int(k): metric.score(y[fold == k], proba[fold == k]) for k in np.unique(fold)}
 
 
 def nested_cv(estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray):
@@ -84,7 +87,7 @@ def nested_cv(estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray):
     return oof, learners
 
 
-def evaluate_blend(name: str, estimator, X, y, fold, X_test, metric: str, task: str) -> BlendResult:
+def evaluate_blend(name: str, estimator, X, y, fold, X_test, metric: Metric) -> BlendResult:
     """Honest CV of one blend: nested for learned blends, one pass over all rows otherwise."""
     learned = bool(getattr(estimator, "learned", False))
     if learned:
@@ -92,9 +95,8 @@ def evaluate_blend(name: str, estimator, X, y, fold, X_test, metric: str, task: 
     else:
         est = clone(estimator).fit(X, y)
         oof, learners = est.predict_proba(X), [est]
-    test = blend_test_prediction(learned, learners, X_test, task)
-    return BlendResult(name, learned, oof, test, score(metric, task, y, oof),
-                       fold_scores(metric, task, y, oof, fold), learners)
+    test = blend_test_prediction(learned, learners, X_test, metric.task)
+    return BlendResult(name, learned, oof, test, metric.score(y, oof), fold_scores(metric, y, oof, fold), learners)
 
 
 # --- the stage ---------------------------------------------------------------------------------
@@ -112,7 +114,7 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
                  chosen: str, has_answers: bool, submission: dict) -> tuple[str, dict]:
     folds = sorted(int(k) for k in np.unique(level1.fold))
     report = {
-        "metric": comp.metric, "greater_is_better": GREATER_IS_BETTER[comp.metric], "task": comp.task,
+        "metric": comp.metric, "greater_is_better": comp.scoring().greater_is_better, "task": comp.task,
         "n_rows": len(level1.train_ids), "n_test": len(level1.test_ids), "n_models": len(level1.models),
         "n_classes": len(level1.classes), "n_folds": len(folds), "classes": level1.classes, "chosen": chosen,
         "test_prediction": TEST_PREDICTION_RULE,
@@ -130,7 +132,7 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
     for name, err in errors.items():
         report["blends"][name] = {"cv": None, "error": err}
 
-    arrow = "higher" if GREATER_IS_BETTER[comp.metric] else "lower"
+    arrow = "higher" if comp.scoring().greater_is_better else "lower"
     head = ["", "name", "kind", f"CV {comp.metric}"] + [f"fold {k}" for k in folds] + (["test"] if has_answers else [])
     lines = [
         "# CV report", "",
@@ -245,7 +247,8 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
     from pipeline.submission import archive_submission, infer_format, make_submission, write_submission
     from pipeline.tables import write_table
 
-    names = candidate_names(method, comp.metric)
+    metric = comp.scoring()
+    names = candidate_names(method, metric)
     out = Path(out)
     check_provenance(comp, stacking, runs, folds_path)
     inputs = ensemble_inputs(comp, method, stacking, folds_path)
@@ -263,7 +266,7 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
         if previous.get("inputs") == inputs:
             print(f"{out}: {', '.join(changed) or 'cv.json'} changed since the last ensemble wrote it; rerunning")
     level1 = load_level1(comp, stacking, folds_path)
-    task, metric, C = comp.task, comp.metric, len(level1.classes)
+    task, C = comp.task, len(level1.classes)
     sample = read_sample(comp)
     fmt = infer_format(comp, sample, level1.classes)  # fail on a bad sample before any work
     y_test = read_answers(comp, level1.classes, level1.test_ids)
@@ -271,17 +274,16 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
 
     model_rows = []
     for m, name in enumerate(level1.models):
-        r = {"name": name, "cv": score(metric, task, y, level1.oof[m]),
-             "folds": fold_scores(metric, task, y, level1.oof[m], fold)}
+        r = {"name": name, "cv": metric.score(y, level1.oof[m]), "folds": fold_scores(metric, y, level1.oof[m], fold)}
         if y_test is not None:
-            r["test"] = score(metric, task, y_test, level1.test[m])
+            r["test"] = metric.score(y_test, level1.test[m])
         model_rows.append(r)
 
     blends, errors = [], {}
     for name in tqdm(names, desc="blends", leave=False):
         est = make_blend(name, task, C, metric, comp.seed)
         try:
-            b = evaluate_blend(name, est, X, y, fold, X_test, metric, task)
+            b = evaluate_blend(name, est, X, y, fold, X_test, metric)
         except Exception as e:  # in auto, one failing blend must not sink the others
             if method != "auto":
                 raise
@@ -289,19 +291,20 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
             print(f"warning: blend {name} failed: {errors[name]}")
             continue
         if y_test is not None:
-            b.test_score = score(metric, task, y_test, b.test)
+            b.test_score = metric.score(y_test, b.test)
         blends.append(b)
     if not blends:
         raise EnsembleError("every blend failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
 
     best = None
     for b in blends:
-        if best is None or is_better(metric, b.cv, best.cv):
+        if best is None or metric.is_better(b.cv, best.cv):
             best = b
     df = make_submission(fmt, sample, level1.classes, level1.test_ids, best.test)
     path = write_submission(out / "submission.csv", df, fmt, sample, level1.classes, task)
     history = archive_submission(path, out / "history", best.name, best.cv)
-    meta = {"method": best.name, "cv": _num(best.cv), "metric": metric, "folds_md5": file_md5(folds_path)}
+    meta = {"method": best.name, "cv": _num(best.cv), "metric": comp.metric, "folds_md5": file_md5(folds_path),
+            "competition": competition_identity(comp, level1.train_ids)}
     blend_table = write_table(out / "blend.test.csv", level1.test_ids, best.test, level1.classes, comp.id_col,
                               meta={**meta, "models": level1.models})
     write_table(out / "blend.oof.csv", level1.train_ids, best.oof, level1.classes, comp.id_col,  # for `make report`

@@ -3,6 +3,7 @@
 - binary / multiclass: StratifiedKFold; with groups: StratifiedGroupKFold.
 - multilabel: MultilabelStratifiedKFold (iterative stratification); with groups, on group-level labels.
 - ordinal: stratified on the values, or on quantile bins when there are many distinct values.
+- regression: stratified on quantile bins of the (first) target.
 - Exact duplicate images (same bytes) join one group, so copies never sit on both sides of a split.
 
 Nothing is written unless every check passes. folds.csv is rewritten only when its content changes,
@@ -21,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Competition, config_hash
-from pipeline.data import DataError, class_names, examples, lines, read_csv_text, read_sample, read_train
+from pipeline.data import (DataError, class_names, encode_targets, examples, lines, numbers, read_csv_text,
+                           read_sample, read_train)
 from pipeline.io import file_md5, write_csv, write_json
 
 ORDINAL_MAX_STRATA = 20
@@ -91,10 +93,19 @@ def duplicate_groups(keys: list[list[str | None]]) -> np.ndarray:
     return np.array([order[lab] for lab in labels[:n]])
 
 
+def quantile_bins(values: np.ndarray, n_folds: int) -> np.ndarray:
+    """Quantile bins of a number column (at most 10, each with at least n_folds rows where possible)."""
+    q = max(1, min(10, len(values) // max(n_folds * 2, 1)))
+    return pd.qcut(pd.Series(values).rank(method="first"), q=q, labels=False).to_numpy()
+
+
 def strata(comp: Competition, train: pd.DataFrame) -> np.ndarray:
-    """The labels folds are stratified on: classes, ordinal values (or bins), or the multilabel matrix."""
+    """The labels folds are stratified on: classes, ordinal values (or bins), the multilabel matrix, or
+    quantile bins of the (first) regression target."""
     if comp.task == "multilabel":
-        return train[comp.target_cols].to_numpy(dtype=int)
+        return encode_targets(comp, train, class_names(comp, train)).astype(int)
+    if comp.task == "regression":
+        return quantile_bins(numbers(train[comp.target_cols[:1]])[:, 0], comp.n_folds)
     if comp.task == "ordinal":
         values = pd.to_numeric(train[comp.target])
         if values.nunique() > ORDINAL_MAX_STRATA:
@@ -103,10 +114,12 @@ def strata(comp: Competition, train: pd.DataFrame) -> np.ndarray:
     return train[comp.target].astype(str).to_numpy()
 
 
-def check_rare(comp: Competition, y: np.ndarray) -> None:
+def check_rare(comp: Competition, y: np.ndarray, classes: list[str]) -> None:
+    if comp.task == "regression":
+        return
     if comp.task == "multilabel":
-        counts = pd.Series(y.sum(axis=0), index=comp.target_cols)
-        what = "label column"
+        counts = pd.Series(y.sum(axis=0), index=classes)
+        what = "label"
     else:
         counts = pd.Series(y).value_counts()
         what = "class"
@@ -158,7 +171,12 @@ def split(comp: Competition, y: np.ndarray, groups: np.ndarray | None) -> np.nda
 def fold_table(comp: Competition, train: pd.DataFrame, fold: np.ndarray) -> pd.DataFrame:
     """Rows and class counts per fold (positives per label for multilabel; min/max for many classes)."""
     if comp.task == "multilabel":
-        counts = train[comp.target_cols].groupby(fold).sum()
+        classes = class_names(comp, train)
+        counts = pd.DataFrame(encode_targets(comp, train, classes).astype(int), columns=classes).groupby(fold).sum()
+    elif comp.task == "regression":
+        values = pd.DataFrame(numbers(train[comp.target_cols]), columns=comp.target_cols)
+        counts = values.groupby(fold).agg(["mean", "std"]).round(3)
+        counts.columns = [f"{c} {stat}" for c, stat in counts.columns]
     else:
         counts = pd.crosstab(fold, train[comp.target].astype(str))
     if counts.shape[1] > 12:
@@ -182,8 +200,10 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
     out_dir = Path(out_dir)
     csv_path, meta_path = out_dir / "folds.csv", out_dir / "folds.json"
     train = read_train(comp)
-    class_names(comp, train)  # a binary task with 3 classes, or `classes` missing a label, fails here
+    classes = class_names(comp, train)  # a binary task with 3 classes, or `classes` missing a label, fails here
     stamp = _stamp(comp, decode)
+    if not force and csv_path.is_file():  # never replace another competition's folds
+        check_same_competition(meta_path, comp, train[comp.id_col].tolist(), csv_path)
     if not force and csv_path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("stamp") == stamp and meta.get("folds_md5") == file_md5(csv_path):
@@ -201,7 +221,7 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
         raise DataError(f"{len(scan.unreadable)} train image(s) cannot be decoded: {examples(scan.unreadable)}")
 
     y = strata(comp, train)
-    check_rare(comp, y)
+    check_rare(comp, y, classes)
 
     # Duplicates: identical bytes inside train, and train images that reappear in test.
     md5 = pd.Series(scan.md5)
@@ -238,6 +258,7 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
     write_json(meta_path, {
         "stamp": stamp,
         "folds_md5": file_md5(csv_path),
+        "competition": competition_identity(comp, ids),
         "n_folds": comp.n_folds,
         "seed": comp.seed,
         "rows": len(ids),
@@ -271,6 +292,7 @@ def fold_of(path: str | Path, comp: Competition, train_ids: list[str]) -> np.nda
     """The validation fold of every id in train_ids (in that order), from folds.csv. A folds.csv that does
     not list exactly the ids of train.csv, once each, is refused."""
     path = Path(path)
+    check_same_competition(path.with_name("folds.json"), comp, train_ids, path)
     folds = read_folds(path, comp.id_col)
     if comp.id_col not in folds.columns or "fold" not in folds.columns:
         raise DataError(f"{path}: expected columns '{comp.id_col}' and 'fold', found {list(folds.columns)}")
@@ -283,3 +305,23 @@ def fold_of(path: str | Path, comp: Competition, train_ids: list[str]) -> np.nda
             f"unknown, {int(ids.duplicated().sum())} repeated); rerun `make folds`"
         )
     return folds.set_index(ids)["fold"].loc[train_ids].to_numpy(dtype=int)
+
+
+def competition_identity(comp: Competition, train_ids) -> dict[str, str]:
+    """What makes a competition this one, recorded by every stage output and refused by another: the id
+    column, the target, the task and the training ids (not the paths: a moved work folder stays itself)."""
+    ids = hashlib.md5("\n".join(sorted(map(str, train_ids))).encode()).hexdigest()
+    return {"id_col": comp.id_col, "target": json.dumps(comp.target), "task": comp.task, "train_ids": ids}
+
+
+def check_same_competition(meta_path: Path, comp: Competition, train_ids, what: Path) -> None:
+    """Refuse a stage output (`what`, described by the JSON `meta_path`) made for another competition."""
+    made_for = json.loads(meta_path.read_text()).get("competition") if meta_path.is_file() else None
+    here = competition_identity(comp, train_ids)
+    if made_for is not None and made_for != here:
+        differs = ", ".join("other training ids" if k == "train_ids" else f"{k} {made_for.get(k)!r} there, {v!r} here"
+                            for k, v in here.items() if made_for.get(k) != v)
+        raise DataError(
+            f"{what} belongs to another competition ({differs}). Nothing of it is used. Work on each competition "
+            "in its own folder (every target runs in the current one: mkdir ../other && cd ../other && "
+            "make -f <this repo>/Makefile folds COMPETITION=...), or remove it with `make clean` here")

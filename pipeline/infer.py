@@ -18,7 +18,7 @@ import torch
 from pipeline.augment import eval_transform
 from pipeline.io import CheckpointError, load_checkpoint
 from pipeline.loader import ImageCache, ImageDataset, make_loader
-from pipeline.models import ModelConfig, build_model
+from pipeline.models import TARGET_MEAN, TARGET_STD, ModelConfig, attach_target_scale, build_model
 from pipeline.tta import get_view
 
 
@@ -42,8 +42,11 @@ def autocast(dev: torch.device, dtype: torch.dtype | None):
 
 
 def to_proba(logits: np.ndarray | torch.Tensor, task: str) -> np.ndarray:
-    """Softmax (sigmoid for multilabel) in float64: finite for any finite logits."""
+    """Softmax (sigmoid for multilabel) in float64: finite for any finite logits. Regression outputs are
+    the predicted values already (the model carries its target scale), returned as they are."""
     t = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    if task == "regression":
+        return t.numpy()
     p = torch.sigmoid(t) if task == "multilabel" else torch.softmax(t, dim=1)
     return p.numpy()
 
@@ -59,6 +62,8 @@ def inference_state(ckpt: dict) -> dict:
 def model_from_state(cfg: ModelConfig, n_classes: int, state: dict, dev: torch.device | None = None):
     """A model built from its config (no pretrained download), loaded with `state`, in eval mode on dev."""
     model = build_model(cfg, num_classes=n_classes, pretrained=False)
+    if TARGET_MEAN in state:  # a regression model: outputs in the target's units
+        attach_target_scale(model, state[TARGET_MEAN], state[TARGET_STD])
     model.load_state_dict(state)
     model.to(dev or device()).eval()
     if cfg.channels_last:
@@ -117,7 +122,8 @@ def image_logits(models: list, paths: list[Path], spec: EvalSpec, views: list[st
     dev = dev or device()
     dtype = amp_dtype(spec.amp, dev)
     view_fns = [get_view(v) for v in views]
-    dataset = ImageDataset(paths, None, spec.transform(), spec.in_chans, spec.bad_images, cache)
+    dataset = ImageDataset(paths, None, spec.transform(), spec.in_chans, spec.bad_images, cache,
+                           short_side=spec.data_config.get("read_side"))
     loader = make_loader(dataset, spec.batch_size, spec.num_workers, rows, dev=dev)
     fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
     for m in models:

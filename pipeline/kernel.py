@@ -38,10 +38,13 @@ def read_bundle(bundle: str | Path) -> dict:
 
 
 def bundle_competition(info: dict, data_dir: str | Path):
-    """The packaged competition config with data_dir pointing at the local copy of the competition."""
+    """The packaged competition config with data_dir pointing at the local copy of the competition. The
+    kernel scores nothing, so a metric from a file (not in the bundle) gives way to the task's default."""
     from pipeline.config import Competition
 
     fields = {**info["competition"], "data_dir": str(data_dir), "answers": None, "generator": None}
+    if ".py:" in str(fields.get("metric")):
+        fields.update(metric=None, greater_is_better=None)
     return Competition.model_validate(fields)
 
 

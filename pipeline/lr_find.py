@@ -43,7 +43,7 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> dict:
 
 def training_rows(comp: Competition, cfg, model):
     """Every training row as an ImageDataset with the config's own training transform."""
-    from pipeline.augment import build_transform
+    from pipeline.augment import train_transform
     from pipeline.loader import ImageDataset
     from pipeline.models import data_config
     from pipeline.train import one_hot
@@ -51,12 +51,12 @@ def training_rows(comp: Competition, cfg, model):
     train = read_train(comp)
     classes = class_names(comp, train)
     y = encode_targets(comp, train, classes)
-    targets = y if comp.task == "multilabel" else one_hot(y, len(classes))
+    targets = y if comp.task in ("multilabel", "regression") else one_hot(y, len(classes))
     paths = [comp.image_path("train", i) for i in train[comp.id_col]]
     d = data_config(cfg, model)
-    tf = build_transform(cfg.augment, d["img_size"], d["mean"], d["std"], d["interpolation"], cfg.in_chans == 3,
-                         train=True)
-    return ImageDataset(paths, targets.astype(np.float32), tf, cfg.in_chans, cfg.bad_images)
+    tf = train_transform(cfg.augment, d, cfg.in_chans)
+    return ImageDataset(paths, targets.astype(np.float32), tf, cfg.in_chans, cfg.bad_images,
+                        short_side=d["read_side"])
 
 
 def sweep(model, opt, loss_fn, ds, cfg, dev, lrs: np.ndarray, beta: float, diverge: float,

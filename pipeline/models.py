@@ -11,7 +11,7 @@ import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.config import ConfigError, StrictModel, deep_merge, parse_overrides, read_yaml, validate
 
@@ -24,7 +24,17 @@ class ModelConfig(StrictModel):
     pretrained: bool | str = Field(
         False, description="false | true (timm hub, needs internet) | path to a local weights file (offline)"
     )
-    img_size: int | None = Field(None, ge=8, description="square input size; null: the model's default")
+    img_size: int | list[int] | None = Field(
+        None, description="input size: an int (square) or [height, width], each >= 8; null: the model's default"
+    )
+    resize: Literal["squash", "pad", "crop"] = Field(
+        "squash", description="how an image reaches img_size: squash (resize, aspect ignored) | pad (longest side "
+        "to fit, keeping the aspect, then centred zero padding) | crop (shortest side to cover, then a centre crop)"
+    )
+    read_scale: float | None = Field(
+        1.5, gt=0, description="read images with the shorter side reduced to at most read_scale x the largest side "
+        "of the largest img_size of all stages (never enlarged); null: full resolution"
+    )
     in_chans: int = Field(3, description="1 reads images as grayscale, 3 as RGB")
     mean: list[float] | None = Field(None, description="normalisation mean; null: the model's default")
     std: list[float] | None = Field(None, description="normalisation std; null: the model's default")
@@ -66,7 +76,9 @@ class ModelConfig(StrictModel):
     decay_milestones: list[float] = Field([30, 60], description="multistep: epochs at which the lr decays")
     decay_rate: float = Field(0.1, gt=0, description="step/multistep/plateau: lr factor per decay; poly: power")
     patience_epochs: int = Field(2, ge=0, description="plateau: epochs without a better metric before a decay")
-    loss: Literal["auto", "ce", "focal", "bce"] = Field("auto", description="auto: ce, or bce for multilabel")
+    loss: Literal["auto", "ce", "focal", "bce", "mse", "huber", "l1"] = Field(
+        "auto", description="auto: ce, bce for multilabel, mse for regression (whose losses are mse, huber, l1, "
+        "on targets scaled by their training std)")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     focal_gamma: float = Field(2.0, ge=0)
     class_weights: Literal["balanced"] | list[float] | None = Field(
@@ -91,7 +103,9 @@ class ModelConfig(StrictModel):
 
     # --- data ---
     augment: str | list[dict[str, Any]] = Field(
-        "light", description="preset none|light|medium|heavy, or a list of {name: <albumentations class>, ...params}"
+        "light", description="preset none|light|medium|heavy|randaugment|trivialaugment, or a list of "
+        "{name: <albumentations class>, ...params} (compositions nest: {name: OneOf, transforms: [...]}), run on "
+        "the image as read, before the resize to img_size"
     )
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="DataLoader worker processes; auto: 0 on CPU (workers would take the cores the "
@@ -117,6 +131,14 @@ class ModelConfig(StrictModel):
         description="training stages, each {epochs: N, <key>: <value> ...} overriding keys of this config",
     )
 
+    @field_validator("img_size")
+    @classmethod
+    def _img_size(cls, v: int | list[int] | None) -> int | list[int] | None:
+        sides = [v] if isinstance(v, int) else v or []
+        if (isinstance(v, list) and len(v) != 2) or any(side < 8 for side in sides):
+            raise ValueError("must be an int or [height, width], each >= 8")
+        return v
+
     @model_validator(mode="after")
     def _checks(self) -> "ModelConfig":
         if self.in_chans not in (1, 3):
@@ -133,8 +155,19 @@ class ModelConfig(StrictModel):
 # Keys that change how a run is carried out but not what it learns: changing them neither retrains a
 # finished fold nor refuses to resume one.
 RESULT_NEUTRAL_KEYS = frozenset({"cache_images", "tensorboard", "log_every"})
+# Keys added after runs were trained: at their defaults they leave a run's stamp as it was, so upgrading
+# does not make finished folds stale (such a run reads images as it was trained: its data config has no
+# read_side, and squash is what it did).
+ADDED_KEYS = {"resize": "squash", "read_scale": 1.5}
 
-STAGE_KEYS_FORBIDDEN = {"backbone", "in_chans", "stages", "seed", "tta", "tta_merge", "pseudo", "pretrained"}
+
+def stamp_exclusions(cfg: "ModelConfig") -> frozenset[str]:
+    """The keys a run's config hash leaves out: result-neutral ones, and added keys at their defaults."""
+    return RESULT_NEUTRAL_KEYS | {k for k, v in ADDED_KEYS.items() if getattr(cfg, k) == v}
+
+# read_scale: one read size for all stages (data_config's read_side), so the image cache serves every stage
+STAGE_KEYS_FORBIDDEN = {"backbone", "in_chans", "stages", "seed", "tta", "tta_merge", "pseudo", "pretrained",
+                        "read_scale"}
 
 
 def resolve_stages(cfg: ModelConfig, source: str) -> list[ModelConfig]:
@@ -205,6 +238,24 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | str | Non
     return timm.create_model(cfg.backbone, pretrained=bool(pretrained), **kwargs)
 
 
+TARGET_MEAN, TARGET_STD = "target_mean", "target_std"
+
+
+def _rescale(module, inputs, output):
+    return output * module.target_std + module.target_mean
+
+
+def attach_target_scale(model, mean, std):
+    """Regression: the model outputs values in the target's units, `head x std + mean`, per target. The scale
+    is a pair of buffers, so it travels in every state dict (checkpoints, EMA, packaged weights)."""
+    import torch
+
+    model.register_buffer(TARGET_MEAN, torch.as_tensor(mean, dtype=torch.float32).reshape(-1).clone())
+    model.register_buffer(TARGET_STD, torch.as_tensor(std, dtype=torch.float32).reshape(-1).clone())
+    model.register_forward_hook(_rescale)
+    return model
+
+
 def load_weights_file(backbone: str, weights: Path, kwargs: dict[str, Any]):
     """timm's model with the weights of a local file (timm adapts the stem to in_chans and drops a classifier
     of another size), checked: the file must load, and every backbone parameter must come from it. Only the
@@ -242,22 +293,40 @@ def load_weights_file(backbone: str, weights: Path, kwargs: dict[str, Any]):
 _INTERP = {"nearest": 0, "bilinear": 1, "bicubic": 2, "area": 3}
 
 
-def data_config(cfg: ModelConfig, model) -> dict[str, Any]:
-    """img_size, mean, std and interpolation: the config's values, else the model's own defaults."""
+def data_config(cfg: ModelConfig, model, whole: ModelConfig | None = None) -> dict[str, Any]:
+    """img_size ([height, width]), resize, mean, std and interpolation: the config's values, else the model's
+    own defaults; read_side: images are read with the shorter side reduced to at most this (None: full
+    resolution), ceil(read_scale x the largest side of the largest img_size of `whole`'s stages). `whole` is
+    the config a stage's config came from (resolve_stages drops `stages`); default cfg itself."""
+    import math
+
     from timm.data import resolve_data_config
 
     default = resolve_data_config({}, model=model)
+    default_hw = [int(side) for side in default["input_size"][-2:]]
     mean = list(cfg.mean or default["mean"])
     std = list(cfg.std or default["std"])
     if cfg.in_chans == 1:  # one channel: average the model's RGB statistics
         mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
     interpolation = cfg.interpolation or default.get("interpolation", "bilinear")
+    whole = whole or cfg
+    sizes = [whole.img_size] + [stage.get("img_size", whole.img_size) for stage in whole.stages]
+    largest = max(max(_hw(size, default_hw)) for size in sizes + [cfg.img_size])
     return {
-        "img_size": cfg.img_size or int(default["input_size"][-1]),
+        "img_size": _hw(cfg.img_size, default_hw),
+        "resize": cfg.resize,
         "mean": mean,
         "std": std,
         "interpolation": _INTERP.get(interpolation, 1),
+        "read_side": None if whole.read_scale is None else math.ceil(whole.read_scale * largest),
     }
+
+
+def _hw(img_size: int | list[int] | None, default_hw: list[int]) -> list[int]:
+    """[height, width] of an img_size (an int: square; null: the model's default)."""
+    if img_size is None:
+        return list(default_hw)
+    return [img_size, img_size] if isinstance(img_size, int) else [int(side) for side in img_size]
 
 
 def head_parameter_names(model) -> set[str]:

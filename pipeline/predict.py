@@ -16,10 +16,9 @@ import pandas as pd
 
 from pipeline.config import Competition, ConfigError
 from pipeline.data import DataError, class_names, encode_targets, read_sample, read_train
-from pipeline.folds import fold_numbers, fold_of
+from pipeline.folds import competition_identity, fold_numbers, fold_of
 from pipeline.infer import EvalSpec, device, image_logits, load_fold_model
 from pipeline.io import file_md5
-from pipeline.metrics import score
 from pipeline.runs import fold_runs, trained_models
 from pipeline.tables import read_meta, unchanged_since_written, write_table
 from pipeline.tta import expand, merge
@@ -79,19 +78,20 @@ def predict_model(
         rows = np.flatnonzero(fold_index == k)
         paths = [comp.image_path("train", i) for i in ids[rows]]
         oof[rows] = merge(image_logits([model], paths, spec, views, dev)[0], how, comp.task)
-        per_fold.append(score(comp.metric, comp.task, y[rows], oof[rows]))
-    cv = score(comp.metric, comp.task, y, oof)
+        per_fold.append(comp.scoring().score(y[rows], oof[rows]))
+    cv = comp.scoring().score(y, oof)
 
     test_ids = read_sample(comp)[comp.id_col].tolist()
     test_logits = image_logits([m for m, _, _ in loaded], [comp.image_path("test", i) for i in test_ids], spec,
                                views, dev)
     test = np.mean([merge(fold_logits, how, comp.task) for fold_logits in test_logits], axis=0)
 
-    meta = {"stamp": stamp, "folds_md5": folds_md5, "model": name, "metric": comp.metric, "cv": cv,
-            "per_fold": per_fold, "tta": views, "tta_merge": how, "classes": classes}
+    identity = competition_identity(comp, ids)
+    meta = {"stamp": stamp, "folds_md5": folds_md5, "competition": identity, "model": name,
+            "metric": comp.metric, "cv": cv, "per_fold": per_fold, "tta": views, "tta_merge": how, "classes": classes}
     write_table(oof_path, ids, oof, classes, comp.id_col, meta=meta)
     write_table(test_path, test_ids, test, classes, comp.id_col, meta={"stamp": stamp, "folds_md5": folds_md5,
-                                                                       "model": name})
+                                                                       "competition": identity, "model": name})
     folds_txt = " ".join(f"{s:.4f}" for s in per_fold)
     print(f"{out_name}: {comp.metric} {cv:.4f} (folds {folds_txt}; TTA {'+'.join(views)}, {how}) -> {oof_path}, {test_path}")
     return meta
@@ -159,6 +159,9 @@ def write_pseudo(
     from pipeline.io import write_csv
     from pipeline.tables import read_table
 
+    if comp.task == "regression":
+        raise ConfigError("pseudo-labels pick confident test rows by their probabilities; task regression has none. "
+                          "Write folds/pseudo.csv yourself (id + the target columns) to train on predicted values")
     train = read_train(comp)
     classes = class_names(comp, train)
     test_ids = read_sample(comp)[comp.id_col].tolist()

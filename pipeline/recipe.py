@@ -1,6 +1,7 @@
 """The training recipe's pieces, each built by one small function from a (stage's) model config.
 
-- `make_loss`: cross-entropy, focal or BCE on soft targets (n, C), with label smoothing and class weights.
+- `make_loss`: cross-entropy, focal or BCE on soft targets (n, C), with label smoothing and class weights;
+  mse, huber or l1 for regression, in units of the targets' std.
 - `make_optimizer`: any timm optimizer (`timm.optim.create_optimizer_v2`) over our parameter groups: the
   head at `lr`, the backbone at `lr x backbone_lr_mult`, optional layer-wise lr decay, and no weight decay
   on norm, bias and the model's own no-decay parameters. `sam: true` wraps it in `SAM`.
@@ -23,11 +24,21 @@ from pipeline.config import ConfigError
 from pipeline.models import ModelConfig, head_parameter_names
 
 
-def make_loss(cfg: ModelConfig, task: str, class_weight: torch.Tensor | None):
-    """A loss on logits and soft targets (n, C); label smoothing and class weights applied here."""
-    kind = cfg.loss if cfg.loss != "auto" else ("bce" if task == "multilabel" else "ce")
-    if kind != "bce" and task == "multilabel":
-        raise ConfigError(f"key 'loss': {kind} does not fit task multilabel; use bce or auto")
+REGRESSION_LOSSES = {"mse": F.mse_loss, "huber": F.huber_loss, "l1": F.l1_loss}
+AUTO_LOSS = {"multilabel": "bce", "regression": "mse"}  # other tasks: ce
+
+
+def make_loss(cfg: ModelConfig, task: str, class_weight: torch.Tensor | None, target_std: torch.Tensor | None = None):
+    """A loss on logits and soft targets (n, C); label smoothing and class weights applied here. Regression:
+    mse, huber or l1 of (prediction - target) / target_std, the targets' training std per column."""
+    kind = cfg.loss if cfg.loss != "auto" else AUTO_LOSS.get(task, "ce")
+    fits = {"multilabel": ("bce",), "regression": tuple(REGRESSION_LOSSES)}.get(task, ("ce", "focal", "bce"))
+    if kind not in fits:
+        raise ConfigError(f"key 'loss': {kind} does not fit task {task}; use {', '.join(fits)} or auto")
+    if task == "regression":
+        scale = target_std if target_std is not None else 1.0
+        fn = REGRESSION_LOSSES[kind]
+        return lambda pred, target: fn(pred.float() / scale, target / scale)
     smoothing, gamma = cfg.label_smoothing, cfg.focal_gamma
 
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -318,10 +318,11 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
             if not (run / "best.pt").is_file():
                 return None, f"{run / 'best.pt'} not found"
             model, cfg, ckpt = load_fold_model(run, "best", dev)
-            tf = EvalSpec.of(cfg, ckpt["data_config"]).transform()
-            cache[k] = (model.float().to(memory_format=torch.contiguous_format), cfg, tf)
-        model, cfg, tf = cache[k]
-        img = read_image(comp.image_path("train", m.id), cfg.in_chans)
+            spec = EvalSpec.of(cfg, ckpt["data_config"])  # the evaluation geometry and read size
+            cache[k] = (model.float().to(memory_format=torch.contiguous_format), cfg, spec.transform(),
+                        spec.data_config.get("read_side"))
+        model, cfg, tf, read_side = cache[k]
+        img = read_image(comp.image_path("train", m.id), cfg.in_chans, read_side)
         x = tf(image=img)["image"].unsqueeze(0)
         try:
             cam, c = grad_cam(model, x)
@@ -342,40 +343,29 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
 # --- the stage ------------------------------------------------------------------------------------------
 
 
-def make_report(comp: Competition, submissions: str | Path = "submissions", runs: str | Path = "runs",
-                stacking: str | Path = "stacking", folds_path: str | Path = "folds/folds.csv",
-                out: str | Path | None = None, n_mistakes: int = 24, n_cam: int = 6) -> Path:
+def regression_section(ids: list[str], y: np.ndarray, pred: np.ndarray, targets: list[str], out: Path,
+                       n_worst: int) -> list[str]:
+    """Regression: error per target column, and the rows predicted worst (`worst.csv`)."""
+    y, pred = np.asarray(y, dtype=np.float64).reshape(len(ids), -1), np.asarray(pred, dtype=np.float64)
+    err = pred - y
+    stats = pd.DataFrame({"target": targets, "rmse": np.sqrt((err ** 2).mean(axis=0)), "mae": np.abs(err).mean(axis=0),
+                          "bias": err.mean(axis=0), "target std": y.std(axis=0)})
+    write_csv(out / "per_target.csv", stats)
+    worst = np.argsort(-np.abs(err).max(axis=1))[:n_worst]
+    table = pd.DataFrame({"id": [ids[i] for i in worst]})
+    for j, t in enumerate(targets):
+        table[f"{t} true"], table[f"{t} predicted"] = y[worst, j], pred[worst, j]
+    write_csv(out / "worst.csv", table)
+    return ["### Errors per target", "", md_table(stats), "", "`per_target.csv`; the rows predicted worst: "
+            f"`worst.csv` ({len(table)} rows).", ""]
+
+
+def classification_sections(comp, cv: dict, ids, y, proba, classes, out: Path, runs: Path, folds_path,
+                            n_mistakes: int, n_cam: int) -> list[str]:
+    """Confusion, per-class scores, ROC/PR, the worst mistakes and their Grad-CAM."""
     from pipeline.folds import read_folds
 
-    submissions, runs, stacking = Path(submissions), Path(runs), Path(stacking)
-    out = Path(out) if out else submissions / "report"
-    cv_path = submissions / "cv.json"
-    if not cv_path.is_file():
-        raise DataError(f"{cv_path} not found: run `make ensemble` first (the report reads its CV table)")
-    cv = json.loads(cv_path.read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    train = read_train(comp)
-    classes = class_names(comp, train)
-    ids = train[comp.id_col].astype(str).tolist()
-    y = encode_targets(comp, train, classes)
-    task, metric = comp.task, comp.metric
-    md = ["# Report", "",
-          f"{len(ids)} training rows, {len(classes)} classes, task {task}, metric {metric} "
-          f"({'higher' if cv.get('greater_is_better', True) else 'lower'} is better). "
-          f"Chosen blend: **{cv.get('chosen')}**.", ""]
-
-    board = leaderboard(cv)
-    write_csv(out / "leaderboard.csv", board)
-    md += ["## CV leaderboard", "", md_table(board, "{:.5f}"), ""]
-
-    md += ["## Training curves", ""]
-    models = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
-    drawn = [(m, plot_curves(runs, m, metric, out)) for m in models]
-    drawn = [(m, f) for m, f in drawn if f]
-    md += [f"### {m}\n\n![{m}]({f})\n" for m, f in drawn] or ["No runs/<model>/fold<k>/log.csv found.", ""]
-
-    proba, source = blend_oof(comp, cv, ids, classes, submissions, stacking)
-    md += ["## Out-of-fold analysis", "", f"OOF probabilities: {source}.", ""]
+    task, md = comp.task, []
     cms = confusion(task, y, proba, classes)
     if task == "multilabel":
         frames = [cm.assign(label=name).reset_index(names="true") for name, cm in cms.items()]
@@ -409,6 +399,46 @@ def make_report(comp: Competition, submissions: str | Path = "submissions", runs
         fold_of = dict(zip(folds[comp.id_col].astype(str), folds["fold"].astype(int)))
         cam, note = plot_grad_cam(comp, model_name, runs, fold_of, mistakes, classes, out, n_cam)
         md += [f"Heatmaps of the predicted class; {note}.", ""] + ([f"![gradcam]({cam})", ""] if cam else [])
+
+    return md
+
+
+def make_report(comp: Competition, submissions: str | Path = "submissions", runs: str | Path = "runs",
+                stacking: str | Path = "stacking", folds_path: str | Path = "folds/folds.csv",
+                out: str | Path | None = None, n_mistakes: int = 24, n_cam: int = 6) -> Path:
+    submissions, runs, stacking = Path(submissions), Path(runs), Path(stacking)
+    out = Path(out) if out else submissions / "report"
+    cv_path = submissions / "cv.json"
+    if not cv_path.is_file():
+        raise DataError(f"{cv_path} not found: run `make ensemble` first (the report reads its CV table)")
+    cv = json.loads(cv_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    train = read_train(comp)
+    classes = class_names(comp, train)
+    ids = train[comp.id_col].astype(str).tolist()
+    y = encode_targets(comp, train, classes)
+    task, metric = comp.task, comp.metric
+    md = ["# Report", "",
+          f"{len(ids)} training rows, {len(classes)} classes, task {task}, metric {metric} "
+          f"({'higher' if cv.get('greater_is_better', True) else 'lower'} is better). "
+          f"Chosen blend: **{cv.get('chosen')}**.", ""]
+
+    board = leaderboard(cv)
+    write_csv(out / "leaderboard.csv", board)
+    md += ["## CV leaderboard", "", md_table(board, "{:.5f}"), ""]
+
+    md += ["## Training curves", ""]
+    models = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    drawn = [(m, plot_curves(runs, m, metric, out)) for m in models]
+    drawn = [(m, f) for m, f in drawn if f]
+    md += [f"### {m}\n\n![{m}]({f})\n" for m, f in drawn] or ["No runs/<model>/fold<k>/log.csv found.", ""]
+
+    proba, source = blend_oof(comp, cv, ids, classes, submissions, stacking)
+    md += ["## Out-of-fold analysis", "", f"OOF probabilities: {source}.", ""]
+    if task == "regression":
+        md += regression_section(ids, y, proba, classes, out, n_mistakes)
+    else:
+        md += classification_sections(comp, cv, ids, y, proba, classes, out, runs, folds_path, n_mistakes, n_cam)
 
     index = out / "index.md"
     write_text(index, "\n".join(md))

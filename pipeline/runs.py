@@ -27,12 +27,7 @@ from pipeline.config import Competition, ConfigError, config_hash
 from pipeline.data import DataError, class_names, read_train
 from pipeline.folds import fold_numbers
 from pipeline.io import file_md5
-from pipeline.models import (
-    RESULT_NEUTRAL_KEYS,
-    ModelConfig,
-    load_model,
-    model_config_path,
-)
+from pipeline.models import ModelConfig, load_model, model_config_path, stamp_exclusions
 
 PSEUDO_SUFFIX = "-pseudo"  # a pseudo-label round trains runs/<model>-pseudo/ beside round 0
 
@@ -81,7 +76,7 @@ def publish(work: Path, out: Path) -> Path | None:
 def run_stamp(cfg: ModelConfig, folds_md5: str, classes: list[str], comp: Competition) -> dict:
     """What a finished fold was trained from; done.json holds it."""
     return {
-        "config_hash": config_hash(cfg, RESULT_NEUTRAL_KEYS),
+        "config_hash": config_hash(cfg, stamp_exclusions(cfg)),
         "folds_md5": folds_md5,
         "classes": classes,
         "task": comp.task,
@@ -122,7 +117,7 @@ def fold_status(out: Path, expected: dict, models_dir: str | Path, model: str,
             own = load_model(models_dir, model, recorded)[0]
         except ConfigError:
             own = None
-        if own is not None and config_hash(own, RESULT_NEUTRAL_KEYS) == done["config_hash"]:
+        if own is not None and config_hash(own, stamp_exclusions(own)) == done["config_hash"]:
             return FoldStatus("kept", f"trained with ARGS '{' '.join(recorded)}'")
     return FoldStatus("stale", ", ".join(STAMP_REASONS[k] for k in changed))
 

@@ -10,6 +10,12 @@ The format is read off the sample (or forced by the competition key `submission_
 - multilabel: one column per target label with its probability; `submission_format: labels`
   writes 0/1 instead (cut at 0.5). A sample holding integer placeholders is not taken as a request
   for 0/1, since Kaggle samples often hold 0 where probabilities are scored.
+- multilabel tags (`target` one column, labels separated by `label_sep`): sample `[id, target]`
+  gets the labels at or above 0.5, in class order (`tags`). A blend with tuned thresholds has moved
+  each label's threshold to 0.5, so the file holds exactly what the CV scored.
+- `submission_format: topk`: sample `[id, target]` gets the k most likely classes, best first (`topk`,
+  MAP@k competitions).
+- regression: one number column per target (`values`).
 
 `check_submission` returns every reason a table is not a valid submission (empty list: valid); rows
 may come in any order. `write_submission` writes the sample's ids in the sample's order, atomically,
@@ -32,7 +38,8 @@ from pipeline.data import DataError, examples, numbers
 from pipeline.io import write_csv, write_text
 from pipeline.tables import ROW_SUM_TOLERANCE
 
-KINDS = ("labels", "positive_probability", "class_probabilities", "multilabel_probabilities", "multilabel_labels")
+KINDS = ("labels", "positive_probability", "class_probabilities", "multilabel_probabilities", "multilabel_labels",
+         "tags", "topk", "values")
 
 
 class SubmissionError(DataError):
@@ -45,6 +52,8 @@ class SubmissionFormat:
     id_col: str
     columns: tuple[str, ...]  # the sample's full header
     value_classes: tuple[int, ...]  # class index written in each value column (label kinds: unused)
+    sep: str = " "  # tags and topk: the separator between labels in a cell
+    k: int = 0  # topk: how many labels a row holds
 
     @property
     def value_cols(self) -> list[str]:
@@ -63,6 +72,17 @@ def infer_format(comp: Competition, sample: pd.DataFrame, classes: list[str]) ->
         raise DataError(f"{path}: the first column must be the id column '{comp.id_col}', header is {columns}")
     values = columns[1:]
     wanted = comp.submission_format
+    if comp.task == "regression":
+        if sorted(values) != sorted(classes):
+            raise DataError(f"{path}: header {columns} does not match the regression targets: expected "
+                            f"[{comp.id_col}, {', '.join(classes)}] in any order")
+        return SubmissionFormat("values", comp.id_col, tuple(columns), tuple(classes.index(c) for c in values))
+    if len(values) == 1 and (wanted == "topk" or (comp.is_tags and values[0] not in classes)):
+        if comp.is_tags and wanted in ("auto", "labels"):
+            return SubmissionFormat("tags", comp.id_col, tuple(columns), (), sep=comp.label_sep)
+        if wanted == "topk":
+            return SubmissionFormat("topk", comp.id_col, tuple(columns), (), sep=comp.label_sep,
+                                    k=min(comp.k, len(classes)))
     if comp.task == "multilabel" or len(values) > 1:
         if set(values) != set(classes) or len(values) != len(classes):
             raise DataError(
@@ -119,8 +139,17 @@ def make_submission(
         raise SubmissionError(f"no prediction for {len(missing)} sample id(s): {examples(missing)}")
     p = frame.loc[order].to_numpy()
     out = pd.DataFrame({fmt.id_col: order})
+    names = np.asarray(classes, dtype=object)
     if fmt.kind == "labels":
-        out[fmt.value_cols[0]] = np.asarray(classes, dtype=object)[p.argmax(axis=1)]
+        out[fmt.value_cols[0]] = names[p.argmax(axis=1)]
+    elif fmt.kind == "values":
+        for col, c in zip(fmt.value_cols, fmt.value_classes):
+            out[col] = p[:, c]
+    elif fmt.kind == "tags":  # the labels at or above 0.5 (a tuned blend has moved each label's threshold there)
+        out[fmt.value_cols[0]] = [fmt.sep.join(names[row >= 0.5]) for row in p]
+    elif fmt.kind == "topk":  # the k most likely classes, best first; ties keep class order
+        best = np.argsort(-p, axis=1, kind="stable")[:, : fmt.k]
+        out[fmt.value_cols[0]] = [fmt.sep.join(names[row]) for row in best]
     elif fmt.kind == "positive_probability":
         out[fmt.value_cols[0]] = np.clip(p[:, 1], 0.0, 1.0)
     else:
@@ -172,6 +201,8 @@ def check_submission(
                     f"classes are {examples(classes, 12)}"
                 )
         return reasons
+    if fmt.kind in ("tags", "topk"):
+        return reasons + check_label_lists(text, value_cols, fmt, classes)
     if fmt.kind == "multilabel_labels":
         for col in value_cols:
             bad = ~text[col].isin(["0", "1"])
@@ -186,7 +217,7 @@ def check_submission(
             reasons.append(f"column '{col}': {nan.sum()} NaN, empty or non-numeric value(s), ids {examples(ids[nan])}")
         if inf.any():
             reasons.append(f"column '{col}': {inf.sum()} infinite value(s), ids {examples(ids[inf])}")
-        out = np.isfinite(v) & ((v < 0) | (v > 1))
+        out = np.isfinite(v) & ((v < 0) | (v > 1)) & (fmt.kind != "values")
         if out.any():
             reasons.append(f"column '{col}': {out.sum()} probability(ies) outside [0, 1], ids {examples(ids[out])}")
     if fmt.kind == "class_probabilities" and task != "multilabel" and len(value_cols) == len(fmt.value_cols):
@@ -197,6 +228,25 @@ def check_submission(
                 f"{off.sum()} row(s) whose class probabilities do not sum to 1 (tolerance {ROW_SUM_TOLERANCE}), "
                 f"ids {examples(ids[off])}"
             )
+    return reasons
+
+
+def check_label_lists(text: pd.DataFrame, value_cols: list[str], fmt: SubmissionFormat, classes: list[str]) -> list[str]:
+    """Cells holding labels separated by fmt.sep: every label a class, none twice; topk: 1 to k labels."""
+    reasons, known = [], set(classes)
+    for col in value_cols:
+        cells = [[t for t in cell.split(fmt.sep) if t] for cell in text[col]]
+        unknown = sorted({t for cell in cells for t in cell} - known)
+        if unknown:
+            reasons.append(f"column '{col}': label(s) not a known class ({examples(unknown)}); classes are "
+                           f"{examples(classes, 12)}")
+        repeated = [i for i, cell in enumerate(cells) if len(set(cell)) < len(cell)]
+        if repeated:
+            reasons.append(f"column '{col}': a label repeated within a row in {len(repeated)} row(s)")
+        if fmt.kind == "topk":
+            wrong = [i for i, cell in enumerate(cells) if not 1 <= len(cell) <= fmt.k]
+            if wrong:
+                reasons.append(f"column '{col}': {len(wrong)} row(s) without 1 to k={fmt.k} labels")
     return reasons
 
 

@@ -1,7 +1,8 @@
 """Level-1 prediction tables: the contract between stages and with the outside world.
 
 A table is a CSV with the id column and one probability column per class, named after the class (or
-the target column for multilabel), in the competition's class order. Beside `<name>.csv` a sidecar
+the target column for multilabel 0/1 columns), in the competition's class order; for regression, one
+predicted value per target column (any finite number). Beside `<name>.csv` a sidecar
 `<name>.json` records what made it (the folds hash above all). A table is refused when it misses ids,
 repeats ids, holds NaN, Inf or a value outside [0, 1], has single-label rows that do not sum to 1, lacks
 class columns or has unknown ones, or was made against another folds.csv.
@@ -27,7 +28,7 @@ from pipeline.data import (
     read_sample,
     read_train,
 )
-from pipeline.folds import fold_of
+from pipeline.folds import check_same_competition, fold_of
 from pipeline.io import file_md5, write_csv, write_json
 
 
@@ -100,8 +101,8 @@ def read_table(
     """Read and check a table; returns it indexed by id, columns in `classes` order, rows in expected order.
 
     Cells are read as text and converted on purpose. Refused, naming the file and rows: a missing or
-    unknown column, an empty or repeated id, a value that is not a finite number in [0, 1], and (single-label
-    tasks, when `task` is given) a row whose probabilities do not sum to 1."""
+    unknown column, an empty or repeated id, a value that is not a finite number in [0, 1] (regression: any
+    finite number), and (single-label tasks, when `task` is given) a row whose probabilities do not sum to 1."""
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: not found")
@@ -125,9 +126,9 @@ def read_table(
     if bad.any():
         raise TableError(f"{path}: NaN, Inf or non-numeric values in {bad.sum()} row(s), ids {examples(ids[bad])}")
     outside = ((values < -PROBABILITY_TOLERANCE) | (values > 1 + PROBABILITY_TOLERANCE)).any(axis=1)
-    if outside.any():
+    if task != "regression" and outside.any():
         raise TableError(f"{path}: probabilities outside [0, 1] in {outside.sum()} row(s), ids {examples(ids[outside])}")
-    if task is not None and task != "multilabel":
+    if task is not None and task not in ("multilabel", "regression"):
         off = np.abs(values.sum(axis=1) - 1.0) > ROW_SUM_TOLERANCE
         if off.any():
             raise TableError(f"{path}: {off.sum()} row(s) whose class probabilities do not sum to 1 (tolerance "
@@ -198,6 +199,8 @@ def load_level1(comp: Competition, stacking: str | Path = "stacking", folds_path
         raise TableError(f"{stacking}: no model with both <model>.oof.csv and <model>.test.csv")
     oof, test = [], []
     for m in models:
+        for path in (stacking / f"{m}.oof.csv", stacking / f"{m}.test.csv"):
+            check_same_competition(sidecar(path), comp, train_ids, path)
         oof.append(read_table(stacking / f"{m}.oof.csv", comp.id_col, classes, train_ids, folds_md5, comp.task)
                    .to_numpy())
         test.append(read_table(stacking / f"{m}.test.csv", comp.id_col, classes, test_ids, folds_md5, comp.task)

@@ -25,15 +25,15 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from pipeline.augment import build_transform
+from pipeline.augment import train_transform
 from pipeline.config import Competition, ConfigError
 from pipeline.data import DataError, class_names, encode_targets, lines, numbers, read_csv_text, read_sample, read_train
 from pipeline.folds import fold_of
 from pipeline.infer import EvalSpec, amp_dtype, autocast, device, image_logits, load_fold_model, to_proba
 from pipeline.io import CheckpointError, file_md5, load_checkpoint, save_checkpoint, write_csv, write_json, write_text
 from pipeline.loader import EpochSampler, ImageDataset, make_loader, maybe_cache, resolve_workers
-from pipeline.metrics import GREATER_IS_BETTER, is_better, score
-from pipeline.models import ModelConfig, build_model, data_config, resolve_stages
+from pipeline.metrics import get_metric
+from pipeline.models import ModelConfig, attach_target_scale, build_model, data_config, resolve_stages
 from pipeline.recipe import (
     SAM,
     StepGuard,
@@ -61,10 +61,15 @@ class TrainingError(Exception):
 class FoldData:
     classes: list[str]
     train_paths: list[Path]
-    train_targets: np.ndarray  # (n, C) float32: one-hot, multi-hot, or soft pseudo-labels
+    train_targets: np.ndarray  # (n, C) float32: one-hot, multi-hot, soft pseudo-labels, or regression values
     val_ids: list[str]
     val_paths: list[Path]
-    val_y: np.ndarray  # class index (n,) or multi-hot (n, C)
+    val_y: np.ndarray  # class index (n,), multi-hot (n, C) or values (n, T)
+
+    def target_scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """Regression: the training targets' mean and std per column (a constant column gets std 1)."""
+        mean, std = self.train_targets.mean(axis=0), self.train_targets.std(axis=0)
+        return mean, np.where(std > 0, std, 1.0)
 
 
 def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -83,9 +88,12 @@ def read_pseudo(path: str | Path, comp: Competition, classes: list[str]) -> tupl
         raise DataError(f"{path}: holds no pseudo-labelled rows")
     if all(c in df.columns for c in classes):
         values = numbers(df[classes])
-        bad = ~(np.isfinite(values) & (values >= 0) & (values <= 1)).all(axis=1)
+        bad = ~np.isfinite(values).all(axis=1)
+        if comp.task != "regression":
+            bad |= ~((values >= 0) & (values <= 1)).all(axis=1)
         if bad.any():
-            raise DataError(f"{path}: soft labels must be probabilities in [0, 1]; line(s) {lines(bad)} are not")
+            what = "finite numbers" if comp.task == "regression" else "probabilities in [0, 1]"
+            raise DataError(f"{path}: soft labels must be {what}; line(s) {lines(bad)} are not")
         targets = values.astype(np.float32)
     elif comp.task != "multilabel" and comp.target in df.columns:
         index = {c: i for i, c in enumerate(classes)}
@@ -112,7 +120,7 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
     if fold not in set(fold_index):
         raise ConfigError(f"fold {fold} not in {folds_path} (folds: {sorted(set(fold_index.tolist()))})")
     y = encode_targets(comp, train, classes)
-    targets = y if comp.task == "multilabel" else one_hot(y, len(classes))
+    targets = y if comp.task in ("multilabel", "regression") else one_hot(y, len(classes))
     tr, va = fold_index != fold, fold_index == fold
     train_paths = [comp.image_path("train", i) for i in ids[tr]]
     train_targets = targets[tr]
@@ -214,7 +222,7 @@ class Stage:
 
     index: int
     cfg: ModelConfig
-    img_size: int
+    img_size: list[int]  # [height, width]
     first_epoch: int
     steps_per_epoch: int
     dataset: ImageDataset
@@ -256,7 +264,10 @@ class Engine:
 def build_engine(comp, cfg, name, fold, data, rank, local_rank, world) -> Engine:
     dev = init_distributed(world, local_rank)
     seed_everything(cfg.seed)
-    model = build_model(cfg, num_classes=len(data.classes)).to(dev)
+    model = build_model(cfg, num_classes=len(data.classes))
+    if comp.task == "regression":
+        attach_target_scale(model, *data.target_scale())
+    model = model.to(dev)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if cfg.compile and dev.type == "cuda" else model
@@ -271,8 +282,9 @@ def build_engine(comp, cfg, name, fold, data, rank, local_rank, world) -> Engine
         ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True)
     dtype = amp_dtype(cfg.amp, dev)
     # One decision for the fold's images (train + val) against the cache budget, one decoding pass.
+    # Read reduced to the short side the model's data config asks for (the same config as evaluation's spec).
     cache = maybe_cache(cfg.cache_images, data.train_paths + data.val_paths, cfg.in_chans, cfg.bad_images,
-                        f"{name} fold{fold}", verbose=rank == 0)
+                        f"{name} fold{fold}", verbose=rank == 0, short_side=data_config(cfg, model).get("read_side"))
     train_cache, val_cache = cache.split(len(data.train_paths)) if cache is not None else (None, None)
     return Engine(comp, cfg, name, fold, data, model, net, dev, dtype, ema,
                   StepGuard(dev, fp16=dtype == torch.float16), rank, world, train_cache, val_cache)
@@ -281,23 +293,30 @@ def build_engine(comp, cfg, name, fold, data, rank, local_rank, world) -> Engine
 def start_stage(eng: Engine, stages: list[ModelConfig], index: int) -> Stage:
     """A stage's transforms, sampler, optimizer, schedule, mixer and loss."""
     scfg, cfg, data = stages[index], eng.cfg, eng.data
-    d = data_config(scfg, eng.model)
-    tf = build_transform(scfg.augment, d["img_size"], d["mean"], d["std"], d["interpolation"], cfg.in_chans == 3,
-                         train=True)
-    dataset = ImageDataset(data.train_paths, data.train_targets, tf, cfg.in_chans, cfg.bad_images, eng.train_cache)
+    d = data_config(scfg, eng.model, whole=cfg)  # read_side over all stages: the one the cache was filled at
+    tf = train_transform(scfg.augment, d, cfg.in_chans)
+    # A stage reading at another short side than the cache was filled at reads from disk.
+    cache = eng.train_cache
+    if cache is not None and cache.short_side != d.get("read_side"):
+        cache = None
+    dataset = ImageDataset(data.train_paths, data.train_targets, tf, cfg.in_chans, cfg.bad_images, cache,
+                           short_side=d.get("read_side"))
     counts = data.train_targets.sum(axis=0)
-    sample_weights = None
+    sample_weights, task = None, eng.comp.task
+    if task == "regression" and (cfg.class_weights is not None or cfg.sampler == "balanced"):
+        raise ConfigError("keys 'class_weights' and 'sampler: balanced' need classes; task regression has none")
     if cfg.sampler == "balanced":
-        if eng.comp.task == "multilabel":
+        if task == "multilabel":
             raise ConfigError("key 'sampler': balanced sampling needs single-label classes")
         sample_weights = 1.0 / counts[data.train_targets.argmax(axis=1)]
     sampler = EpochSampler(len(dataset), cfg.seed, sample_weights, eng.rank, eng.world)
     steps = -(-(-(-len(sampler) // scfg.batch_size)) // scfg.grad_accum)  # ceil(ceil(n / batch) / accum)
     optimizer = make_optimizer(scfg, eng.model, eng.dev)
-    mode = "max" if GREATER_IS_BETTER[eng.comp.metric] else "min"
+    mode = "max" if eng.comp.scoring().greater_is_better else "min"
     return Stage(index, scfg, d["img_size"], sum(s.epochs for s in stages[:index]), steps, dataset, sampler, optimizer,
                  make_scheduler(scfg, optimizer, steps, mode), make_mixer(scfg, len(data.classes)),
-                 make_loss(scfg, eng.comp.task, class_weight_tensor(scfg, counts, eng.dev)))
+                 make_loss(scfg, task, class_weight_tensor(scfg, counts, eng.dev),
+                           torch.as_tensor(data.target_scale()[1], device=eng.dev) if task == "regression" else None))
 
 
 def check_faults(eng: Engine, progress: Progress, epoch: int, step: int) -> None:
@@ -377,9 +396,9 @@ def train_one_epoch(eng: Engine, stage: Stage, epoch: int, progress: Progress, t
                                 lr=f"{current_lr(stage.optimizer):.2e}")
     except torch.OutOfMemoryError:
         raise TrainingError(
-            f"out of memory at batch_size={scfg.batch_size}, img_size={stage.img_size}; the last checkpoint is "
-            "intact and a rerun resumes from it. Lower batch_size (use grad_accum to keep the effective batch) "
-            "or img_size") from None
+            f"out of memory at batch_size={scfg.batch_size}, img_size={stage.img_size} (height, width); the last "
+            "checkpoint is intact and a rerun resumes from it. Lower batch_size (use grad_accum to keep the "
+            "effective batch) or img_size") from None
     seconds = time.time() - t0
     return {"train_loss": float(loss_sum / loss_rows.clamp(min=1)), "lr": current_lr(stage.optimizer),
             "img_per_s": seen * eng.world / max(seconds, 1e-9), "started": t0}
@@ -477,6 +496,8 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
     if resume is not None and eng.main:
         print(f"{out}: resuming after epoch {progress.epoch} of {total_epochs}")
     board = open_tensorboard(work, progress.log, comp.metric) if cfg.tensorboard and eng.main else None
+    scoring = comp.scoring()
+    loss_metric = get_metric("rmse" if comp.task == "regression" else "logloss", comp.task)  # the val_loss column
     stage = None
     while progress.epoch < total_epochs and not (cfg.early_stopping and progress.bad_epochs >= cfg.early_stopping):
         epoch = progress.epoch
@@ -492,10 +513,10 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
         stats = train_one_epoch(eng, stage, epoch, progress, total_epochs)
         proba = evaluate(eng, eng.eval_model(), spec)
         finite = bool(np.isfinite(proba).all())  # a diverged model must never look good
-        metric = score(comp.metric, comp.task, data.val_y, proba) if finite else float("nan")
-        val_loss = score("logloss", comp.task, data.val_y, proba) if finite else float("nan")
+        metric = scoring.score(data.val_y, proba) if finite else float("nan")
+        val_loss = loss_metric.score(data.val_y, proba) if finite else float("nan")
         stage.scheduler.step(epoch - stage.first_epoch + 1, metric)  # plateau; per-step schedules ignore it
-        improved = bool(np.isfinite(metric) and is_better(comp.metric, metric, progress.best))
+        improved = bool(np.isfinite(metric) and scoring.is_better(metric, progress.best))
         if improved:
             progress.best, progress.best_epoch, progress.bad_epochs = metric, epoch, 0
         else:
@@ -561,12 +582,12 @@ def finish(eng: Engine, out: Path, spec: EvalSpec, expected: dict, progress: Pro
     model, _, _ = load_fold_model(out, "best", eng.dev)
     logits = image_logits([model], data.val_paths, spec, dev=eng.dev, cache=eng.val_cache)[0, 0]
     proba = to_proba(logits, comp.task)
-    fold_score = score(comp.metric, comp.task, data.val_y, proba)
+    fold_score = comp.scoring().score(data.val_y, proba)
     write_table(out / "oof.csv", data.val_ids, proba, data.classes, comp.id_col,
                 meta={"folds_md5": expected["folds_md5"], "fold": eng.fold, comp.metric: fold_score})
     write_json(out / "done.json", {
         **expected, "model": eng.name, "fold": eng.fold, "metric": comp.metric, "score": fold_score,
         "best_epoch": progress.best_epoch + 1, "epochs_run": len(progress.log),
-        "greater_is_better": GREATER_IS_BETTER[comp.metric], "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "greater_is_better": comp.scoring().greater_is_better, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     })
     print(f"{eng.name} fold{eng.fold}: {comp.metric} {fold_score:.4f} (best epoch {progress.best_epoch + 1})")

@@ -85,8 +85,12 @@ def _log_proba(logits: np.ndarray, task: str) -> np.ndarray:
 
 
 def merge(logits: np.ndarray, how: str, task: str) -> np.ndarray:
-    """Merge views' logits (V, n, C) into probabilities (n, C)."""
+    """Merge views' logits (V, n, C) into probabilities (n, C); regression values by their mean, whatever `how`."""
     logits = np.asarray(logits, dtype=np.float64)
+    if task == "regression":
+        if how not in ("mean", "gmean", "logit_mean", "max"):
+            raise ConfigError(f"key 'tta_merge': unknown merge {how!r}; use mean, gmean, logit_mean or max")
+        return logits.mean(axis=0)
     if how == "logit_mean":
         mean = torch.as_tensor(logits.mean(axis=0))
         return (torch.sigmoid(mean) if task == "multilabel" else torch.softmax(mean, dim=-1)).numpy()

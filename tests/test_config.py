@@ -36,9 +36,12 @@ def test_unknown_key_names_file_key_and_suggestion(tmp_path):
 
 
 def test_bad_literal_lists_allowed_values(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", {**BASE, "metric": "acuracy"})
+    msg = str(pytest.raises(ConfigError, load_competition, path).value)
+    assert "key 'metric'" in msg and "did you mean 'accuracy'" in msg and "f1_macro" in msg
     path = write_yaml(tmp_path / "c.yaml", {**BASE, "metric": "rmse"})
     msg = str(pytest.raises(ConfigError, load_competition, path).value)
-    assert "key 'metric'" in msg and "'qwk'" in msg and "'rmse'" in msg
+    assert "key 'metric'" in msg and "applies to regression" in msg and "accuracy" in msg
 
 
 def test_wrong_type(tmp_path):
@@ -50,9 +53,9 @@ def test_wrong_type(tmp_path):
 @pytest.mark.parametrize(
     "extra, needle",
     [
-        ({"task": "multilabel"}, "list of 0/1 columns"),
+        ({"task": "regression"}, "Metrics for regression: rmse"),
         ({"target": ["a", "b"]}, "one column name"),
-        ({"metric": "qwk"}, "task: ordinal"),
+        ({"metric": "qwk"}, "applies to ordinal"),
         ({"train_images": "train/x.png"}, "{id}"),
         ({"n_folds": 1}, "greater than or equal to 2"),
     ],
@@ -90,7 +93,7 @@ def test_overrides_parse_yaml_scalars_and_nesting():
 def test_override_applies_and_is_validated(tmp_path):
     path = write_yaml(tmp_path / "c.yaml", BASE)
     assert load_competition(path, ["n_folds=3"]).n_folds == 3
-    msg = str(pytest.raises(ConfigError, load_competition, path, ["task=regression"]).value)
+    msg = str(pytest.raises(ConfigError, load_competition, path, ["task=survival"]).value)
     assert "override" in msg and "key 'task'" in msg
 
 

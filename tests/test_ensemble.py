@@ -19,6 +19,7 @@ from pipeline.io import file_md5
 from pipeline.metrics import apply_thresholds, fit_thresholds, quadratic_kappa, score
 from pipeline.submission import validate_file
 from pipeline.tables import TableError, load_level1, write_table
+from pipeline.metrics import get_metric
 from tests.conftest import edit_train, make_competition, run_cli
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def test_fold_averaged_test_prediction():
     X = blends.stack(np.stack([_noisy(rng, y, 3, 1.0) for _ in range(2)]))
     X_test = blends.stack(rng.dirichlet(np.ones(3), size=(2, 7)))
     est = blends.make_blend("logreg", "multiclass", 3, "accuracy")
-    res = ens.evaluate_blend("logreg", est, X, y, np.arange(60) % 3, X_test, "accuracy", "multiclass")
+    res = ens.evaluate_blend("logreg", est, X, y, np.arange(60) % 3, X_test, get_metric("accuracy", "multiclass"))
     test, learners = res.test, res.learners
     assert np.allclose(test, np.mean([e.predict_proba(X_test) for e in learners], axis=0))
 
@@ -211,7 +212,7 @@ def test_fold_averaged_test_prediction():
 
 
 @pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel"])
-@pytest.mark.parametrize("name", list(blends.BLENDS))
+@pytest.mark.parametrize("name", list(blends.CLASS_BLENDS))
 def test_blends_follow_sklearn_conventions(name, task):
     rng = np.random.default_rng(4)
     n, C = 48, (2 if task == "binary" else 3)
@@ -246,10 +247,10 @@ def test_lgbm_is_deterministic():
 
 
 def test_registry_and_candidates():
-    assert blends.candidate_names("auto", "accuracy") == list(blends.BLENDS)
-    assert blends.candidate_names("mean", "qwk") == ["mean", "mean+thr"]
-    with pytest.raises(ConfigError, match="unknown ensemble method"):
-        blends.candidate_names("median", "accuracy")
+    assert blends.candidate_names("auto", get_metric("accuracy", "multiclass")) == list(blends.CLASS_BLENDS)
+    assert blends.candidate_names("mean", get_metric("qwk", "ordinal")) == ["mean", "mean+thr"]
+    with pytest.raises(ConfigError, match="unknown ensemble method 'ridge' for task multiclass"):
+        blends.candidate_names("ridge", get_metric("accuracy", "multiclass"))
 
 
 # --- the stage ---------------------------------------------------------------------------------
@@ -288,7 +289,7 @@ def test_auto_picks_the_best_honest_cv_for_a_lower_is_better_metric(tmp_path, mo
     comp, classes, y = _setup(tmp_path, metric="logloss")
     report = ens.run_ensemble(comp)
     cvs = {k: v["cv"] for k, v in report["blends"].items()}
-    assert set(cvs) == set(blends.BLENDS)
+    assert set(cvs) == set(blends.CLASS_BLENDS)
     assert report["chosen"] == min(cvs, key=cvs.get)
     assert report["blends"]["lgbm"]["nested"] and not report["blends"]["mean"]["nested"]
     assert set(report["blends"]["weights"]["weights"]) == {"m0", "m1", "m2"}
@@ -366,8 +367,8 @@ def test_cli_end_to_end(tmp_path):
     report = json.loads((sub / "cv.json").read_text())
     md = (sub / "cv.md").read_text()
     assert report["n_models"] == 2 and report["n_classes"] == 3 and report["n_rows"] == 90 and report["n_folds"] == 3
-    assert set(report["blends"]) == set(blends.BLENDS) and report["chosen"] in report["blends"]
-    for name in [*blends.BLENDS, "m0", "m1"]:
+    assert set(report["blends"]) == set(blends.CLASS_BLENDS) and report["chosen"] in report["blends"]
+    for name in [*blends.CLASS_BLENDS, "m0", "m1"]:
         assert f"| {name} |" in md
     assert "| test |" in md and report["models"]["m1"]["test"] > report["models"]["m0"]["test"]
     assert report["submission_test"] == report["blends"][report["chosen"]]["test"]

@@ -206,6 +206,7 @@ def test_learned_blend_reproduced_and_tiny_time_limit_warns(demo, tmp_path):
 def test_blend_states_round_trip_through_json():
     from pipeline.blends import blend_test_prediction, import_blend_state, make_blend, stack
     from pipeline.ensemble import evaluate_blend
+    from pipeline.metrics import get_metric
 
     rng = np.random.default_rng(0)
     n, m, c = 90, 2, 3
@@ -215,8 +216,8 @@ def test_blend_states_round_trip_through_json():
     fold = np.arange(n) % 3
     for name in ("vote", "mean", "gmean", "rank", "weights", "weights_scipy", "lgbm", "logreg"):
         for task, metric, suffix in (("multiclass", "accuracy", ""), ("ordinal", "qwk", "+thr")):
-            est = make_blend(name + suffix, task, c, metric, 0)
-            r = evaluate_blend(name, est, stack(P), y, fold, stack(Pt), metric, task)
+            est = make_blend(name + suffix, task, c, get_metric(metric, task), 0)
+            r = evaluate_blend(name, est, stack(P), y, fold, stack(Pt), get_metric(metric, task))
             states = json.loads(json.dumps([s.export_state() for s in r.learners]))
             again = blend_test_prediction(r.learned, [import_blend_state(s) for s in states], stack(Pt), task)
             np.testing.assert_allclose(again, r.test, atol=1e-12, err_msg=name + suffix)

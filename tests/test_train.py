@@ -187,7 +187,7 @@ def test_overrides_land_in_resolved_config(tmp_path):
     train(tmp_path, "lr=0.005", "batch_size=8")
     resolved = yaml.safe_load((tmp_path / "runs/tiny/fold0/config.yaml").read_text())
     assert resolved["lr"] == 0.005 and resolved["batch_size"] == 8
-    assert resolved["_data"]["img_size"] == 16 and len(resolved["_data"]["mean"]) == 1
+    assert resolved["_data"]["img_size"] == [16, 16] and len(resolved["_data"]["mean"]) == 1
 
 
 def test_shipped_model_configs_are_valid():
