@@ -8,6 +8,7 @@ naive baseline of the shape: the majority class, the mean, the most frequent lab
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import cv2
@@ -17,7 +18,7 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score, f1_score, mean_squared_error, roc_auc_score
 
-from tests.conftest import REPO, write_yaml
+from tests.conftest import REPO, run_cli, write_yaml
 
 MAKE = ["make", "--no-print-directory", "-f", str(REPO / "Makefile")]
 MODEL = {"backbone": "test_resnet", "in_chans": 1, "img_size": 16, "epochs": 6, "batch_size": 32, "lr": 0.01,
@@ -67,6 +68,17 @@ def run_pipeline(root) -> pd.DataFrame:
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return pd.read_csv(root / "submissions" / "submission.csv", dtype=str, keep_default_na=False)
+
+
+def kernel_reproduces(root) -> None:
+    """`package`, then the Kaggle kernel on the test images alone writes the same submission."""
+    from tests.test_package import same_submission
+
+    run_cli("package", "-c", "competition.yaml", "--wheels", "", "--competition-slug", "c", cwd=root)
+    shutil.copytree(root / "data" / "c", root / "input" / "c", ignore=shutil.ignore_patterns("train", "train.csv"))
+    run_cli("kernel", "--bundle", "dist/kaggle/dataset", "--data-dir", "input/c", "--out", "kernel/submission.csv",
+            cwd=root)
+    same_submission(root / "kernel" / "submission.csv", root / "submissions" / "submission.csv")
 
 
 def split(n_test: int, *arrays):
@@ -153,6 +165,7 @@ def test_tags_multilabel_scored_by_f1_with_tuned_thresholds(tmp_path):
            f1_score(truth, matrix(prior), average="samples", zero_division=0))
     cv = (tmp_path / "submissions" / "cv.md").read_text()
     assert "+thr" in cv  # the tuned-threshold blends were scored
+    kernel_reproduces(tmp_path)
 
 
 def test_regression_scored_by_rmse(tmp_path):
@@ -174,6 +187,7 @@ def test_regression_scored_by_rmse(tmp_path):
     rmse = float(np.sqrt(mean_squared_error(te_t, pred)))
     baseline = float(np.sqrt(mean_squared_error(te_t, np.full(len(te_t), tr_t.mean()))))
     record("regression (rmse)", rmse, baseline, greater_is_better=False)
+    kernel_reproduces(tmp_path)
 
 
 def test_custom_metric_from_a_file(tmp_path):
@@ -200,6 +214,7 @@ def test_custom_metric_from_a_file(tmp_path):
     majority = pd.Series(tr_y).mode()[0]
     record("custom metric from a file (worst-class recall)", worst_recall(te_y, sub["digit"].to_numpy()),
            worst_recall(te_y, np.full(len(te_y), majority)))
+    kernel_reproduces(tmp_path)  # the kernel scores nothing: no metric file needed
 
 
 def test_binary_with_one_probability_column(tmp_path):
@@ -244,6 +259,7 @@ def test_topk_submission_scored_by_map_at_k(tmp_path):
     assert sub["digit"].str.split().map(len).eq(3).all()
     frequent = " ".join(pd.Series(tr_y).value_counts().index[:3])
     record("top-k (map@3)", map_at_k(te_y, sub["digit"], 3), map_at_k(te_y, [frequent] * len(te_y), 3))
+    kernel_reproduces(tmp_path)
 
 
 @pytest.fixture(scope="module", autouse=True)
