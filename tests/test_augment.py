@@ -166,6 +166,22 @@ def test_serialised_items_round_trip():
         assert A.to_dict(A.Compose(from_list(items)))["transform"]["transforms"] == items
 
 
+def test_a_list_without_sizing_runs_at_training_size():
+    """Flips, Affine, colour: the geometry first, so they act on the image at img_size (here: pad)."""
+    from pipeline.augment import sizes_itself
+
+    spec = [{"name": "Affine", "rotate": [0, 0], "translate_px": [4, 4], "p": 1.0}]  # a shift of 4 px right/down
+    assert not sizes_itself(spec) and sizes_itself([{"name": "OneOf", "transforms": [{"name": "RandomCrop",
+                                                                                        "height": 8, "width": 8}]}])
+    img = np.full((300, 100, 3), 200, np.uint8)
+    x = build_transform(spec, [64, 96], [0.0] * 3, [1.0 / 255] * 3, resize="pad")(image=img)["image"].numpy()
+    padded = A.Compose(geometry(64, 96, "pad"))(image=img)["image"]
+    shifted = A.Affine(rotate=(0, 0), translate_px=(4, 4), p=1.0)(image=padded)["image"]
+    assert x.shape == (3, 64, 96)
+    np.testing.assert_allclose(x.transpose(1, 2, 0), shifted.astype(np.float32), atol=1e-3)  # geometry, then the list
+    assert not np.allclose(x.transpose(1, 2, 0), padded)  # and the list did act
+
+
 def test_a_list_runs_on_the_image_as_read_and_the_geometry_after_it():
     """The user's LongestMaxSize + PadIfNeeded decide (zero bands, the aspect kept); the squash after is a no-op."""
     spec = [{"name": "LongestMaxSize", "max_size_hw": [64, 96]},
