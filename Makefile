@@ -17,9 +17,14 @@ RUN := $(PY) -m pipeline
 .DEFAULT_GOAL := help
 .PHONY: help install test demo data-fashion-mnist check folds train train-all predict pseudo ensemble validate report eda lr-find package bench clean clean-all FORCE
 
-help: ## list every target with a one-line description
+# `make help` lists the targets in pipeline order, by group (a test checks every described target is here).
+HELP_GROUPS := data:demo,data-fashion-mnist,check,eda,folds training:train-all,train,lr-find,show-batch \
+  prediction:predict,pseudo blending:ensemble,validate,report kaggle:package tools:install,test,bench,clean,clean-all,help
+
+help: ## list every target with a one-line description, in pipeline order
 	@echo "usage: make <target> [COMPETITION=configs/competition.yaml] [COMP_ARGS='competition key=value ...'] [ARGS='model key=value ...']"
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
+	@for group in $(HELP_GROUPS); do echo "$${group%%:*}:"; for t in $$(echo "$${group#*:}" | tr , ' '); do \
+	  grep -hE "^$$t:.*## " $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'; done; done
 
 $(STAMP): $(ROOT)pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed (set PYTHON=python3.11)")'
@@ -69,9 +74,9 @@ train-all: folds ## train every model x fold not done yet (MODELS="a b" limits, 
 	fi
 
 run_model = $(patsubst %/,%,$(dir $*))
+pseudo_flag = $(if $(filter %-pseudo,$(run_model)),--pseudo $(or $(PSEUDO),folds/pseudo.csv))
 runs/%/done.json: FORCE
-	$(TRAIN) --model $(patsubst %-pseudo,%,$(run_model)) --fold $(patsubst fold%,%,$(notdir $*)) \
-	  $(if $(filter %-pseudo,$(run_model)),--pseudo $(or $(PSEUDO),folds/pseudo.csv)) $(ARGS)
+	$(TRAIN) --model $(patsubst %-pseudo,%,$(run_model)) --fold $(patsubst fold%,%,$(notdir $*)) $(pseudo_flag) $(ARGS)
 
 train: $(STAMP) ## rerun exactly one fold: make train MODEL=name FOLD=k [ARGS="epochs=3 lr=1e-3"]
 	@test -n "$(MODEL)" -a -n "$(FOLD)" || { echo "usage: make train MODEL=<name> FOLD=<k>"; exit 2; }

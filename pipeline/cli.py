@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     """Print the done.json targets of the model x folds still to train (Make runs them), and the plan."""
     from pipeline.models import model_names
-    from pipeline.runs import plan_training
+    from pipeline.runs import plan_training, start_job
 
     comp = load_competition(args.competition)
     models = args.models.split() if args.models else model_names(comp.models_dir)
@@ -95,7 +95,10 @@ def cmd_plan(args: argparse.Namespace) -> None:
               + (f"; to train: {', '.join(todo)}" if todo else "")
               + (f"; kept as trained: {', '.join(kept)} (RETRAIN=1 trains them as configured now)" if kept else ""),
               file=sys.stderr)
-    print(" ".join(j.target for j in jobs if j.status.state in train or args.all))
+    chosen = [j for j in jobs if j.status.state in train or args.all]
+    if not args.all:  # the folds this train-all trains: each prints the job's progress when it finishes
+        print(start_job(args.runs, chosen), file=sys.stderr)
+    print(" ".join(j.target for j in chosen))
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:

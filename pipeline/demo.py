@@ -60,7 +60,7 @@ def write_competition(
         train_ids, test_ids = _ids("train", len(train_x)), _ids("test", len(test_x))
         for split, ids, images in (("train", train_ids, train_x), ("test", test_ids, test_x)):
             (tmp / split).mkdir()
-            for image_id, img in zip(tqdm(ids, desc=f"writing {split} images", leave=False), images):
+            for image_id, img in zip(tqdm(ids, desc=f"writing {split} images", leave=False, disable=None), images):
                 cv2.imwrite(str(tmp / split / f"{image_id}.png"), img)
         names = np.asarray(classes)
         write_csv(tmp / "train.csv", pd.DataFrame({id_col: train_ids, target: names[train_y]}))

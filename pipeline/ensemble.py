@@ -280,7 +280,7 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
         model_rows.append(r)
 
     blends, errors = [], {}
-    for name in tqdm(names, desc="blends", leave=False):
+    for name in tqdm(names, desc="blends", leave=False, disable=None):  # None: off outside a terminal
         est = make_blend(name, task, C, metric, comp.seed)
         try:
             b = evaluate_blend(name, est, X, y, fold, X_test, metric)

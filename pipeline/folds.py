@@ -59,7 +59,8 @@ def scan_images(paths: list[Path], decode: bool = True, desc: str = "scanning im
     from tqdm import tqdm
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(tqdm(pool.map(lambda p: _scan_one(p, decode), paths), total=len(paths), desc=desc, leave=False))
+        results = list(tqdm(pool.map(lambda p: _scan_one(p, decode), paths), total=len(paths), desc=desc, leave=False,
+                            disable=None))
     scan = ImageScan(md5=[m for m, _ in results])
     for p, (_, problem) in zip(paths, results):
         if problem == "missing":

@@ -112,9 +112,9 @@ class EvalSpec:
 @torch.inference_mode()
 def image_logits(models: list, paths: list[Path], spec: EvalSpec, views: list[str] | tuple[str, ...] = ("none",),
                  dev: torch.device | None = None, cache: ImageCache | None = None,
-                 rows: list[int] | None = None) -> np.ndarray:
+                 rows: list[int] | None = None, desc: str | None = None) -> np.ndarray:
     """Logits (models, views, n, C) of every image in `paths` (or only the indices in `rows`; the others
-    stay zero), each image read once for all models and views.
+    stay zero), each image read once for all models and views; `desc` shows a progress bar in a terminal.
 
     Images that could not be read (policy skip) keep zero logits, i.e. the uniform prediction; a
     model's own NaN stays NaN.
@@ -130,6 +130,10 @@ def image_logits(models: list, paths: list[Path], spec: EvalSpec, views: list[st
         m.eval()
     out: np.ndarray | None = None
     skipped = 0
+    if desc is not None:  # a progress bar, in a terminal only
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True)
     for x, _, idx, n_bad in loader:
         skipped += n_bad
         if x is None:

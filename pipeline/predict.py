@@ -74,16 +74,20 @@ def predict_model(
 
     oof = np.zeros((len(ids), len(classes)))
     per_fold = []
+    test_ids = read_sample(comp)[comp.id_col].tolist()
+    print(f"{out_name}: {len(ids)} OOF rows over {len(fold_ids)} folds, then {len(test_ids)} test images x "
+          f"{len(fold_ids)} folds; TTA {'+'.join(views)}", flush=True)
     for k, (model, _, _) in zip(fold_ids, loaded):
         rows = np.flatnonzero(fold_index == k)
         paths = [comp.image_path("train", i) for i in ids[rows]]
-        oof[rows] = merge(image_logits([model], paths, spec, views, dev)[0], how, comp.task)
+        oof[rows] = merge(image_logits([model], paths, spec, views, dev, desc=f"{out_name} fold{k} OOF")[0], how,
+                          comp.task)
         per_fold.append(comp.scoring().score(y[rows], oof[rows]))
+        print(f"  fold{k} OOF: {comp.metric} {per_fold[-1]:.4f} ({len(rows)} rows)", flush=True)
     cv = comp.scoring().score(y, oof)
 
-    test_ids = read_sample(comp)[comp.id_col].tolist()
     test_logits = image_logits([m for m, _, _ in loaded], [comp.image_path("test", i) for i in test_ids], spec,
-                               views, dev)
+                               views, dev, desc=f"{out_name} test")
     test = np.mean([merge(fold_logits, how, comp.task) for fold_logits in test_logits], axis=0)
 
     identity = competition_identity(comp, ids)

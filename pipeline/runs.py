@@ -26,7 +26,7 @@ from pathlib import Path
 from pipeline.config import Competition, ConfigError, config_hash
 from pipeline.data import DataError, class_names, read_train
 from pipeline.folds import fold_numbers
-from pipeline.io import file_md5
+from pipeline.io import file_md5, write_json
 from pipeline.models import ModelConfig, load_model, model_config_path, stamp_exclusions
 
 PSEUDO_SUFFIX = "-pseudo"  # a pseudo-label round trains runs/<model>-pseudo/ beside round 0
@@ -192,3 +192,51 @@ def plan_training(comp: Competition, models_dir: str | Path, models: list[str], 
             jobs.append(FoldJob(m, run, k, str(out / "done.json"),
                                 fold_status(out, expected, models_dir, m, overrides)))
     return jobs
+
+
+# --- the train-all job: its plan and a running ETA -------------------------------------------------------
+
+JOB_FILE = ".train-all.json"  # under runs/: the folds the current `make train-all` trains, and when it began
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
+
+
+def start_job(runs: str | Path, jobs: list[FoldJob]) -> str:
+    """Record the folds a train-all is about to train (runs/.train-all.json) and say how long they took
+    the last time they were trained, where that is known."""
+    runs = Path(runs)
+    write_json(runs / JOB_FILE, {"started": time.time(), "targets": [j.target for j in jobs]})
+    if not jobs:
+        return "plan: nothing to train"
+    measured = {}  # run -> seconds its finished folds took
+    for run in {j.run for j in jobs}:
+        measured[run] = [d["seconds"] for d in map(read_done, sorted((runs / run).glob("fold*")))
+                         if d and d.get("seconds")]
+    known = [sum(measured[j.run]) / len(measured[j.run]) for j in jobs if measured[j.run]]
+    if len(known) < len(jobs):
+        return f"plan: {len(jobs)} fold(s) to train; an ETA follows the first finished fold"
+    return (f"plan: {len(jobs)} fold(s) to train, about {_duration(sum(known))} at one fold at a time "
+            "(from the folds of these models trained before)")
+
+
+def job_progress(runs: str | Path, out: Path) -> str | None:
+    """After a fold of the current train-all: folds done, time spent, and the time left at the measured
+    pace (wall clock since the job began, so folds trained in parallel with -j count as they ran)."""
+    path = Path(runs) / JOB_FILE
+    try:
+        job = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    targets = job.get("targets", [])
+    if str(Path(out) / "done.json") not in targets:
+        return None
+    done = [t for t in targets if (read_done(Path(t).parent) or {}).get("finished_at", 0) >= job["started"]]
+    elapsed = time.time() - job["started"]
+    left = len(targets) - len(done)
+    pace = elapsed / max(len(done), 1)
+    return (f"train-all: {len(done)}/{len(targets)} folds done in {_duration(elapsed)}"
+            + (f"; about {_duration(pace * left)} left ({_duration(pace)} a fold)" if left else "; all done"))

@@ -46,7 +46,8 @@ from pipeline.recipe import (
     make_scheduler,
     scheduler_state,
 )
-from pipeline.runs import config_name, fold_status, publish, read_done, run_dir, run_stamp, set_aside, staging_dir
+from pipeline.runs import (config_name, fold_status, job_progress, publish, read_done, run_dir, run_stamp, set_aside,
+                           staging_dir)
 from pipeline.tables import write_table
 
 
@@ -214,6 +215,7 @@ class Progress:
     bad_epochs: int = 0
     log: list[dict] = field(default_factory=list)
     bad_images: int = 0
+    started: float = field(default_factory=time.time)  # this process's start on the fold (for the job's ETA)
 
 
 @dataclass
@@ -540,6 +542,9 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
         old = publish(work, out)
         print(f"{out}: done, best epoch {progress.best_epoch + 1}"
               + (f"; the fold it replaces is set aside in {old}" if old else ""))
+        note = None if rerun else job_progress(runs, out)
+        if note:
+            print(note, flush=True)
     if world > 1:
         import torch.distributed as dist
 
@@ -589,5 +594,6 @@ def finish(eng: Engine, out: Path, spec: EvalSpec, expected: dict, progress: Pro
         **expected, "model": eng.name, "fold": eng.fold, "metric": comp.metric, "score": fold_score,
         "best_epoch": progress.best_epoch + 1, "epochs_run": len(progress.log),
         "greater_is_better": comp.scoring().greater_is_better, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "finished_at": time.time(), "seconds": round(time.time() - progress.started, 1),
     })
     print(f"{eng.name} fold{eng.fold}: {comp.metric} {fold_score:.4f} (best epoch {progress.best_epoch + 1})")

@@ -13,9 +13,21 @@ def test_help_lists_every_target():
     out = subprocess.run([*MAKE, "help"], capture_output=True, text=True, check=True).stdout
     text = (REPO / "Makefile").read_text()
     targets = set(re.findall(r"^([a-z][a-zA-Z_-]*):", text, flags=re.M))  # FORCE and pattern rules aside
-    described = set(re.findall(r"^  (\S+)\s", out, flags=re.M))
-    assert {"test", "folds", "help", "demo", "data-fashion-mnist"} <= described
-    assert targets <= described, f"targets without a help line: {targets - described}"
+    described = re.findall(r"^  (\S+)\s", out, flags=re.M)
+    assert {"test", "folds", "help", "demo", "data-fashion-mnist"} <= set(described)
+    assert targets <= set(described), f"targets without a help line or a group: {targets - set(described)}"
+    groups = re.findall(r"^(\w+):$", out, flags=re.M)
+    assert groups == ["data", "training", "prediction", "blending", "kaggle", "tools"]
+    order = {t: i for i, t in enumerate(described)}  # pipeline order, not alphabetical
+    assert order["check"] < order["folds"] < order["train-all"] < order["predict"] < order["ensemble"] < order["package"]
+
+
+def test_make_echoes_no_dangling_line(tmp_path):
+    """The fold command make echoes is one line (no backslash continuation with an empty second line)."""
+    proc = subprocess.run([*MAKE, "-n", "runs/tiny/fold0/done.json", "ARGS=epochs=1"], cwd=tmp_path,
+                          capture_output=True, text=True, check=True)
+    lines = [line for line in proc.stdout.splitlines() if "pipeline train" in line or not line.strip()]
+    assert len(lines) == 1 and lines[0].split()[-3:] == ["--fold", "0", "epochs=1"], proc.stdout
 
 
 def test_make_folds_in_a_fresh_folder(tmp_path):
