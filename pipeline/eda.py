@@ -1,7 +1,9 @@
 """`eda`: a first look at a competition's data -> submissions/eda/ (index.md, eda.json, CSV tables, PNG plots).
 
-Class distribution; image sizes, channels and per-channel statistics; exact duplicates (md5 of the
-files) within train, within test and across; and a train/test shift check by adversarial validation:
+Class distribution; image sizes and aspect ratios (min / median / max, the share of non-square images,
+distinct sizes) with a recommended `img_size` and `resize`; channels and per-channel statistics; exact
+duplicates (md5 of the files) within train, within test and across; and a train/test shift check by
+adversarial validation:
 a LightGBM classifier (fixed seed, one thread, deterministic) tries to tell train images from test
 images on simple per-image statistics, scored by cross-validated ROC AUC (0.5: no visible shift).
 """
@@ -19,8 +21,9 @@ from tqdm import tqdm
 
 from pipeline.config import Competition
 from pipeline.data import class_names, encode_targets, labels_as_text, read_sample, read_train
+from pipeline.htmlreport import write_html
 from pipeline.io import write_csv, write_json, write_text
-from pipeline.report import md_table, pyplot, save_fig
+from pipeline.report import integer_ticks, md_table, pyplot, save_fig
 
 FEATURES = ["height", "width", "aspect", "channels", "bytes", "mean_0", "mean_1", "mean_2", "std_0", "std_1",
             "std_2", "min", "max", "sharpness", "entropy"]
@@ -126,6 +129,135 @@ def adversarial_auc(stats: pd.DataFrame, seed: int = 0, n_splits: int = 5) -> di
             "importance": {f: round(float(v), 4) for f, v in top}}
 
 
+# --- image sizes and aspect ratios -----------------------------------------------------------------------
+
+SQUASH_TOLERANCE = 0.10  # squash when the middle 90% of aspects are within 10% of the target aspect
+
+
+def _spread(values: pd.Series, digits: int) -> dict:
+    if values.empty:
+        return {"min": None, "median": None, "max": None}
+    return {"min": round(float(values.min()), digits), "median": round(float(values.median()), digits),
+            "max": round(float(values.max()), digits)}
+
+
+def size_summary(readable: pd.DataFrame) -> dict:
+    """Per split and over both ("all"): images, height / width / aspect (w/h) min, median and max, the
+    share of non-square images and the number of distinct (height, width)."""
+    parts = {split: readable[readable.split == split] for split in ("train", "test")}
+    parts["all"] = readable
+    out = {}
+    for name, part in parts.items():
+        h, w = part["height"].astype(float), part["width"].astype(float)
+        out[name] = {"images": int(len(part)), "height": _spread(h, 1), "width": _spread(w, 1),
+                     "aspect": _spread(w / h, 4),
+                     "non_square_share": round(float((h != w).mean()), 4) if len(part) else None,
+                     "distinct_sizes": int(part[["height", "width"]].drop_duplicates().shape[0])}
+    return out
+
+
+def size_for(aspect: float, base: int) -> list[int]:
+    """[height, width], multiples of 32, following `aspect` (w/h) with an area near base x base: the pair
+    that best keeps the aspect, a little penalised for area away from base^2."""
+    sides = range(32, 4 * base + 1, 32)
+    return list(min(((h, w) for h in sides for w in sides),
+                    key=lambda hw: abs(np.log(hw[1] / hw[0] / aspect)) + 0.2 * abs(np.log(hw[0] * hw[1] / base ** 2))))
+
+
+def recommend_size(readable: pd.DataFrame) -> dict:
+    """`img_size` ([height, width]) and `resize` for these images, and the reason in one sentence.
+
+    The aspects (w/h) of the middle 90% of images decide: within 10% of square -> squash to a square; within
+    10% of one shared aspect -> squash to [h, w] of that aspect; spread wider -> pad (keeps every pixel;
+    crop the alternative) to [h, w] of the median aspect. The size keeps the area of a square near 224 px
+    (384 when the median shorter side is at least 384), each side a multiple of 32."""
+    if readable.empty:
+        return {"img_size": None, "resize": None, "reason": "no readable image to measure"}
+    h, w = readable["height"].astype(float), readable["width"].astype(float)
+    aspect = w / h
+    lo, med, hi = (float(aspect.quantile(q)) for q in (0.05, 0.5, 0.95))
+    short = float(np.minimum(h, w).median())
+    base = 384 if short >= 384 else 224
+    size_note = f"sides multiples of 32 near {base} px (median shorter side {short:.0f} px)"
+    middle = f"w/h {lo:.2f} to {hi:.2f} over the middle 90% of images"
+    square = max(hi, 1 / lo) - 1 <= SQUASH_TOLERANCE
+    target = 1.0 if square else med
+    distortion = max(hi / target, target / lo) - 1
+    if square or distortion <= SQUASH_TOLERANCE:
+        hw = size_for(target, base)
+        if square:
+            what = "All images are square" if lo == hi == 1 else "Images are square or nearly"
+            reason = (f"{what} ({middle}), so `squash` to a square input distorts them by at most "
+                      f"{100 * distortion:.0f}%; {size_note}.")
+        else:
+            reason = (f"Images share one aspect ({middle}, median {med:.2f}), so `squash` to [height, width] "
+                      f"with that aspect keeps their shapes (distortion at most {100 * distortion:.0f}%); {size_note}.")
+        return {"img_size": hw, "resize": "squash", "alternative": None, "reason": reason,
+                "aspect_p05": round(lo, 4), "aspect_median": round(med, 4), "aspect_p95": round(hi, 4)}
+    hw = size_for(med, base)
+    cut = 1 - min(lo / med, med / hi)
+    reason = (f"Aspect ratios vary ({middle}), so `squash` would distort shapes by up to {100 * distortion:.0f}%; "
+              f"`pad` to [height, width] of the median aspect {med:.2f} keeps every pixel, `crop` fills the input "
+              f"but cuts up to {100 * cut:.0f}% of a side; {size_note}.")
+    return {"img_size": hw, "resize": "pad", "alternative": "crop", "reason": reason,
+            "aspect_p05": round(lo, 4), "aspect_median": round(med, 4), "aspect_p95": round(hi, 4)}
+
+
+def size_table(summary: dict) -> pd.DataFrame:
+    def mmm(d: dict, fmt: str) -> str:
+        return "n/a" if d["min"] is None else " / ".join(fmt.format(d[k]) for k in ("min", "median", "max"))
+
+    rows = [{"split": name, "images": s["images"], "height px (min / median / max)": mmm(s["height"], "{:g}"),
+             "width px (min / median / max)": mmm(s["width"], "{:g}"),
+             "aspect w/h (min / median / max)": mmm(s["aspect"], "{:.2f}"),
+             "non-square": "n/a" if s["non_square_share"] is None else f"{100 * s['non_square_share']:.1f}%",
+             "distinct sizes": s["distinct_sizes"]} for name, s in summary.items()]
+    return pd.DataFrame(rows)
+
+
+def sizes_figure(readable: pd.DataFrame, recommendation: dict):
+    """Left: histogram of aspect ratios (w/h) per split, stacked; right: height against width, one marker per
+    distinct size with its area by the number of images. Dashed: square; dotted: the recommended aspect."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    aspect = readable["width"] / readable["height"]
+    splits = [sp for sp in ("train", "test") if (readable.split == sp).any()]
+    lo, hi = (float(aspect.min()), float(aspect.max())) if len(aspect) else (1.0, 1.0)
+    if hi - lo < 1e-6:
+        lo, hi = lo * 0.95, hi * 1.05
+    axes[0].hist([aspect[readable.split == sp] for sp in splits], bins=np.linspace(lo, hi, 31), stacked=True,
+                 label=splits, color=[f"C{i}" for i in range(len(splits))])
+    axes[0].axvline(1.0, color="k", ls="--", lw=1, label="square (1.0)")
+    hw = recommendation.get("img_size")
+    if hw:
+        axes[0].axvline(hw[1] / hw[0], color="r", ls=":", lw=1.5,
+                        label=f"recommended {hw[0]}x{hw[1]} ({recommendation['resize']})")
+    axes[0].set_xlabel("aspect ratio w/h (width / height; 1 = square, > 1 = landscape)")
+    axes[0].set_ylabel("images (stacked over splits)")
+    axes[0].set_title("aspect ratios")
+    integer_ticks(axes[0].yaxis)
+    counts = readable.groupby(["split", "height", "width"]).size().rename("n").reset_index()
+    top = float(max(counts["n"].max(), 1)) if len(counts) else 1.0
+    for i, sp in enumerate(splits):
+        part = counts[counts.split == sp]
+        axes[1].scatter(part["width"], part["height"], s=10 + 190 * np.sqrt(part["n"] / top), alpha=0.5,
+                        color=f"C{i}", label=f"{sp} ({len(part)} sizes)")
+    big = float(max(readable["height"].max(), readable["width"].max())) if len(readable) else 1.0
+    axes[1].plot([0, big], [0, big], "k--", lw=1, label="square")
+    if hw:
+        axes[1].plot([0, big], [0, big * hw[0] / hw[1]], "r:", lw=1.5, label="recommended aspect")
+    axes[1].set_xlim(0, big * 1.05)
+    axes[1].set_ylim(0, big * 1.05)
+    axes[1].set_aspect("equal")
+    axes[1].set_xlabel("width (px)")
+    axes[1].set_ylabel("height (px)")
+    axes[1].set_title("image sizes (marker area ~ number of images)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return fig
+
+
 def class_counts(comp: Competition, train: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     if comp.task in ("multilabel", "regression"):  # positives per label (regression: nonzero values)
         counts = encode_targets(comp, train, classes).astype(bool).sum(axis=0).astype(int).tolist()
@@ -161,6 +293,10 @@ def run_eda(comp: Competition, out: str | Path = "submissions/eda", seed: int | 
     fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(cc)), 3.5))
     ax.bar(cc["class"].astype(str), cc["count"])
     ax.set_title("class distribution" + (" (positives per label)" if comp.task == "multilabel" else ""))
+    ax.set_xlabel({"multilabel": "label", "regression": "target column"}.get(comp.task, "class"))
+    ax.set_ylabel({"multilabel": "training images with the label",
+                   "regression": "training rows with a nonzero value"}.get(comp.task, "training images"))
+    integer_ticks(ax.yaxis)
     ax.tick_params(axis="x", rotation=60, labelsize=7)
     md += ["## Class distribution", "", md_table(cc), "", f"![classes]({save_fig(fig, out / 'classes.png')})", ""]
 
@@ -171,19 +307,36 @@ def run_eda(comp: Competition, out: str | Path = "submissions/eda", seed: int | 
     write_csv(out / "image_sizes.csv", sizes)
     summary = readable.groupby("split")[["height", "width", "mean_0", "mean_1", "mean_2", "std_0", "std_1", "std_2",
                                           "sharpness", "bytes"]].mean().reset_index()
+    size_stats = size_summary(readable)
+    advice = recommend_size(readable)
+    channels = "; ".join(f"{split}: " + ", ".join(f"{int(c)} channel{'s' if c != 1 else ''} ({n} images)"
+                                                  for c, n in part["channels"].value_counts().sort_index().items())
+                         for split, part in readable.groupby("split"))
+    img_size = "n/a" if advice["img_size"] is None else f"[{advice['img_size'][0]}, {advice['img_size'][1]}]"
     md += ["## Images", "", f"{len(unreadable)} missing or unreadable"
            + (f" ({', '.join(unreadable.id.head(5))}{' ...' if len(unreadable) > 5 else ''})" if len(unreadable) else "")
-           + ".", "", "Sizes and channels (most common first):", "", md_table(sizes.head(20)), "",
+           + ".", "", "### Sizes and aspect ratios", "",
+           md_table(size_table(size_stats)), "",
+           "Aspect is width / height; non-square: the share of images whose height and width differ. Every "
+           "(height, width, channels) with its count: `image_sizes.csv`." + (f" Channels: {channels}." if channels else ""),
+           "", f"**Recommendation:** `img_size: {img_size}`, `resize: {advice['resize']}`"
+           + (f" (or `{advice['alternative']}`)" if advice.get("alternative") else "") + f". {advice['reason']}", "",
+           f"![sizes]({save_fig(sizes_figure(readable, advice), out / 'image_sizes.png')})", "",
+           "### Pixel statistics", "",
            "Means per split (channel 0..2 = R, G, B; grayscale repeats one channel):", "", md_table(summary, "{:.2f}"), ""]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     for split, part in readable.groupby("split"):
         brightness = part[["mean_0", "mean_1", "mean_2"]].mean(axis=1)
         axes[0].hist(brightness, bins=30, alpha=0.5, density=True, label=split)
         axes[1].hist(np.log10(part["sharpness"] + 1), bins=30, alpha=0.5, density=True, label=split)
-        axes[2].scatter(part["width"], part["height"], s=8, alpha=0.5, label=split)
-    for ax, title in zip(axes, ("mean brightness", "log10 sharpness (Laplacian variance)", "width x height")):
+    for ax, title, xlabel in zip(axes, ("brightness", "sharpness"),
+                                 ("mean pixel value per image (0-255, over channels)",
+                                  "log10(1 + variance of the Laplacian) per image (higher = sharper)")):
         ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("density (share of images per unit)")
         ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     md += [f"![stats]({save_fig(fig, out / 'image_stats.png')})", ""]
 
     dups = duplicates(stats)
@@ -209,10 +362,14 @@ def run_eda(comp: Competition, out: str | Path = "submissions/eda", seed: int | 
     result = {"n_train": len(train), "n_test": len(read_sample(comp)), "task": comp.task,
               "classes": dict(zip(cc["class"], cc["count"].astype(int).tolist())),
               "unreadable": unreadable.id.tolist(), "duplicates": dups, "adversarial": adv,
-              "sizes": sizes.astype({"height": int, "width": int, "channels": int}).to_dict("records")}
+              "image_sizes": size_stats, "recommendation": advice,
+              # the 20 most common (height, width, channels) per split; all of them in image_sizes.csv
+              "sizes": sizes.groupby("split").head(20).astype({"height": int, "width": int, "channels": int})
+              .to_dict("records")}
     write_json(out / "eda.json", result)
     write_text(out / "index.md", "\n".join(md))
-    print(f"wrote {out / 'index.md'}: {len(cc)} classes, {dups['train']['extra_copies']} duplicate train copies, "
-          f"{dups['test_in_train']} test images in train, adversarial AUC "
-          f"{auc_text}")
+    write_html(out / "index.md")
+    print(f"wrote {out / 'index.md'} and index.html: {len(cc)} classes, {dups['train']['extra_copies']} duplicate "
+          f"train copies, {dups['test_in_train']} test images in train, adversarial AUC {auc_text}; "
+          f"img_size {img_size}, resize {advice['resize']}")
     return result

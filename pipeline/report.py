@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipeline.config import Competition
 from pipeline.data import DataError, class_names, encode_targets, read_train
+from pipeline.htmlreport import write_html
 from pipeline.io import write_csv, write_text
 
 
@@ -38,11 +39,37 @@ def save_fig(fig, path: Path) -> str:
     return path.name
 
 
+def integer_ticks(axis) -> None:
+    """Whole-number ticks on an axis of counts or epochs (no epoch 1.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def show_image(ax, img: np.ndarray, **kwargs):
+    """An image at its own aspect (square pixels, never stretched to the axes), without axis ticks."""
+    im = ax.imshow(img, cmap=kwargs.pop("cmap", "gray" if img.ndim == 2 else None), aspect="equal",
+                   interpolation=kwargs.pop("interpolation", "nearest" if max(img.shape[:2]) < 128 else "antialiased"),
+                   **kwargs)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return im
+
+
+def tile_size(aspects: list[float], width: float = 2.4, title_lines: int = 3) -> tuple[float, float]:
+    """(width, height) in inches of one grid tile for images of these aspects (w/h): the median aspect,
+    kept between 1:3 and 3:1, plus room for a title of `title_lines` small lines."""
+    aspect = float(np.clip(np.median(aspects), 1 / 3, 3)) if len(aspects) else 1.0
+    return width, width / aspect + 0.15 * title_lines + 0.1
+
+
 def md_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
     def cell(v):
         if isinstance(v, float | np.floating):
             return "n/a" if not np.isfinite(v) else floatfmt.format(v)
-        return str(v)
+        return str(v).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
@@ -72,27 +99,50 @@ def leaderboard(cv: dict) -> pd.DataFrame:
 # --- training curves --------------------------------------------------------------------------------
 
 
-def plot_curves(runs: Path, model: str, metric: str, out: Path) -> str | None:
-    logs = sorted((runs / model).glob("fold*/log.csv"), key=lambda p: int(p.parent.name.removeprefix("fold") or 0))
-    if not logs:
-        return None
+def fold_logs(runs: Path, model: str) -> dict[str, pd.DataFrame]:
+    """fold name -> its log.csv, in fold order."""
+    paths = sorted((runs / model).glob("fold*/log.csv"), key=lambda p: int(p.parent.name.removeprefix("fold") or 0))
+    return {p.parent.name: pd.read_csv(p) for p in paths}
+
+
+def curves_figure(logs: dict[str, pd.DataFrame], model: str, metric: str, task: str = "multiclass"):
+    """Loss, metric and learning rate per epoch, one colour per fold (train solid, validation dashed);
+    a dotted vertical line where a new stage starts. Returns the figure (3 axes)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for i, path in enumerate(logs):
-        log = pd.read_csv(path)
-        fold, color = path.parent.name, f"C{i % 10}"
+    val_loss = "RMSE" if task == "regression" else "log loss"
+    for i, (fold, log) in enumerate(logs.items()):
+        color = f"C{i % 10}"
         axes[0].plot(log["epoch"], log["train_loss"], "o-", color=color, label=f"{fold} train")
         axes[0].plot(log["epoch"], log["val_loss"], "s--", color=color, label=f"{fold} val")
         if metric in log.columns:
             axes[1].plot(log["epoch"], log[metric], "o-", color=color, label=fold)
         axes[2].plot(log["epoch"], log["lr"], "o-", color=color, label=fold)
-    for ax, title in zip(axes, ("loss", metric, "learning rate (end of epoch)")):
+    first = next(iter(logs.values()), None)
+    if first is not None and "stage" in first.columns and first["stage"].nunique() > 1:
+        starts = first.loc[first["stage"].ne(first["stage"].shift()), "epoch"].iloc[1:]
+        for ax in axes:
+            for k, e in enumerate(starts):
+                ax.axvline(e - 0.5, color="grey", ls=":", lw=1, label="new stage" if k == 0 else None)
+    ylabels = (f"loss (train: training loss, val: {val_loss})", f"{metric} (validation)",
+               "learning rate (end of epoch, log scale)")
+    titles = ("loss", f"validation {metric}", "learning rate")
+    for ax, title, ylabel in zip(axes, titles, ylabels):
         ax.set_title(f"{model}: {title}")
         ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        integer_ticks(ax.xaxis)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     axes[2].set_yscale("log")
-    return save_fig(fig, out / f"curves_{model}.png")
+    return fig
+
+
+def plot_curves(runs: Path, model: str, metric: str, out: Path, task: str = "multiclass") -> str | None:
+    logs = fold_logs(runs, model)
+    if not logs:
+        return None
+    return save_fig(curves_figure(logs, model, metric, task), out / f"curves_{model}.png")
 
 
 # --- OOF analysis -------------------------------------------------------------------------------------
@@ -141,20 +191,23 @@ def per_class(task: str, y: np.ndarray, proba: np.ndarray, classes: list[str]) -
     return pd.DataFrame({"class": classes, "precision": p, "recall": r, "f1": f, "support": s.astype(int)})
 
 
-def plot_confusion(cms: dict[str, pd.DataFrame], out: Path) -> str:
+def confusion_figure(cms: dict[str, pd.DataFrame]):
+    """Row-normalised colour (the share of each true class predicted as each column) with the counts
+    written in the cells, and a colour bar for the share."""
     plt = pyplot()
     n = len(cms)
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
     first = next(iter(cms.values()))
     size = max(4.0, 0.5 * len(first)) if n == 1 else 3.5
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.0, size * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
+    im = None
     for ax, (name, cm) in zip(axes.flat, cms.items()):
         values = cm.to_numpy()
         norm = values / np.maximum(values.sum(axis=1, keepdims=True), 1)
-        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, aspect="equal")
         ax.set_xticks(range(len(cm.columns)), cm.columns, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(cm.index)), cm.index, fontsize=7)
         if values.size <= 400:
@@ -163,9 +216,14 @@ def plot_confusion(cms: dict[str, pd.DataFrame], out: Path) -> str:
                     ax.text(j, i, str(values[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if norm[i, j] > 0.5 else "black")
         ax.set_title("confusion (row-normalised colour, counts)" if name == "all" else name, fontsize=9)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-    return save_fig(fig, out / "confusion.png")
+        ax.set_xlabel("predicted class" if name == "all" else f"predicted {name}")
+        ax.set_ylabel("true class" if name == "all" else f"true {name}")
+    fig.colorbar(im, ax=list(axes.flat[:n]), shrink=0.8, label="share of the true class's rows (row-normalised)")
+    return fig
+
+
+def plot_confusion(cms: dict[str, pd.DataFrame], out: Path) -> str:
+    return save_fig(confusion_figure(cms), out / "confusion.png")
 
 
 def plot_roc_pr(task: str, y: np.ndarray, proba: np.ndarray, classes: list[str], out: Path) -> tuple[list[str], pd.DataFrame]:
@@ -190,11 +248,16 @@ def plot_roc_pr(task: str, y: np.ndarray, proba: np.ndarray, classes: list[str],
         ax_roc.plot(fpr, tpr, label=f"{name} (AUC {auc_:.3f})")
         ax_pr.plot(rec, prec, label=f"{name} (AP {ap:.3f})")
         rows.append({"class": name, "roc_auc": auc_, "average_precision": ap})
-    ax_roc.plot([0, 1], [0, 1], "k:", lw=0.8)
-    for ax, (xl, yl, title) in ((ax_roc, ("false positive rate", "true positive rate", "ROC")),
-                                (ax_pr, ("recall", "precision", "precision-recall"))):
+    ax_roc.plot([0, 1], [0, 1], "k:", lw=0.8, label="chance")
+    for ax, (xl, yl, title) in ((ax_roc, ("false positive rate (share of negatives flagged)",
+                                          "true positive rate (recall)", "ROC (OOF)")),
+                                (ax_pr, ("recall (share of positives found)", "precision (share of flagged that are positive)",
+                                         "precision-recall (OOF)"))):
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_aspect("equal")
         ax.set_title(title)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -233,29 +296,36 @@ def worst_mistakes(task: str, ids: list[str], y: np.ndarray, proba: np.ndarray, 
     })
 
 
-def _show(ax, img: np.ndarray) -> None:
-    ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-    ax.axis("off")
-
-
-def plot_mistakes(comp: Competition, mistakes: pd.DataFrame, out: Path) -> str | None:
+def plot_mistakes(comp: Competition, mistakes: pd.DataFrame, out: Path, short_side: int = 320) -> str | None:
+    """The worst mistakes as read from disk (shorter side reduced to `short_side` for the picture), each at
+    its own aspect, in tiles shaped like the median image."""
     from pipeline.images import BadImage, read_image
 
     if mistakes.empty:
         return None
     plt = pyplot()
+    images: list[np.ndarray | None] = []
+    for m in mistakes.itertuples():
+        try:
+            images.append(read_image(comp.image_path("train", m.id), 3, short_side))
+        except BadImage:
+            images.append(None)
     n = len(mistakes)
     cols = min(n, 6)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows), squeeze=False)
+    tw, th = tile_size([im.shape[1] / im.shape[0] for im in images if im is not None])
+    fig, axes = plt.subplots(rows, cols, figsize=(tw * cols, th * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, m in zip(axes.flat, mistakes.itertuples()):
-        try:
-            _show(ax, read_image(comp.image_path("train", m.id), 3))
-        except BadImage:
+    for ax, m, img in zip(axes.flat, mistakes.itertuples(), images):
+        if img is None:
             ax.text(0.5, 0.5, "unreadable", ha="center")
+        else:
+            ax.axis("on")
+            show_image(ax, img)
         ax.set_title(f"{m.id}\ntrue {m.true} / pred {m.predicted}\np={m.p_predicted:.2f}", fontsize=7)
+    fig.suptitle("worst OOF mistakes (highest loss first; p = predicted probability of the predicted class)",
+                 fontsize=9)
     return save_fig(fig, out / "mistakes.png")
 
 
@@ -307,11 +377,10 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
     picked = mistakes.head(n)
     if picked.empty:
         return None, "no mistakes to explain"
-    plt = pyplot()
-    fig, axes = plt.subplots(2, len(picked), figsize=(2.4 * len(picked), 5), squeeze=False)
     cache: dict[int, tuple] = {}
+    panels = []  # (mistake, fold, the model's input as an image, cam, class)
     dev = torch.device("cpu")
-    for j, m in enumerate(picked.itertuples()):
+    for m in picked.itertuples():
         k = folds[m.id]
         run = runs / model_name / f"fold{k}"
         if k not in cache:
@@ -320,24 +389,44 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
             model, cfg, ckpt = load_fold_model(run, "best", dev)
             spec = EvalSpec.of(cfg, ckpt["data_config"])  # the evaluation geometry and read size
             cache[k] = (model.float().to(memory_format=torch.contiguous_format), cfg, spec.transform(),
-                        spec.data_config.get("read_side"))
-        model, cfg, tf, read_side = cache[k]
+                        spec.data_config.get("read_side"), spec.data_config.get("resize", cfg.resize))
+        model, cfg, tf, read_side, resize = cache[k]
         img = read_image(comp.image_path("train", m.id), cfg.in_chans, read_side)
         x = tf(image=img)["image"].unsqueeze(0)
         try:
             cam, c = grad_cam(model, x)
         except (ValueError, AttributeError, TypeError) as e:
-            plt.close(fig)
             return None, f"Grad-CAM not available for {model_name}: {e}"
         shown = x[0].numpy()  # grad_cam works on its own copy
         shown = (shown - shown.min()) / max(float(shown.max() - shown.min()), 1e-8)
         shown = shown[0] if shown.shape[0] == 1 else shown.transpose(1, 2, 0)
-        _show(axes[0, j], shown)
-        axes[0, j].set_title(f"{m.id}\ntrue {m.true}", fontsize=7)
-        _show(axes[1, j], shown)
-        axes[1, j].imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        axes[1, j].set_title(f"Grad-CAM: {classes[c]}\n(fold {k})", fontsize=7)
+        panels.append((m, k, shown, cam, c))
+    fig = grad_cam_figure(panels, classes, model_name, resize)
     return save_fig(fig, out / "gradcam.png"), f"model `{model_name}` (best single-model CV), each image by its own fold's best checkpoint"
+
+
+def grad_cam_figure(panels: list[tuple], classes: list[str], model_name: str, resize: str):
+    """Top row: each image as the model saw it (its evaluation input: size, `resize`, then min-max scaled
+    for display); bottom row: the same input with the Grad-CAM heatmap of the predicted class over it,
+    and a colour bar for the heatmap's scale. `panels`: (mistake row, fold, HxW[x3] image in [0, 1],
+    HxW map in [0, 1], class index)."""
+    plt = pyplot()
+    h, w = panels[0][2].shape[:2]
+    tw, th = tile_size([w / h], width=2.4, title_lines=2)
+    fig, axes = plt.subplots(2, len(panels), figsize=(tw * len(panels) + 1.2, 2 * th + 0.5), squeeze=False)
+    heat = None
+    for j, (m, k, shown, cam, c) in enumerate(panels):
+        show_image(axes[0, j], shown)
+        axes[0, j].set_title(f"{m.id}\ntrue {m.true}", fontsize=7)
+        show_image(axes[1, j], shown)
+        heat = axes[1, j].imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1, aspect="equal", interpolation="bilinear")
+        axes[1, j].set_title(f"Grad-CAM: {classes[c]}\n(fold {k})", fontsize=7)
+    axes[0, 0].set_ylabel("model input", fontsize=8)
+    axes[1, 0].set_ylabel("+ heatmap", fontsize=8)
+    fig.colorbar(heat, ax=list(axes[1, :]), shrink=0.9, label="Grad-CAM weight\n(0 none .. 1 strongest)")
+    fig.suptitle(f"{model_name}: what the model looked at for its predicted class "
+                 f"(input {h}x{w} px, height x width, resize {resize})", fontsize=9)
+    return fig
 
 
 # --- the stage ------------------------------------------------------------------------------------------
@@ -429,7 +518,7 @@ def make_report(comp: Competition, submissions: str | Path = "submissions", runs
 
     md += ["## Training curves", ""]
     models = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
-    drawn = [(m, plot_curves(runs, m, metric, out)) for m in models]
+    drawn = [(m, plot_curves(runs, m, metric, out, task)) for m in models]
     drawn = [(m, f) for m, f in drawn if f]
     md += [f"### {m}\n\n![{m}]({f})\n" for m, f in drawn] or ["No runs/<model>/fold<k>/log.csv found.", ""]
 
@@ -442,5 +531,6 @@ def make_report(comp: Competition, submissions: str | Path = "submissions", runs
 
     index = out / "index.md"
     write_text(index, "\n".join(md))
-    print(f"wrote {index} ({len(list(out.glob('*.png')))} plots); OOF from {source}")
+    page = write_html(index)
+    print(f"wrote {index} and {page.name} ({len(list(out.glob('*.png')))} plots); OOF from {source}")
     return index

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 
@@ -15,7 +16,8 @@ import pandas as pd
 import pytest
 
 from pipeline.cli import main
-from tests.conftest import REPO, TINY_MODEL, make_competition, write_yaml
+from tests.conftest import REPO, TINY_MODEL, edit_train, make_competition, write_yaml
+
 
 @contextlib.contextmanager
 def cwd(path):
@@ -37,7 +39,8 @@ def cli(root, *args) -> int:
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("reports")
     make_competition(root, n_train=60, models_dir="models")
-    write_yaml(root / "models" / "tiny.yaml", {**TINY_MODEL, "epochs": 1})
+    # a [height, width] input with pad: the 8x8 images reach the model as 16x16 inside 16x24
+    write_yaml(root / "models" / "tiny.yaml", {**TINY_MODEL, "epochs": 1, "img_size": [16, 24], "resize": "pad"})
     steps = [["folds", "-c", "competition.yaml"]]
     steps += [["train", "-c", "competition.yaml", "--model", "tiny", "--fold", str(k)] for k in range(3)]
     steps += [["predict", "-c", "competition.yaml"], ["ensemble", "-c", "competition.yaml", "--method", "mean"]]
@@ -51,8 +54,21 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(trained):
-    assert cli(trained, "report", "-c", "competition.yaml") == 0
-    return trained / "submissions" / "report"
+    import pipeline.report
+
+    seen = []  # the Grad-CAM panels as drawn
+
+    def recording(panels, *args):
+        seen.extend(panels)
+        return grad_cam_figure(panels, *args)
+
+    grad_cam_figure = pipeline.report.grad_cam_figure
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline.report, "grad_cam_figure", recording)
+        assert cli(trained, "report", "-c", "competition.yaml") == 0
+    out = trained / "submissions" / "report"
+    out.joinpath("panels.json").write_text(json.dumps([[list(p[2].shape), list(p[3].shape)] for p in seen]))
+    return out
 
 
 def test_report_files(report):
@@ -64,6 +80,12 @@ def test_report_files(report):
     for png in ("curves_tiny.png", "confusion.png", "mistakes.png", "gradcam.png"):
         assert f"({png})" in index
     assert not (report / "roc.png").exists()  # multiclass: no ROC/PR
+    check_html(report)
+
+
+def test_grad_cam_overlays_the_input_the_model_saw(report):
+    panels = json.loads((report / "panels.json").read_text())
+    assert panels and all(image == [16, 24] and cam == [16, 24] for image, cam in panels)  # 16x24, padded
 
 
 def test_report_numbers(report, trained):
@@ -130,6 +152,12 @@ def test_eda_numbers(trained):
     assert result["duplicates"]["train"]["extra_copies"] == 0 and result["duplicates"]["test_in_train"] == 0
     assert result["sizes"] == [{"split": "test", "height": 8, "width": 8, "channels": 1, "images": 12},
                                {"split": "train", "height": 8, "width": 8, "channels": 1, "images": 60}]
+    every = result["image_sizes"]["all"]
+    assert every["images"] == 72 and every["non_square_share"] == 0 and every["distinct_sizes"] == 1
+    assert every["aspect"] == {"min": 1, "median": 1, "max": 1} and every["height"]["median"] == 8
+    advice = result["recommendation"]
+    assert advice["resize"] == "squash" and advice["img_size"] == [224, 224] and "square" in advice["reason"]
+    check_html(out)
     assert 0 <= result["adversarial"]["auc"] <= 1
 
 
@@ -201,3 +229,119 @@ def test_lr_find_unknown_model_exits_2(trained, capsys):
     assert cli(trained, "lr-find", "-c", "competition.yaml", "--model", "nope") == 2
     err = capsys.readouterr().err
     assert "nope.yaml" in err and "tiny" in err
+
+
+# --- plots that explain themselves, sizes, index.html ------------------------------------------------
+
+SIZES = [(40, 60), (60, 40), (30, 90), (50, 50), (48, 64), (64, 48)]  # (height, width): several aspects
+
+
+def varied_competition(root):
+    """make_competition, then every image rewritten at one of SIZES (cycling), and class c0 renamed `c<0>`."""
+    make_competition(root, n_train=36, n_test=12, models_dir="models")
+    data = root / "data" / "tiny"
+    rng = np.random.default_rng(2)
+    expected = []
+    for split, table in (("train", "train.csv"), ("test", "sample_submission.csv")):
+        ids = pd.read_csv(data / table, dtype=str)["image_id"]
+        for i, image_id in enumerate(ids):
+            h, w = SIZES[i % len(SIZES)]
+            cv2.imwrite(str(data / split / f"{image_id}.png"), rng.integers(0, 256, (h, w), dtype=np.uint8))
+            expected.append((h, w))
+    edit_train(root, lambda df: df.assign(label=df["label"].replace({"c0": "c<0>"})))
+    return np.array(expected, dtype=float)
+
+
+def pngs_in(md: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)\s]+\.png)\)", md)
+
+
+def check_html(folder):
+    """index.html beside index.md: an <img> for every PNG the markdown shows, a table, escaped text."""
+    md, page = (folder / "index.md").read_text(), (folder / "index.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page and "<table>" in page
+    assert pngs_in(md) and all(f'<img src="{png}"' in page for png in pngs_in(md))
+    assert all((folder / png).is_file() for png in pngs_in(md))
+    return page
+
+
+def test_eda_sizes_aspects_and_a_pad_recommendation_on_varied_images(tmp_path):
+    hw = varied_competition(tmp_path)
+    assert cli(tmp_path, "eda", "-c", "competition.yaml", "--out", "eda") == 0
+    out = tmp_path / "eda"
+    result = json.loads((out / "eda.json").read_text())
+    every = result["image_sizes"]["all"]
+    h, w = hw[:, 0], hw[:, 1]
+    assert every["images"] == 48
+    assert every["height"] == {"min": 30, "median": float(np.median(h)), "max": 64}
+    assert every["width"] == {"min": 40, "median": float(np.median(w)), "max": 90}
+    assert every["aspect"] == {"min": pytest.approx(40 / 60, abs=1e-4), "median": pytest.approx(np.median(w / h), abs=1e-4),
+                               "max": 3.0}
+    assert every["non_square_share"] == pytest.approx((h != w).mean(), abs=1e-4) and every["distinct_sizes"] == 6
+    assert result["image_sizes"]["train"]["images"] == 36 and result["image_sizes"]["test"]["distinct_sizes"] == 6
+    advice = result["recommendation"]
+    assert advice["resize"] in ("pad", "crop") and "squash would distort" in advice["reason"].replace("`", "")
+    rh, rw = advice["img_size"]
+    assert [rh, rw] == [192, 224]  # multiples of 32 near 224 px at the median aspect 7/6
+    md = (out / "index.md").read_text()
+    assert f"`img_size: [{rh}, {rw}]`" in md and f"`resize: {advice['resize']}`" in md
+    assert "| all | 48 | 30 / 49 / 64 | 40 / 55 / 90 | 0.67 / 1.17 / 3.00 | 83.3% | 6 |" in md  # all: min / median / max
+    assert "image_sizes.png" in pngs_in(md) and "Sizes and channels" not in md
+    page = check_html(out)
+    assert "c&lt;0&gt;" in page and "c<0>" not in page  # a class name is text, not markup
+    assert f"<code>img_size: [{rh}, {rw}]</code>" in page
+
+
+def test_size_recommendation_rules():
+    from pipeline.eda import recommend_size
+
+    def frame(sizes):
+        return pd.DataFrame({"split": "train", "height": [s[0] for s in sizes], "width": [s[1] for s in sizes]})
+
+    square = recommend_size(frame([(500, 500)] * 9 + [(480, 500)]))
+    assert square["resize"] == "squash" and square["img_size"] == [384, 384] and "square" in square["reason"]
+    wide = recommend_size(frame([(600, 800)] * 10))  # one shared 4:3 aspect: squash keeps it
+    assert wide["resize"] == "squash" and wide["img_size"] == [320, 416] and "share one aspect" in wide["reason"]
+    mixed = recommend_size(frame([(100, 200), (200, 100), (150, 150), (100, 300)] * 3))
+    assert mixed["resize"] == "pad" and mixed["alternative"] == "crop"
+    assert all(side % 32 == 0 for side in mixed["img_size"])
+
+
+def test_curves_label_every_axis_with_whole_epochs():
+    from pipeline.report import curves_figure
+
+    log = pd.DataFrame({"epoch": [1, 2, 3], "stage": [0, 0, 1], "train_loss": [1.0, 0.8, 0.7],
+                        "val_loss": [1.1, 0.9, 0.85], "accuracy": [0.5, 0.6, 0.65], "lr": [1e-3, 5e-4, 1e-4]})
+    fig = curves_figure({"fold0": log, "fold1": log.assign(train_loss=log.train_loss + 0.1)}, "m", "accuracy")
+    fig.canvas.draw()
+    assert len(fig.axes) == 3
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "epoch" and ax.get_ylabel()
+        assert all(float(t).is_integer() for t in ax.get_xticks()), ax.get_xticks()
+    assert "accuracy" in fig.axes[1].get_ylabel() and "learning rate" in fig.axes[2].get_ylabel()
+
+
+def colorbars(fig) -> list:
+    return [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
+
+
+def test_confusion_and_grad_cam_figures_have_colour_bars_and_keep_the_aspect():
+    from pipeline.report import confusion_figure, grad_cam_figure
+
+    cm = pd.DataFrame([[5, 1], [2, 4]], index=["a", "b"], columns=["a", "b"])
+    fig = confusion_figure({"all": cm})
+    assert len(colorbars(fig)) == 1 and fig.axes[0].get_xlabel() and fig.axes[0].get_ylabel()
+    rng = np.random.default_rng(0)
+    mistake = pd.DataFrame({"id": ["x"], "true": ["a"]}).itertuples().__next__()
+    panels = [(mistake, 0, rng.random((24, 40)), rng.random((24, 40)), 1)] * 2  # a 24x40 input (pad/crop)
+    fig = grad_cam_figure(panels, ["a", "b"], "m", "pad")
+    bars = colorbars(fig)
+    assert len(bars) == 1 and "Grad-CAM" in bars[0].get_ylabel()
+    for ax in fig.axes:
+        if ax in bars:
+            continue
+        assert ax.get_aspect() == 1.0  # square pixels, never stretched
+        assert all(im.get_array().shape[:2] == (24, 40) for im in ax.get_images())  # the input as the model saw it
+    assert len([im for ax in fig.axes for im in ax.get_images()]) == 6  # 2 inputs + 2 inputs with 2 heatmaps
+    width, height = fig.get_size_inches()
+    assert width > height  # wide inputs, wide tiles
