@@ -267,7 +267,8 @@ def _training_commands(command) -> None:
     p.add_argument("--start", type=float, default=1e-7, help="first lr")
     p.add_argument("--end", type=float, default=10.0, help="last lr")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps (lr grows exponentially)")
-    p.add_argument("--epochs", type=float, default=1.0, help="at most this many passes over the training rows")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="at most this many passes over the training rows (default: as many as --steps needs)")
     p.add_argument("--diverge", type=float, default=4.0, help="stop when the smoothed loss exceeds this x its minimum")
 
 

@@ -68,7 +68,8 @@ def image_stats(path: Path) -> dict:
 def scan(comp: Competition, split: str, ids: list[str], threads: int = 4) -> pd.DataFrame:
     paths = [comp.image_path(split, i) for i in ids]
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        rows = list(tqdm(pool.map(image_stats, paths), total=len(paths), desc=f"{split} images", leave=False))
+        rows = list(tqdm(pool.map(image_stats, paths), total=len(paths), desc=f"{split} images", leave=False,
+                         disable=None))
     df = pd.DataFrame(rows)
     df.insert(0, "split", split)
     df.insert(1, "id", ids)
