@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 RUN := $(PY) -m pipeline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo data-fashion-mnist check folds train train-all predict pseudo ensemble validate report eda lr-find package bench clean clean-all FORCE
+.PHONY: help install test demo data-fashion-mnist check folds train train-all predict pseudo ensemble validate report eda lr-find show-batch package bench clean clean-all FORCE
 
 # `make help` lists the targets in pipeline order, by group (a test checks every described target is here).
 HELP_GROUPS := data:demo,data-fashion-mnist,check,eda,folds training:train-all,train,lr-find,show-batch \
@@ -127,6 +127,10 @@ eda: $(STAMP) ## classes, image statistics, duplicates, adversarial train/test s
 lr-find: $(STAMP) ## LR range test: make lr-find MODEL=name [ARGS="batch_size=32"] -> runs/<model>/lr_find.png, suggested lr
 	@test -n "$(MODEL)" || { echo "usage: make lr-find MODEL=<name> [ARGS='key=value ...']" >&2; exit 2; }
 	$(RUN) lr-find -c $(COMPETITION) --model $(MODEL) $(ARGS)
+
+show-batch: $(STAMP) ## what the model sees: make show-batch MODEL=name [ARGS="augment=heavy"] -> runs/<model>/show_batch/{train,eval,tta}.png
+	@test -n "$(MODEL)" || { echo "usage: make show-batch MODEL=<name> [ARGS='key=value ...']" >&2; exit 2; }
+	$(RUN) show-batch -c $(COMPETITION) --model $(MODEL) $(ARGS)
 
 BENCH_ARGS ?=
 bench: $(STAMP) ## benchmark table: data-path efficiency, TTA img/s, Fashion-MNIST quality, blend times -> docs/benchmarks.md

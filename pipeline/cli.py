@@ -101,6 +101,15 @@ def cmd_plan(args: argparse.Namespace) -> None:
     print(" ".join(j.target for j in chosen))
 
 
+def cmd_show_batch(args: argparse.Namespace) -> None:
+    from pipeline.models import load_model
+    from pipeline.show_batch import show_batch
+
+    comp = open_competition(args.competition)
+    cfg, _ = load_model(comp.models_dir, args.model, args.overrides)
+    show_batch(comp, cfg, args.model, out=args.out, n=args.n, seed=args.seed, runs=args.runs)
+
+
 def cmd_lr_find(args: argparse.Namespace) -> None:
     from pipeline.lr_find import lr_range_test
     from pipeline.models import load_model
@@ -270,6 +279,15 @@ def _training_commands(command) -> None:
     p.add_argument("--epochs", type=float, default=None,
                    help="at most this many passes over the training rows (default: as many as --steps needs)")
     p.add_argument("--diverge", type=float, default=4.0, help="stop when the smoothed loss exceeds this x its minimum")
+
+    p = command("show-batch", cmd_show_batch, "training images as the model receives them, the evaluation "
+                "transform and each TTA view -> runs/<model>/show_batch/*.png")
+    _competition_args(p, "override model config keys (augment=heavy img_size=[256,384] ...)")
+    p.add_argument("--model", "-m", required=True, help="name of a config in the competition's models_dir")
+    _stage_paths(p, "runs")
+    p.add_argument("--n", type=int, default=16, help="how many training images")
+    p.add_argument("--seed", type=int, default=0, help="which images, and the augmentation's random draws")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default runs/<model>/show_batch)")
 
 
 def _prediction_commands(command) -> None:
