@@ -57,7 +57,8 @@ def batch_arrays(comp: Competition, cfg, n: int = 16, seed: int = 0) -> Batch:
     classes = class_names(comp, train)
     y = encode_targets(comp, train, classes)
     rows = np.sort(np.random.default_rng(seed).choice(len(train), size=min(n, len(train)), replace=False))
-    d = data_config(cfg, build_model(cfg, num_classes=len(classes), pretrained=False))
+    bare = build_model(cfg.model_copy(update={"pretrained": False}), num_classes=len(classes))  # for its defaults
+    d = data_config(cfg, bare)
     tf_train, tf_eval = train_transform(cfg.augment, d, cfg.in_chans), eval_transform(d, cfg.in_chans)
     tf_train.set_random_seed(seed)
     ids = [str(train[comp.id_col].iloc[i]) for i in rows]

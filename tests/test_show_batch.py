@@ -45,7 +45,7 @@ def test_show_batch_writes_grids_of_what_the_model_receives(comp_dir):
     again = batch_arrays(comp, cfg, n=10, seed=3)
     assert np.array_equal(batch.train, again.train) and batch.ids == grid["ids"]  # the seed decides
     assert not np.array_equal(batch.train, batch.eval)  # heavy augmentation did act
-    d = data_config(cfg, build_model(cfg, 3, pretrained=False))
+    d = data_config(cfg, build_model(cfg, 3))
     tf = train_transform(cfg.augment, d, cfg.in_chans)
     tf.set_random_seed(3)
     first = tf(image=read_image(comp.image_path("train", batch.ids[0]), 1))["image"]
