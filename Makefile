@@ -30,10 +30,10 @@ $(STAMP): $(ROOT)pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed (set PYTHON=python3.11)")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e "$(ROOT)[dev,tensorboard,dicom]"
+	$(PY) -m pip install --quiet -e "$(ROOT)[dev,tensorboard,dicom,tracking]"
 	@touch $@
 
-install: $(STAMP) ## create .venv and install the project with its dev, tensorboard and dicom extras
+install: $(STAMP) ## create .venv and install the project with its dev, tensorboard, dicom and tracking extras
 
 test: $(STAMP) ## run the test suite (sets itself up)
 	cd $(ROOT) && $(PY) -m pytest $(PYTEST_ARGS)

@@ -75,6 +75,13 @@ class Competition(StrictModel):
         None, description="write the competition on demand when data_dir is missing (the embedded demo)"
     )
     models_dir: Path = Field(Path("configs/models"), description="folder of model configs that train-all trains")
+    tracking: Literal["none", "mlflow", "wandb"] = Field(
+        "none", description="log every fold and ensemble to MLflow (sqlite:///mlruns.db by default) or W&B"
+    )
+    tracking_uri: str | None = Field(
+        None, description="mlflow: the tracking URI (null: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db); "
+        "wandb: offline to log without a network"
+    )
     time_limit_hours: float = Field(
         9.0, gt=0, description="the competition's notebook run-time limit; `make package` warns when the kernel may pass it"
     )
@@ -291,6 +298,9 @@ def open_competition(path: str | Path, overrides: list[str] | None = None) -> Co
         print(f"{comp.data_dir} is missing: writing the {comp.generator} demo competition")
         GENERATORS[comp.generator](comp.data_dir)
     return comp
+
+
+TRACKING_KEYS = frozenset({"tracking", "tracking_uri"})  # where results are logged changes no result
 
 
 def config_hash(cfg: BaseModel, exclude: set[str] | frozenset[str] = frozenset()) -> str:

@@ -35,7 +35,7 @@ from sklearn.base import clone
 from tqdm import tqdm
 
 from pipeline.blends import FittedBlend, blend_test_prediction, candidate_names, make_blend, stack
-from pipeline.config import Competition, config_hash
+from pipeline.config import TRACKING_KEYS, Competition, config_hash
 from pipeline.data import DataError, read_answers, read_sample
 from pipeline.folds import competition_identity
 from pipeline.io import file_md5, write_json, write_text
@@ -158,6 +158,19 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
     return "\n".join(lines), report
 
 
+def track(comp: Competition, report: dict, files: list[Path]) -> None:
+    """The CV table as a tracking run (competition key `tracking`): every model's and blend's CV."""
+    from pipeline.tracking import competition_tracker
+
+    tracker = competition_tracker(comp, "ensemble", {"chosen": report["chosen"], "metric": comp.metric},
+                                  {"stage": "ensemble"})
+    cvs = {f"cv/{name}": v["cv"] for part in ("models", "blends") for name, v in report[part].items()
+           if v.get("cv") is not None}
+    tracker.log_metrics({**cvs, "cv/chosen": report["blends"][report["chosen"]]["cv"]}, 0)
+    tracker.log_artifacts(files)
+    tracker.end()
+
+
 def ensemble_inputs(comp: Competition, method: str, stacking: str | Path, folds_path: str | Path) -> dict:
     """What a blend depends on: the method, the competition config, and the md5 of every input file."""
     stacking = Path(stacking)
@@ -166,7 +179,7 @@ def ensemble_inputs(comp: Competition, method: str, stacking: str | Path, folds_
     md5 = {str(p): file_md5(p) for p in [Path(folds_path), comp.train_csv_path, comp.sample_submission_path,
                                          *([answers] if answers and answers.is_file() else []), *files]
            if p.is_file()}
-    return {"method": method, "competition": config_hash(comp), "md5": md5}
+    return {"method": method, "competition": config_hash(comp, TRACKING_KEYS), "md5": md5}
 
 
 OUTPUTS = ("submission.csv", "blend.test.csv", "blend.oof.csv", BLEND_STATE, "cv.md")
@@ -318,6 +331,7 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
     write_text(out / "cv.md", text)
     report["outputs"] = outputs_md5(out)
     write_json(out / "cv.json", report)
+    track(comp, report, [out / "cv.md", out / "cv.json", path])
     print(text)
     print(f"chosen: {best.name} (CV {_fmt(best.cv)}"
           + (f", test {_fmt(best.test_score)}" if y_test is not None else "") + f") -> wrote {path}")

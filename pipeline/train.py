@@ -49,6 +49,7 @@ from pipeline.recipe import (
 from pipeline.runs import (config_name, fold_status, job_progress, publish, read_done, run_dir, run_stamp, set_aside,
                            staging_dir)
 from pipeline.tables import write_table
+from pipeline.tracking import Tracker, competition_tracker
 
 
 class TrainingError(Exception):
@@ -498,6 +499,8 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
     if resume is not None and eng.main:
         print(f"{out}: resuming after epoch {progress.epoch} of {total_epochs}")
     board = open_tensorboard(work, progress.log, comp.metric) if cfg.tensorboard and eng.main else None
+    tracker = competition_tracker(comp, f"{model_name}/fold{fold}", resolved, {"model": model_name, "fold": fold}) \
+        if eng.main else Tracker()
     scoring = comp.scoring()
     loss_metric = get_metric("rmse" if comp.task == "regression" else "logloss", comp.task)  # the val_loss column
     stage = None
@@ -534,11 +537,14 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
             checkpoint(eng, work, stage, progress, expected, dcfg, improved)
             if board is not None:
                 log_scalars(board, row, comp.metric)
+            tracker.log_metrics(row, epoch + 1)
         progress.epoch += 1
     if board is not None:
         board.close()
     if eng.main:
         finish(eng, work, spec, {**expected, "overrides": list(overrides)}, progress)
+        tracker.log_artifacts([work / name for name in ("done.json", "log.csv", "config.yaml", "oof.csv")])
+        tracker.end()
         old = publish(work, out)
         print(f"{out}: done, best epoch {progress.best_epoch + 1}"
               + (f"; the fold it replaces is set aside in {old}" if old else ""))
