@@ -201,6 +201,7 @@ def confusion_figure(cms: dict[str, pd.DataFrame]):
     first = next(iter(cms.values()))
     size = max(4.0, 0.5 * len(first)) if n == 1 else 3.5
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.0, size * rows), squeeze=False)
+    fig.subplots_adjust(wspace=0.45)  # room for each panel's y label beside its left neighbour
     for ax in axes.flat[n:]:
         ax.axis("off")
     im = None
