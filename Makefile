@@ -30,10 +30,10 @@ $(STAMP): $(ROOT)pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed (set PYTHON=python3.11)")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e "$(ROOT)[dev,tensorboard,dicom,tracking]"
+	$(PY) -m pip install --quiet -e "$(ROOT)[dev,tensorboard,dicom,tracking,cluster]"
 	@touch $@
 
-install: $(STAMP) ## create .venv and install the project with its dev, tensorboard, dicom and tracking extras
+install: $(STAMP) ## create .venv and install the project with its dev, tensorboard, dicom, tracking and cluster (Ray) extras
 
 test: $(STAMP) ## run the test suite (sets itself up)
 	cd $(ROOT) && $(PY) -m pytest $(PYTEST_ARGS)
@@ -55,28 +55,52 @@ folds: $(STAMP) ## assign every training row to a validation fold -> folds/folds
 # --- training -----------------------------------------------------------------------------------
 # One target per model x fold: runs/<model>/fold<k>/done.json. `plan` (one Python process, no torch)
 # lists the folds whose done.json does not hold the stamp the current config, ARGS and folds.csv give,
-# and says why; Make then trains only those (FORCE: the stamp, not a file date, decides), `-j` running
-# folds in parallel. When every fold is done nothing else starts. A fold trained with other ARGS whose
-# config file is unchanged is kept (and said so) unless RETRAIN=1. NPROC>1 runs each fold with DDP
-# through torchrun.
+# and says why; only those are trained (FORCE: the stamp, not a file date, decides). When every fold is
+# done nothing else starts. A fold trained with other ARGS whose config file is unchanged is kept (and
+# said so) unless RETRAIN=1. Where the planned folds run:
+# - no GPU (or GPUS=none): Make trains them itself, `-j` running folds in parallel, as always;
+# - GPUs (GPUS=, default every visible one): `launch` runs one fold per GPU at a time, pinned with
+#   CUDA_VISIBLE_DEVICES (JOBS_PER_GPU=2 packs two; NPROC=k gives each fold k GPUs with DDP), each fold's
+#   output in runs/<model>/logs/fold<k>.log; a failing fold does not stop the others;
+# - CLUSTER=ray [RAY_ADDRESS=host:6379]: one Ray task per fold (JOB_GPUS=, JOB_CPUS=, RETRIES=).
+# NNODES=n NODE_RANK=i RDZV=host:port spans one fold's DDP over n machines (run it on each; see README).
 MODELS ?=
 MODEL  ?=
 FOLD   ?=
 NPROC  ?= 1
-TRAIN  = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m pipeline,$(RUN)) train -c $(COMPETITION)
+NNODES ?= 1
+NODE_RANK ?= 0
+RDZV   ?=
+GPUS   ?=
+JOBS_PER_GPU ?= 1
+CLUSTER ?=
+RAY_ADDRESS ?=
+JOB_GPUS ?=
+JOB_CPUS ?=
+RETRIES ?= 2
+TORCHRUN = $(VENV)/bin/torchrun $(if $(filter-out 1,$(NNODES)),--nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
+  --rdzv_endpoint=$(or $(RDZV),$(error NNODES=$(NNODES) needs RDZV=host:port, the address of the node with NODE_RANK=0)),--standalone) \
+  --nproc_per_node=$(NPROC)
+TRAIN  = $(if $(filter-out 1,$(NPROC) $(NNODES)),$(TORCHRUN) -m pipeline,$(RUN)) train -c $(COMPETITION)
+LAUNCH = $(RUN) launch -c $(COMPETITION) --train-cmd '$(TRAIN)' --gpus '$(GPUS)' --jobs-per-gpu $(JOBS_PER_GPU) \
+  --nproc $(NPROC) $(if $(PSEUDO),--pseudo $(PSEUDO)) $(if $(CLUSTER),--cluster $(CLUSTER)) \
+  $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(if $(JOB_GPUS),--job-gpus $(JOB_GPUS)) \
+  $(if $(JOB_CPUS),--job-cpus $(JOB_CPUS)) --retries $(RETRIES)
 
 PSEUDO ?=
 RETRAIN ?=
-train-all: folds ## train every model x fold not done yet (MODELS="a b" limits, NPROC=n DDP, -j parallel folds, PSEUDO=folds/pseudo.csv a pseudo round, RETRAIN=1 also folds trained with other ARGS)
-	@targets=$$($(RUN) plan -c $(COMPETITION) --models "$(MODELS)" $(if $(PSEUDO),--pseudo $(PSEUDO)) $(if $(RETRAIN),--retrain) $(ARGS)) || exit 1; \
-	if [ -n "$$targets" ]; then \
+train-all: folds ## train every model x fold not done yet (MODELS="a b" limits, GPUS=0,1 one fold per GPU, JOBS_PER_GPU=2, NPROC=n DDP, CLUSTER=ray, -j parallel folds on CPU, PSEUDO=folds/pseudo.csv a pseudo round, RETRAIN=1 also folds trained with other ARGS)
+	@gpus=$$($(RUN) gpus '$(GPUS)') || exit 1; \
+	targets=$$($(RUN) plan -c $(COMPETITION) --models "$(MODELS)" $(if $(PSEUDO),--pseudo $(PSEUDO)) $(if $(RETRAIN),--retrain) $(ARGS)) || exit 1; \
+	if [ -z "$$targets" ]; then exit 0; fi; \
+	if [ -n "$(CLUSTER)" ] || [ -n "$$gpus" ]; then \
+	  $(LAUNCH) --targets "$$targets" $(ARGS); \
+	else \
 	  $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $$targets COMPETITION=$(COMPETITION) ARGS="$(ARGS)" NPROC=$(NPROC) PSEUDO=$(PSEUDO); \
 	fi
 
-run_model = $(patsubst %/,%,$(dir $*))
-pseudo_flag = $(if $(filter %-pseudo,$(run_model)),--pseudo $(or $(PSEUDO),folds/pseudo.csv))
 runs/%/done.json: FORCE
-	$(TRAIN) --model $(patsubst %-pseudo,%,$(run_model)) --fold $(patsubst fold%,%,$(notdir $*)) $(pseudo_flag) $(ARGS)
+	$(TRAIN) --target $@ $(if $(PSEUDO),--pseudo $(PSEUDO)) $(ARGS)
 
 train: $(STAMP) ## rerun exactly one fold: make train MODEL=name FOLD=k [ARGS="epochs=3 lr=1e-3"]
 	@test -n "$(MODEL)" -a -n "$(FOLD)" || { echo "usage: make train MODEL=<name> FOLD=<k>"; exit 2; }
@@ -86,8 +110,9 @@ FORCE:
 
 # --- predictions ----------------------------------------------------------------------------------
 TTA ?=
-predict: train-all ## OOF + test tables with TTA for every trained model -> stacking/ (TTA="[none,hflip]" overrides)
-	$(RUN) predict -c $(COMPETITION) $(if $(MODELS),--models "$(MODELS)") $(if $(TTA),tta=$(TTA))
+predict: train-all ## OOF + test tables with TTA for every trained model -> stacking/ (TTA="[none,hflip]" overrides; with GPUs one model per GPU)
+	$(RUN) predict -c $(COMPETITION) $(if $(MODELS),--models "$(MODELS)") --gpus '$(GPUS)' \
+	  --jobs-per-gpu $(JOBS_PER_GPU) $(if $(TTA),tta=$(TTA))
 
 # --- blend and submission -------------------------------------------------------------------------
 METHOD ?= auto

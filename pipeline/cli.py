@@ -64,9 +64,17 @@ def model_overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from pipeline.models import load_model
-    from pipeline.runs import run_name
+    from pipeline.runs import PSEUDO_SUFFIX, PSEUDO_TABLE, config_name, parse_target, run_name
     from pipeline.train import TrainingError, train_fold
 
+    if args.target:  # the Make target names the fold; a -pseudo run trains on the pseudo-label table
+        if args.model is not None or args.fold is not None:
+            raise ConfigError("train: give --target, or --model and --fold, not both")
+        run, args.fold = parse_target(args.target)
+        args.model = config_name(run)
+        args.pseudo = (args.pseudo or PSEUDO_TABLE) if run.endswith(PSEUDO_SUFFIX) else None
+    elif args.model is None or args.fold is None:
+        raise ConfigError("train: give --model and --fold (or --target runs/<model>/fold<k>/done.json)")
     comp = load_competition(args.competition)
     cfg, source = load_model(comp.models_dir, args.model, model_overrides(args))
     try:
@@ -99,6 +107,38 @@ def cmd_plan(args: argparse.Namespace) -> None:
     if not args.all:  # the folds this train-all trains: each prints the job's progress when it finishes
         print(start_job(args.runs, chosen), file=sys.stderr)
     print(" ".join(j.target for j in chosen))
+
+
+def cmd_gpus(args: argparse.Namespace) -> None:
+    """Print the GPUs GPUS= resolves to (empty: none, and Make trains folds itself as on a CPU machine)."""
+    from pipeline.launch import resolve_gpus
+
+    print(",".join(resolve_gpus(args.gpus)))
+
+
+def cmd_launch(args: argparse.Namespace) -> None:
+    """Train the planned folds on this machine's GPUs, one job per device slot, or on a Ray cluster."""
+    import shlex
+
+    from pipeline.launch import device_slots, fold_jobs, resolve_gpus, run_local, slot_name, summary
+
+    jobs = fold_jobs(args.targets.split(), shlex.split(args.train_cmd), args.overrides, args.pseudo)
+    if not jobs:
+        return
+    if args.cluster == "ray":
+        from pipeline.cluster import run_ray
+
+        results = run_ray(jobs, Path.cwd(), address=args.address, gpus=args.job_gpus, cpus=args.job_cpus,
+                          nproc=args.nproc, retries=args.retries)
+    else:
+        slots = device_slots(resolve_gpus(args.gpus), args.jobs_per_gpu, args.nproc)
+        print(f"launch: {len(jobs)} fold(s) on {len(slots)} slot(s): "
+              + ", ".join(dict.fromkeys(slot_name(s) for s in slots)) + f" ({args.jobs_per_gpu} job(s) per GPU group); "
+              "each fold's output also goes to runs/<model>/logs/fold<k>.log", flush=True)
+        results = run_local(jobs, slots)
+    print(summary(results, "train-all"), flush=True)
+    if not all(r.ok for r in results):
+        raise SystemExit(1)
 
 
 def cmd_show_batch(args: argparse.Namespace) -> None:
@@ -134,15 +174,36 @@ def predict_overrides(overrides: list[str]) -> dict:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from pipeline.launch import device_slots, resolve_gpus
     from pipeline.predict import predict_all
+    from pipeline.runs import trained_models
 
     values = predict_overrides(args.overrides)
     models = args.models.split() or None
     if args.name and (not models or len(models) != 1):
         raise ConfigError("--name needs exactly one model in --models")
+    slots = device_slots(resolve_gpus(args.gpus), args.jobs_per_gpu) if args.gpus is not None else [()]
+    names = models or trained_models(args.runs)
+    if len(slots) > 1 and len(names) > 1:  # one model per GPU slot, each its own process
+        return spread_predict(args, names, slots)
     predict_all(load_competition(args.competition), models, runs=args.runs, folds_path=args.folds,
                 stacking=args.stacking, tta=values.get("tta"), tta_merge=values.get("tta_merge"),
                 out_name=args.name, force=args.force)
+
+
+def spread_predict(args: argparse.Namespace, names: list[str], slots: list[tuple[str, ...]]) -> None:
+    """`predict` of each model in its own process on a free GPU slot; logs in runs/<model>/logs/predict.log."""
+    from pipeline.launch import Job, run_local, summary
+
+    base = [sys.executable, "-m", "pipeline", "predict", "-c", args.competition, "--folds", args.folds,
+            "--runs", args.runs, "--stacking", args.stacking, *(["--force"] if args.force else [])]
+    jobs = [Job(f"{name} predict", [*base, "--models", name, *args.overrides],
+                str(Path(args.runs) / name / "logs" / "predict.log")) for name in names]
+    print(f"predict: {len(jobs)} models on {len(slots)} GPU slot(s)", flush=True)
+    results = run_local(jobs, slots)
+    print(summary(results, "predict"), flush=True)
+    if not all(r.ok for r in results):
+        raise SystemExit(1)
 
 
 def cmd_pseudo(args: argparse.Namespace) -> None:
@@ -253,11 +314,14 @@ def _data_commands(command) -> None:
 def _training_commands(command) -> None:
     p = command("train", cmd_train, "train one model on one fold -> runs/<model>/fold<k>/ (resumes, skips done)")
     _competition_args(p, "override model config keys")
-    p.add_argument("--model", "-m", required=True, help="name of a config in the competition's models_dir")
-    p.add_argument("--fold", "-f", type=int, required=True)
+    p.add_argument("--model", "-m", default=None, help="name of a config in the competition's models_dir")
+    p.add_argument("--fold", "-f", type=int, default=None)
+    p.add_argument("--target", default=None,
+                   help="the fold as Make names it, runs/<run>/fold<k>/done.json (instead of --model and --fold)")
     _stage_paths(p, "folds", "runs")
     p.add_argument("--rerun", action="store_true", help="train again even when the fold is done")
-    p.add_argument("--pseudo", default=None, help="pseudo-label table: trains runs/<model>-pseudo/")
+    p.add_argument("--pseudo", default=None, help="pseudo-label table: trains runs/<model>-pseudo/ "
+                   "(with --target: the table a -pseudo run trains on, default folds/pseudo.csv)")
 
     p = command("plan", cmd_plan, "list the runs/<model>/fold<k>/done.json targets still to train "
                 "(make train-all); the plan goes to stderr")
@@ -268,6 +332,24 @@ def _training_commands(command) -> None:
     p.add_argument("--all", action="store_true", help="list finished folds too")
     p.add_argument("--retrain", action="store_true",
                    help="also list folds kept as trained with other overrides (ARGS), to train them as configured")
+
+    p = command("gpus", cmd_gpus, "print the GPUs GPUS= resolves to (all: every visible GPU; none)")
+    p.add_argument("gpus", nargs="?", default="", help="GPUS as Make passes it: empty/all, none, or 0,1,3")
+
+    p = command("launch", cmd_launch, "train planned folds on this machine's GPUs (one per device slot) "
+                "or a Ray cluster; a summary lists failed folds with their logs")
+    _competition_args(p, "override model config keys (ARGS), as `train` would")
+    p.add_argument("--targets", required=True, help="space-separated runs/<run>/fold<k>/done.json (from `plan`)")
+    p.add_argument("--train-cmd", required=True, help="the command that trains one fold (Make's TRAIN)")
+    p.add_argument("--pseudo", default=None, help="the pseudo-label table of -pseudo runs")
+    p.add_argument("--gpus", default="", help="GPUS: empty/all (every visible GPU), none, or 0,1,3")
+    p.add_argument("--jobs-per-gpu", type=int, default=1, help="folds that share one GPU (group)")
+    p.add_argument("--nproc", type=int, default=1, help="GPUs per fold (DDP through torchrun)")
+    p.add_argument("--cluster", choices=["ray"], default=None, help="run the folds on a Ray cluster")
+    p.add_argument("--address", default=None, help="the Ray cluster's address (default: RAY_ADDRESS, a local one)")
+    p.add_argument("--job-gpus", type=float, default=None, help="Ray: GPUs per fold (fractional allowed)")
+    p.add_argument("--job-cpus", type=float, default=None, help="Ray: CPUs per fold")
+    p.add_argument("--retries", type=int, default=2, help="Ray: retries of a fold whose worker or node dies")
 
     p = command("lr-find", cmd_lr_find, "LR range test for one model -> runs/<model>/lr_find.png, a suggested lr")
     _competition_args(p, "override model config keys (batch_size=32 ...)")
@@ -297,6 +379,9 @@ def _prediction_commands(command) -> None:
     p.add_argument("--name", default=None, help="write the tables under this name (one model only)")
     _stage_paths(p, "folds", "runs", "stacking")
     p.add_argument("--force", action="store_true", help="remake tables even when up to date")
+    p.add_argument("--gpus", default=None, help="GPUS: spread models over these GPUs, one process each "
+                   "(all: every visible GPU)")
+    p.add_argument("--jobs-per-gpu", type=int, default=1, help="models predicted at once on one GPU")
 
     p = command("pseudo", cmd_pseudo, "confident test predictions -> folds/pseudo.csv")
     p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from pipeline.io import file_md5, write_json
 from pipeline.models import ModelConfig, load_model, model_config_path, stamp_exclusions
 
 PSEUDO_SUFFIX = "-pseudo"  # a pseudo-label round trains runs/<model>-pseudo/ beside round 0
+PSEUDO_TABLE = "folds/pseudo.csv"  # what `make pseudo` writes, and what a pseudo round trains on by default
 
 
 def run_name(model: str, cfg: ModelConfig) -> str:
@@ -44,6 +46,15 @@ def config_name(run: str) -> str:
 
 def run_dir(run: str, fold: int, runs: str | Path = "runs") -> Path:
     return Path(runs) / run / f"fold{fold}"
+
+
+def parse_target(target: str | Path) -> tuple[str, int]:
+    """A fold's Make target, runs/<run>/fold<k>/done.json -> (run, k)."""
+    path = Path(target)
+    match = re.fullmatch(r"fold(\d+)", path.parent.name)
+    if path.name != "done.json" or match is None or not path.parent.parent.name:
+        raise ConfigError(f"{target}: not a fold target (expected runs/<model>/fold<k>/done.json)")
+    return path.parent.parent.name, int(match.group(1))
 
 
 def staging_dir(out: Path) -> Path:

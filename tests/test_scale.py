@@ -1,0 +1,293 @@
+"""Past one GPU and one machine, through Make: folds placed on GPU slots, a real local Ray cluster, and one
+fold's DDP over two torchrun "nodes". All on CPU: the GPU placement is checked through its plan (each job
+records the CUDA_VISIBLE_DEVICES it was given and when it ran)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import ConfigError
+from pipeline.launch import device_slots, resolve_gpus
+from tests.conftest import REPO, TINY_MODEL, make_competition, write_yaml
+
+MAKE = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITION=competition.yaml"]
+
+
+def make(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*MAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+# --- one fold per GPU slot ---------------------------------------------------------------------------------
+
+FAKE_TRAIN = '''
+import os, sys, time
+target = sys.argv[sys.argv.index("--target") + 1]
+fold = int(target.split("/")[-2].removeprefix("fold"))
+gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "?")
+def event(kind):
+    with open("events.txt", "a") as f:
+        f.write(f"{kind} {fold} {gpus} {time.time()}\\n")
+event("start")
+print(f"fold {fold} on {gpus}", flush=True)
+if fold == 1:
+    print("boom: out of memory (simulated)", flush=True)
+    event("end")
+    sys.exit(3)
+time.sleep(1.5)
+event("end")
+'''
+
+
+def placements(path: Path) -> dict[int, tuple[str, float, float]]:
+    """fold -> (CUDA_VISIBLE_DEVICES, start, end) as the fake trainer recorded them."""
+    rows = [line.split() for line in path.read_text().splitlines()]
+    start = {int(f): (g, float(t)) for kind, f, g, t in rows if kind == "start"}
+    end = {int(f): float(t) for kind, f, g, t in rows if kind == "end"}
+    return {f: (g, s, end[f]) for f, (g, s) in start.items()}
+
+
+def most_at_once(jobs: dict[int, tuple[str, float, float]]) -> dict[str, int]:
+    """For each device, the most jobs that ran on it at the same time."""
+    peak = {}
+    for device in {g for g, _, _ in jobs.values()}:
+        spans = [(s, e) for g, s, e in jobs.values() if g == device]
+        peak[device] = max(sum(1 for s2, e2 in spans if s2 <= s < e2) for s, _ in spans)
+    return peak
+
+
+@pytest.fixture()
+def four_folds(tmp_path):
+    make_competition(tmp_path, n_train=40, n_folds=4, models_dir="models")
+    write_yaml(tmp_path / "models" / "tiny.yaml", {**TINY_MODEL, "epochs": 1})
+    (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
+    return tmp_path
+
+
+def test_one_fold_per_gpu_and_a_failure_frees_its_gpu(four_folds):
+    root = four_folds
+    proc = make("train-all", "GPUS=0,1", f"TRAIN={sys.executable} fake_train.py", cwd=root)
+    assert proc.returncode != 0, "a failed fold must fail train-all"
+    jobs = placements(root / "events.txt")
+    assert sorted(jobs) == [0, 1, 2, 3]  # the failed fold stopped none of the others
+    assert {g for g, _, _ in jobs.values()} == {"0", "1"}  # each job pinned to one GPU
+    assert max(most_at_once(jobs).values()) == 1, jobs  # no GPU ever held two jobs
+    # fold1 failed at once on its GPU; the next fold took that GPU while fold0 still ran on the other
+    gpu1, _, failed_at = jobs[1]
+    takers = [f for f, (g, s, _) in jobs.items() if g == gpu1 and f != 1]
+    assert takers and min(jobs[f][1] for f in takers) >= failed_at
+    assert min(jobs[f][1] for f in takers) < jobs[0][2]
+    # the summary: every fold, the failed one with the last lines of its own log
+    out = proc.stdout
+    assert "train-all: 3 done, 1 failed" in out
+    assert re.search(r"tiny fold1\s+gpu\d\s+FAILED \(exit 3\)", out), out
+    assert "boom: out of memory (simulated)" in out.split("last lines of runs/tiny/logs/fold1.log")[1]
+    assert 'make train-all MODELS="tiny"' in out
+    for k in range(4):  # each job's output in its run folder
+        assert f"fold {k} on" in (root / "runs" / "tiny" / "logs" / f"fold{k}.log").read_text()
+
+
+def test_jobs_per_gpu_packs_two_never_three(four_folds):
+    root = four_folds
+    (root / "fake_train.py").write_text(FAKE_TRAIN.replace("if fold == 1:", "if False:"))
+    proc = make("train-all", "GPUS=0,1", "JOBS_PER_GPU=2", f"TRAIN={sys.executable} fake_train.py", cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = placements(root / "events.txt")
+    assert sorted(jobs) == [0, 1, 2, 3]
+    assert most_at_once(jobs) == {"0": 2, "1": 2}, jobs  # packed two per GPU, and never three
+
+
+def test_device_slots_and_bad_gpus():
+    assert device_slots(["0", "1", "2", "3"], nproc=2) == [("0", "1"), ("2", "3")]
+    assert device_slots(["0", "1"], jobs_per_gpu=2) == [("0",), ("0",), ("1",), ("1",)]
+    assert device_slots([]) == [()]  # a CPU machine: one slot, as today
+    assert resolve_gpus("none") == [] and resolve_gpus("2,0") == ["2", "0"]
+    with pytest.raises(ConfigError, match="NPROC=4 needs 4 GPUs"):
+        device_slots(["0", "1"], nproc=4)
+    with pytest.raises(ConfigError, match="GPUS=0,x"):
+        resolve_gpus("0,x")
+
+
+def test_bad_gpus_through_make_is_one_clear_line(four_folds):
+    proc = make("train-all", "GPUS=0,x", cwd=four_folds)
+    assert proc.returncode != 0 and "GPUS=0,x: expected comma-separated GPU indices" in proc.stderr
+    assert not (four_folds / "runs" / "tiny" / "fold0").exists()
+
+
+# --- a real local Ray cluster ----------------------------------------------------------------------------
+
+
+def demo_sized(root: Path, epochs: int) -> Path:
+    """The digits demo with a tiny model: 3 folds of about 1,000 training images each."""
+    subprocess.run([sys.executable, "-m", "pipeline", "demo"], cwd=root, check=True, capture_output=True)
+    comp = (REPO / "configs" / "competition.yaml").read_text()
+    (root / "competition.yaml").write_text(comp.replace("models_dir: configs/models", "models_dir: models")
+                                           .replace("n_folds: 5", "n_folds: 3"))
+    write_yaml(root / "models" / "tiny.yaml", {**TINY_MODEL, "epochs": epochs, "batch_size": 64})
+    return root
+
+
+def oof_tables(root: Path) -> dict[int, pd.DataFrame]:
+    return {k: pd.read_csv(root / "runs" / "tiny" / f"fold{k}" / "oof.csv", dtype=str, keep_default_na=False)
+            for k in range(3)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """`ray start --head --block` in a temporary folder, in its own process group; stopped after."""
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    log = open(temp / "head.log", "w")
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port=0",
+                             f"--temp-dir={temp}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+                             "--disable-usage-stats", f"--ray-client-server-port={free_port()}"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=temp)
+    address, deadline = None, time.time() + 120
+    while address is None and time.time() < deadline and head.poll() is None:
+        time.sleep(0.5)
+        found = re.search(r"ray start --address='([^']+)'", (temp / "head.log").read_text())
+        address = found.group(1) if found else None
+    if address is None:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGKILL)
+        raise AssertionError("ray start failed:\n" + (temp / "head.log").read_text()[-3000:])
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    log.close()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    """The reference: `make train-all` as on any CPU machine, with its wall time."""
+    root = demo_sized(tmp_path_factory.mktemp("plain"), epochs=3)
+    started = time.time()
+    proc = make("train-all", cwd=root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root, time.time() - started
+
+
+def test_ray_cluster_trains_the_same_folds(ray_cluster, plain_run, tmp_path):
+    plain, plain_s = plain_run
+    root = demo_sized(tmp_path, epochs=3)
+    started = time.time()
+    proc = make("train-all", "CLUSTER=ray", f"RAY_ADDRESS={ray_cluster}", cwd=root)
+    ray_s = time.time() - started
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(f"\nwall time on this machine: plain make train-all {plain_s:.1f}s, CLUSTER=ray {ray_s:.1f}s")
+    assert "a Ray cluster of 1 node(s)" in proc.stdout
+    assert "train-all: 3 done, 0 failed" in proc.stdout
+    assert re.search(r"\[tiny fold2 cpu\] tiny fold2 epoch 3/3", proc.stdout)  # progress streams back
+    ours, theirs = oof_tables(root), oof_tables(plain)
+    for k in range(3):
+        assert ours[k].equals(theirs[k]), f"fold{k}: OOF differs from the plain run"
+    assert not (root / "runs" / ".cluster-check").exists()  # the storage marker is cleaned up
+    # what is stale does not change: everything is done, nothing is sent to the cluster
+    again = make("train-all", "CLUSTER=ray", f"RAY_ADDRESS={ray_cluster}", cwd=root)
+    assert again.returncode == 0 and "3/3 folds done" in again.stderr and "launch:" not in again.stdout
+
+
+def test_ray_worker_killed_mid_fold_is_retried_and_resumes(ray_cluster, plain_run, tmp_path):
+    plain, _ = plain_run
+    root = demo_sized(tmp_path, epochs=3)
+    cmd = [*MAKE, "train-all", "CLUSTER=ray", f"RAY_ADDRESS={ray_cluster}"]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = root / "runs" / "tiny" / ".fold0.partial" / "last.pt"
+    log = root / "runs" / "tiny" / "logs" / "fold0.log"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    worker = int(re.search(r"launched by pid (\d+)", log.read_text()).group(1))  # the Ray worker running fold0
+    os.kill(worker, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    text = log.read_text()
+    assert text.count("launched by pid") == 2, text  # retried once
+    assert re.search(r"resuming after epoch [12] of 3", text), text  # from its checkpoint, not from scratch
+    assert re.search(r"tiny fold0 .*done .*\(2 attempts\)", out), out[-2000:]
+    assert oof_tables(root)[0].equals(oof_tables(plain)[0])  # as the unbroken run ended
+
+
+def test_cluster_without_ray_says_how_to_install(four_folds, tmp_path):
+    """A Python where `import ray` fails (a shadowing module on PYTHONPATH): one line naming the fix."""
+    (tmp_path / "noray").mkdir()
+    (tmp_path / "noray" / "ray.py").write_text("raise ImportError('no ray here')\n")
+    proc = make("train-all", "CLUSTER=ray", cwd=four_folds, env={"PYTHONPATH": str(tmp_path / "noray")})
+    assert proc.returncode != 0
+    assert "Ray is not installed; `make install` installs it" in proc.stderr
+
+
+# --- multi-node DDP: two torchrun "nodes" on this machine ----------------------------------------------------
+
+DDP_TOLERANCE = 1e-6  # largest difference allowed between OOF probabilities (gloo sums in the same order)
+
+
+def test_two_nodes_match_one_node_two_processes(tmp_path):
+    make_competition(tmp_path, n_train=90, models_dir="models")
+    write_yaml(tmp_path / "models" / "tiny.yaml", {**TINY_MODEL, "epochs": 2})
+    assert make("folds", cwd=tmp_path).returncode == 0
+    fold = ["MODEL=tiny", "FOLD=0", "NPROC=1", "NNODES=2", f"RDZV=127.0.0.1:{free_port()}"]
+    node1 = subprocess.Popen([*MAKE, "train", *fold, "NODE_RANK=1"], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    node0 = make("train", *fold, "NODE_RANK=0", cwd=tmp_path, timeout=300)
+    out1, _ = node1.communicate(timeout=300)
+    assert node0.returncode == 0 and node1.returncode == 0, node0.stdout[-2000:] + node0.stderr[-2000:] + out1[-2000:]
+    assert f"--nnodes=2 --node_rank=0 --rdzv_endpoint={fold[-1].split('=')[1]}" in node0.stdout
+    assert "epoch 2/2" in node0.stdout and "epoch 2/2" not in out1  # only global rank 0 reports
+    two_nodes = pd.read_csv(tmp_path / "runs/tiny/fold0/oof.csv")
+    one_node = make("train", "MODEL=tiny", "FOLD=0", "NPROC=2", cwd=tmp_path, timeout=300)
+    assert one_node.returncode == 0, one_node.stderr[-2000:]
+    assert "--standalone" in one_node.stdout
+    single = pd.read_csv(tmp_path / "runs/tiny/fold0/oof.csv")
+    assert list(single.image_id) == list(two_nodes.image_id)
+    diff = np.abs(single.iloc[:, 1:].to_numpy() - two_nodes.iloc[:, 1:].to_numpy()).max()
+    print(f"\nmulti-node vs single-node DDP: largest OOF difference {diff:.3g}")
+    assert diff <= DDP_TOLERANCE
+
+
+def test_multi_node_without_rendezvous_is_refused(tmp_path):
+    proc = make("train", "MODEL=tiny", "FOLD=0", "NNODES=2", cwd=tmp_path)
+    assert proc.returncode != 0 and "NNODES=2 needs RDZV=host:port" in proc.stderr
+
+
+# --- predict, one model per GPU slot ---------------------------------------------------------------------
+
+
+def test_predict_spreads_models_over_gpus(tmp_path):
+    make_competition(tmp_path, n_train=30, n_test=10, n_folds=2, models_dir="models")
+    for name, lr in (("tiny", 0.01), ("tiny2", 0.02)):
+        write_yaml(tmp_path / "models" / f"{name}.yaml", {**TINY_MODEL, "epochs": 1, "lr": lr})
+    assert make("train-all", cwd=tmp_path).returncode == 0
+    proc = make("predict", "GPUS=0,1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "predict: 2 models on 2 GPU slot(s)" in proc.stdout and "predict: 2 done, 0 failed" in proc.stdout
+    logs = {m: (tmp_path / "runs" / m / "logs" / "predict.log").read_text() for m in ("tiny", "tiny2")}
+    assert {re.search(r" (gpu\d), launched", text).group(1) for text in logs.values()} == {"gpu0", "gpu1"}
+    spread = {p.name: p.read_text() for p in sorted((tmp_path / "stacking").glob("*.csv"))}
+    assert len(spread) == 4
+    plain = subprocess.run([sys.executable, "-m", "pipeline", "predict", "-c", "competition.yaml", "--force"],
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    assert {p.name: p.read_text() for p in sorted((tmp_path / "stacking").glob("*.csv"))} == spread
