@@ -15,11 +15,11 @@ PYTEST_ARGS ?=
 RUN := $(PY) -m pipeline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo data-fashion-mnist check folds train train-all predict pseudo ensemble validate report eda lr-find show-batch package bench clean clean-all FORCE
+.PHONY: help install test demo data-fashion-mnist check folds weights models train train-all predict pseudo ensemble validate report eda lr-find show-batch package submit bench clean clean-all FORCE
 
 # `make help` lists the targets in pipeline order, by group (a test checks every described target is here).
-HELP_GROUPS := data:demo,data-fashion-mnist,check,eda,folds training:train-all,train,lr-find,show-batch \
-  prediction:predict,pseudo blending:ensemble,validate,report kaggle:package tools:install,test,bench,clean,clean-all,help
+HELP_GROUPS := data:demo,data-fashion-mnist,check,eda,folds training:models,weights,train-all,train,lr-find,show-batch \
+  prediction:predict,pseudo blending:ensemble,validate,report kaggle:package,submit tools:install,test,bench,clean,clean-all,help
 
 help: ## list every target with a one-line description, in pipeline order
 	@echo "usage: make <target> [COMPETITION=configs/competition.yaml] [COMP_ARGS='competition key=value ...'] [ARGS='model key=value ...']"
@@ -51,6 +51,14 @@ check: $(STAMP) ## in seconds, before training: config, tables, every image path
 
 folds: $(STAMP) ## assign every training row to a validation fold -> folds/folds.csv
 	$(RUN) folds -c $(COMPETITION) $(COMP_ARGS)
+
+# --- backbones and their pretrained weights ------------------------------------------------------------
+PATTERN ?= *
+models: $(STAMP) ## timm model names matching PATTERN='convnext*' with their pretrained tags (no network)
+	$(RUN) models '$(PATTERN)'
+
+weights: $(STAMP) ## online, once: pretrained weights of every `pretrained: true` model config -> weights/ (offline runs then use them)
+	$(RUN) weights -c $(COMPETITION) $(if $(MODELS),--models "$(MODELS)")
 
 # --- training -----------------------------------------------------------------------------------
 # One target per model x fold: runs/<model>/fold<k>/done.json. `plan` (one Python process, no torch)
@@ -121,14 +129,24 @@ ensemble: predict ## blend every model honestly -> submissions/submission.csv, c
 
 # --- Kaggle bundle ----------------------------------------------------------------------------------
 KAGGLE_USER ?=
+COMPETITION_SLUG ?=
+MACHINE_SHAPE ?=
 WHEELS      ?=
 TEST_SIZE   ?=
 GPU_FACTOR  ?=
 FP16        ?=
-package: ensemble ## offline Kaggle kernel + dataset of the chosen blend -> dist/kaggle/ (KAGGLE_USER=, WHEELS="timm albumentations", TEST_SIZE=, GPU_FACTOR=, FP16=1)
-	$(RUN) package -c $(COMPETITION) $(if $(KAGGLE_USER),--kaggle-user $(KAGGLE_USER)) \
+BUNDLE      ?= dist/kaggle
+package: ensemble ## offline Kaggle kernel + dataset of the chosen blend -> dist/kaggle/ (KAGGLE_USER=, COMPETITION_SLUG=, MACHINE_SHAPE=NvidiaTeslaT4, WHEELS=, TEST_SIZE=, GPU_FACTOR=, FP16=1, BUNDLE=)
+	$(RUN) package -c $(COMPETITION) --out $(BUNDLE) $(if $(KAGGLE_USER),--kaggle-user $(KAGGLE_USER)) \
+	  $(if $(COMPETITION_SLUG),--competition-slug $(COMPETITION_SLUG)) $(if $(MACHINE_SHAPE),--machine-shape $(MACHINE_SHAPE)) \
 	  $(if $(WHEELS),--wheels "$(WHEELS)") $(if $(TEST_SIZE),--test-size $(TEST_SIZE)) \
 	  $(if $(GPU_FACTOR),--gpu-factor $(GPU_FACTOR)) $(if $(FP16),--fp16) $(COMP_ARGS)
+
+DRY_RUN ?=
+KERNEL_VERSION ?=
+submit: $(STAMP) ## send it to Kaggle: the CSV, or on a code competition the bundle's dataset version + kernel push, then KERNEL_VERSION=n submits that run (COMPETITION_SLUG=, DRY_RUN=1 prints only)
+	$(RUN) submit -c $(COMPETITION) --bundle $(BUNDLE) $(if $(COMPETITION_SLUG),--competition-slug $(COMPETITION_SLUG)) \
+	  $(if $(KERNEL_VERSION),--kernel-version $(KERNEL_VERSION)) $(if $(DRY_RUN),--dry-run) $(COMP_ARGS)
 
 FILE ?= submissions/submission.csv
 validate: $(STAMP) ## check a CSV against the sample submission (FILE=path.csv)

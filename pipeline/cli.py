@@ -141,6 +141,50 @@ def cmd_launch(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def cmd_weights(args: argparse.Namespace) -> None:
+    """Store timm's pretrained weights of every model config with `pretrained: true` (online, once)."""
+    from pipeline.models import load_model, model_names, store_weights, stored_weights
+
+    comp = load_competition(args.competition)
+    names = args.models.split() if args.models else model_names(comp.models_dir)
+    backbones = {}
+    for name in names:
+        cfg = load_model(comp.models_dir, name)[0]
+        if cfg.pretrained is True:
+            backbones.setdefault(cfg.backbone, []).append(name)
+    if not backbones:
+        print(f"weights: no model config in {comp.models_dir} has `pretrained: true`; nothing to fetch")
+        return
+    for backbone, users in backbones.items():
+        if stored_weights(backbone).is_file() and not args.force:
+            print(f"{stored_weights(backbone)}: already stored ({', '.join(users)}); --force fetches it again")
+            continue
+        path = store_weights(backbone)
+        print(f"{path}: stored for {', '.join(users)}; `pretrained: true` now loads it offline "
+              f"(or write `pretrained: {path}`)")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    """timm model names matching a pattern, each with its pretrained tags (no network)."""
+    import timm
+
+    tagged = timm.list_models(args.pattern, pretrained=True)
+    bare = [] if args.pretrained_only else sorted(set(timm.list_models(args.pattern)) - {t.split(".")[0] for t in tagged})
+    by_name: dict[str, list[str]] = {}
+    for name in tagged:
+        base, _, tag = name.partition(".")
+        by_name.setdefault(base, []).append(tag)
+    if not by_name and not bare:
+        raise ConfigError(f"no timm model matches {args.pattern!r} (patterns are fnmatch-style: 'convnext*', '*vit*')")
+    for base in sorted(by_name):
+        print(f"{base}: {' '.join(f'{base}.{t}' for t in by_name[base])}")
+    for base in bare:
+        print(f"{base}: (no pretrained weights)")
+    print(f"{len(by_name)} model(s) with pretrained weights" + (f", {len(bare)} without" if bare else "")
+          + "; use a tagged name as `backbone:` for those weights (the bare name takes timm's default tag)",
+          file=sys.stderr)
+
+
 def cmd_show_batch(args: argparse.Namespace) -> None:
     from pipeline.models import load_model
     from pipeline.show_batch import show_batch
@@ -244,14 +288,35 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_package(args: argparse.Namespace) -> None:
     from pipeline.package import BundleOptions, build_package
 
-    options = BundleOptions(fp16=args.fp16, wheels=None if args.wheels is None else tuple(args.wheels.split()),
+    from pipeline.package import MACHINE_SHAPE
+
+    if args.machine_shape and not MACHINE_SHAPE.fullmatch(args.machine_shape):
+        raise ConfigError(f"MACHINE_SHAPE={args.machine_shape!r}: a Kaggle accelerator name such as NvidiaTeslaT4 or TpuV5E8")
+    wheels = None if args.wheels is None else tuple(w for w in args.wheels.split() if w != "none")
+    options = BundleOptions(fp16=args.fp16, wheels=wheels,
                             find_links=tuple(args.find_links), project=Path(args.project) if args.project else None,
                             private=not args.public, test_size=args.test_size, test_factor=args.test_factor,
-                            gpu_factor=args.gpu_factor)
+                            gpu_factor=args.gpu_factor, machine_shape=args.machine_shape or None)
     build_package(open_competition(args.competition, args.overrides), out=args.out, runs=args.runs,
                   stacking=args.stacking, folds=args.folds, submissions=args.submissions, method=args.method,
                   user=args.kaggle_user, competition_slug=args.competition_slug, dataset_slug=args.dataset_slug,
                   kernel_slug=args.kernel_slug, options=options)
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    from pipeline.package import SLUG, check_id, warn
+    from pipeline.submit import submit
+
+    comp = open_competition(args.competition, args.overrides)
+    slug = args.competition_slug  # a code competition's bundle names its own
+    if not slug and not comp.code_competition:
+        slug = comp.data_dir.resolve().name
+        warn(f"no competition slug given: submitting to {slug!r}, the data folder's name; "
+             "make submit COMPETITION_SLUG=<slug> names it")
+    if slug:
+        check_id(slug, SLUG, "competition slug", "COMPETITION_SLUG / --competition-slug")
+    submit(comp, slug, Path(args.submissions), Path(args.bundle), dry_run=args.dry_run,
+           kernel_version=args.kernel_version)
 
 
 def cmd_kernel(args: argparse.Namespace) -> None:
@@ -351,6 +416,16 @@ def _training_commands(command) -> None:
     p.add_argument("--job-cpus", type=float, default=None, help="Ray: CPUs per fold")
     p.add_argument("--retries", type=int, default=2, help="Ray: retries of a fold whose worker or node dies")
 
+    p = command("weights", cmd_weights, "online, once: timm's pretrained weights of every `pretrained: true` "
+                "model config -> weights/<backbone>.safetensors (offline runs then load them)")
+    _competition_args(p)
+    p.add_argument("--models", default="", help="space-separated model names (default: all in models_dir)")
+    p.add_argument("--force", action="store_true", help="fetch again even when stored")
+
+    p = command("models", cmd_models, "timm model names matching a pattern, with their pretrained tags")
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'convnext*'")
+    p.add_argument("--pretrained-only", action="store_true", help="only models with pretrained weights")
+
     p = command("lr-find", cmd_lr_find, "LR range test for one model -> runs/<model>/lr_find.png, a suggested lr")
     _competition_args(p, "override model config keys (batch_size=32 ...)")
     p.add_argument("--model", "-m", required=True, help="name of a config in the competition's models_dir")
@@ -434,6 +509,17 @@ def _kaggle_commands(command) -> None:
     p.add_argument("--test-size", type=int, default=None, help="hidden test-set size for the runtime plan")
     p.add_argument("--test-factor", type=float, default=1.0, help="else: public test size x this")
     p.add_argument("--gpu-factor", type=float, default=1.0, help="Kaggle speed / this machine's speed")
+    p.add_argument("--machine-shape", default=None, help="Kaggle accelerator for the kernel, e.g. NvidiaTeslaT4, TpuV5E8")
+
+    p = command("submit", cmd_submit, "submit to Kaggle: the CSV (kaggle competitions submit), or for a code "
+                "competition the bundle (kaggle datasets version + kaggle kernels push)")
+    _competition_args(p)
+    p.add_argument("--competition-slug", default=None, help="default: the data folder's name (warned)")
+    _stage_paths(p, "submissions")
+    p.add_argument("--bundle", default="dist/kaggle", help="the bundle `package` wrote (code competitions)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing (no credentials needed)")
+    p.add_argument("--kernel-version", type=int, default=None,
+                   help="code competition: submit this finished version of the pushed kernel")
 
     p = command("kernel", cmd_kernel, "offline inference from a `package` bundle -> submission.csv (the Kaggle run)")
     p.add_argument("--bundle", required=True, help="the dataset folder written by `package`")

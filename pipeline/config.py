@@ -82,6 +82,10 @@ class Competition(StrictModel):
         None, description="mlflow: the tracking URI (null: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db); "
         "wandb: offline to log without a network"
     )
+    code_competition: bool = Field(
+        False, description="true: submissions are made by a notebook (`make submit` versions the bundle dataset and "
+        "pushes the kernel); false: a CSV upload (`make submit` sends submissions/submission.csv)"
+    )
     time_limit_hours: float = Field(
         9.0, gt=0, description="the competition's notebook run-time limit; `make package` warns when the kernel may pass it"
     )
@@ -300,7 +304,9 @@ def open_competition(path: str | Path, overrides: list[str] | None = None) -> Co
     return comp
 
 
-TRACKING_KEYS = frozenset({"tracking", "tracking_uri"})  # where results are logged changes no result
+# Keys that change no result (where results are logged, how a submission is sent): left out of the
+# competition's hash, so setting them makes nothing stale.
+NEUTRAL_KEYS = frozenset({"tracking", "tracking_uri", "code_competition"})
 
 
 def config_hash(cfg: BaseModel, exclude: set[str] | frozenset[str] = frozenset()) -> str:

@@ -35,7 +35,7 @@ from sklearn.base import clone
 from tqdm import tqdm
 
 from pipeline.blends import FittedBlend, blend_test_prediction, candidate_names, make_blend, stack
-from pipeline.config import TRACKING_KEYS, Competition, config_hash
+from pipeline.config import NEUTRAL_KEYS, Competition, config_hash
 from pipeline.data import DataError, read_answers, read_sample
 from pipeline.folds import competition_identity
 from pipeline.io import file_md5, write_json, write_text
@@ -179,7 +179,7 @@ def ensemble_inputs(comp: Competition, method: str, stacking: str | Path, folds_
     md5 = {str(p): file_md5(p) for p in [Path(folds_path), comp.train_csv_path, comp.sample_submission_path,
                                          *([answers] if answers and answers.is_file() else []), *files]
            if p.is_file()}
-    return {"method": method, "competition": config_hash(comp, TRACKING_KEYS), "md5": md5}
+    return {"method": method, "competition": config_hash(comp, NEUTRAL_KEYS), "md5": md5}
 
 
 OUTPUTS = ("submission.csv", "blend.test.csv", "blend.oof.csv", BLEND_STATE, "cv.md")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import TRACKING_KEYS, Competition, config_hash
+from pipeline.config import NEUTRAL_KEYS, Competition, config_hash
 from pipeline.data import (DataError, class_names, encode_targets, examples, lines, numbers, read_csv_text,
                            read_sample, read_train)
 from pipeline.io import file_md5, write_csv, write_json
@@ -190,7 +190,7 @@ def fold_table(comp: Competition, train: pd.DataFrame, fold: np.ndarray) -> pd.D
 
 def _stamp(comp: Competition, decode: bool) -> dict:
     return {
-        "competition": config_hash(comp, TRACKING_KEYS),
+        "competition": config_hash(comp, NEUTRAL_KEYS),
         "train_csv_md5": file_md5(comp.train_csv_path),
         "decode": decode,
     }

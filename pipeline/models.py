@@ -8,6 +8,8 @@ resizing, freeze -> unfreeze, AdamW -> SGD). Every key can be overridden from th
 from __future__ import annotations
 
 import difflib
+import os
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -235,7 +237,87 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | str | Non
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     if isinstance(pretrained, str):
         return load_weights_file(cfg.backbone, Path(pretrained), kwargs)
-    return timm.create_model(cfg.backbone, pretrained=bool(pretrained), **kwargs)
+    if pretrained:
+        return hub_model(cfg.backbone, kwargs)
+    return timm.create_model(cfg.backbone, pretrained=False, **kwargs)
+
+
+# --- pretrained weights: stored once online (`make weights`), then read offline --------------------------
+
+WEIGHTS_DIR = Path("weights")  # `make weights` stores timm's pretrained weights here, one file per backbone
+
+
+def stored_weights(backbone: str) -> Path:
+    """Where `make weights` keeps a backbone's pretrained weights: weights/<backbone>.safetensors."""
+    return WEIGHTS_DIR / f"{backbone}.safetensors"
+
+
+def hub_host() -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """One TCP connection to the model hub, at most `timeout` seconds (offline: a DNS failure, at once)."""
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return False
+    try:
+        socket.create_connection((hub_host(), 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_cached(backbone: str) -> bool:
+    """Whether timm's hub weights of this backbone are in the local Hugging Face cache already."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo, name), str)
+               for name in ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"))
+
+
+def offline_message(backbone: str) -> str:
+    return (f"key 'pretrained': true needs {backbone}'s weights from the model hub ({hub_host()}), which cannot be "
+            f"reached, and they are not stored in {stored_weights(backbone)}. While online, run `make weights` "
+            f"(it stores every model config's pretrained weights there; `pretrained: true` then loads them offline), "
+            f"or set `pretrained: path/to/weights.safetensors` (a local file), or `pretrained: false`")
+
+
+def hub_model(backbone: str, kwargs: dict[str, Any]):
+    """`pretrained: true`: the file `make weights` stored, else timm's hub when it can be reached (or the
+    weights are cached), else a clear error in about a second instead of the hub's minute of retries."""
+    import timm
+
+    local = stored_weights(backbone)
+    if local.is_file():
+        return load_weights_file(backbone, local, kwargs)
+    if not hub_cached(backbone) and not hub_reachable():
+        raise ConfigError(offline_message(backbone))
+    return timm.create_model(backbone, pretrained=True, **kwargs)
+
+
+def store_weights(backbone: str, out: Path | None = None) -> Path:
+    """Fetch timm's pretrained weights of `backbone` (online) into weights/<backbone>.safetensors, atomically."""
+    import timm
+    from safetensors.torch import save_file
+
+    out = Path(out or stored_weights(backbone))
+    if not hub_cached(backbone) and not hub_reachable():
+        raise ConfigError(offline_message(backbone).replace("key 'pretrained': true needs", "make weights: needs"))
+    model = timm.create_model(backbone, pretrained=True)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(state, str(tmp), metadata={"backbone": backbone, "source": "timm pretrained (make weights)"})
+    os.replace(tmp, out)
+    return out
 
 
 TARGET_MEAN, TARGET_STD = "target_mean", "target_std"

@@ -1,11 +1,13 @@
 """`package`: the chosen blend as an offline Kaggle bundle -> dist/kaggle/{dataset,kernel}/ + manifest.json.
 
-dataset/ holds what the kernel needs and nothing else: every fold's weights (EMA when trained with
-EMA) as safetensors, the resolved model configs, the blend's fitted parameters as JSON (the state
-`ensemble` saved in submissions/blend.json, checked against submissions/blend.test.csv), the project as a
-wheel, a wheelhouse of dependencies the Kaggle image lacks, and dataset-metadata.json. kernel/ holds
-kernel-metadata.json and a short script that installs the wheels offline and runs `python -m pipeline
-kernel`. No credential is ever copied: the bundle is checked for kaggle.json, also inside the wheels.
+dataset/ is flat (every file at its root, so an upload keeps all of it whatever the kaggle CLI's --dir-mode)
+and holds what the kernel needs and nothing else: every fold's weights (EMA when trained with EMA) as
+safetensors, the resolved model configs, the blend's fitted parameters as JSON (the state `ensemble` saved
+in submissions/blend.json, checked against submissions/blend.test.csv), the project as a wheel, a
+wheelhouse of what the kernel imports beyond Kaggle's image with its dependencies resolved, and
+dataset-metadata.json. kernel/ holds kernel-metadata.json and a short script that installs the wheels
+offline and runs `python -m pipeline kernel`. Both metadata files pass the kaggle package's own checks. No
+credential is ever copied: the bundle is checked for kaggle.json, also inside the wheels.
 
 A runtime planner times every model and TTA view here on real test images, through the kernel's own
 inference path, scales to the hidden test size and the GPU factor, warns when the estimate passes the competition's `time_limit_hours`, and proposes what to drop.
@@ -33,13 +35,22 @@ from pipeline.data import DataError
 from pipeline.io import file_md5, make_dir_public, write_json, write_text
 from pipeline.kernel import BLEND_FILE, BUNDLE_FILE, load_models
 
-# What the Kaggle image lacks or has in other versions; `name` alone takes the installed version.
+# What the kernel imports that the Kaggle image lacks or has in other versions; `name` alone takes the
+# installed version. Their dependencies join the wheelhouse too, less what KAGGLE_IMAGE brings.
 DEFAULT_WHEELS = ("iterative-stratification", "albumentations", "timm")
+# What Kaggle's Python image reliably has, with everything these pull in: the wheelhouse leaves them out.
+# opencv is not here: Kaggle has opencv-python, while albumentations and albucore require the
+# opencv-python-headless distribution by name, so the headless wheel ships (cv2 imports either way).
+KAGGLE_IMAGE = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "scipy", "lightgbm", "pyyaml",
+                "pydantic", "safetensors", "tqdm")
 DATASET_KEYS = {"title", "subtitle", "description", "id", "id_no", "licenses", "keywords", "collaborators",
                 "data", "resources", "isPrivate"}
 KERNEL_KEYS = {"id", "id_no", "title", "code_file", "language", "kernel_type", "is_private", "enable_gpu",
                "enable_tpu", "enable_internet", "dataset_sources", "competition_sources", "kernel_sources",
-               "model_sources", "docker_image_pinning_type"}
+               "model_sources", "docker_image_pinning_type", "machine_shape"}
+# `machine_shape` (MACHINE_SHAPE=): Kaggle's accelerator name, e.g. NvidiaTeslaT4 (GPU T4 x2) or TpuV5E8. The
+# kaggle CLI passes it through unchecked, so only its form is checked here.
+MACHINE_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9]{2,40}")
 CREDENTIAL_NAMES = {"kaggle.json", ".netrc", "credentials.json"}
 KERNEL_OVERHEAD_S = 120.0  # start-up, pip install, reading the sample: a rough constant
 
@@ -69,17 +80,32 @@ def check_id(value: str, pattern: re.Pattern, what: str, where: str) -> str:
     return value
 
 
+PLACEHOLDER_USER = "your-kaggle-username"
+
+
 def kaggle_ids(comp: Competition, user: str | None, competition: str | None, dataset: str | None,
                kernel: str | None) -> dict:
-    import os
-
+    """The Kaggle ids the bundle's metadata names. A fallback (no user given, the slug taken from the data
+    folder's name) is warned about loudly: an upload with a wrong id fails, or lands somewhere else."""
+    if not competition:
+        warn(f"no competition slug given: using the data folder's name {comp.data_dir.resolve().name!r}. If that "
+             "is not the competition's URL slug (kaggle.com/competitions/<slug>), the kernel will not see its data: "
+             "make package COMPETITION_SLUG=<slug>")
     comp_slug = check_id(competition or comp.data_dir.resolve().name, SLUG, "competition slug",
-                         "--competition-slug" if competition else "the data folder's name; set --competition-slug")
-    user = check_id(user or os.environ.get("KAGGLE_USERNAME") or "your-kaggle-username", USERNAME, "Kaggle user",
-                    "KAGGLE_USER / --kaggle-user / $KAGGLE_USERNAME")
+                         "--competition-slug" if competition else "the data folder's name; set COMPETITION_SLUG=")
+    user = user or os.environ.get("KAGGLE_USERNAME")
+    if not user:
+        warn(f"no Kaggle user given: the metadata says {PLACEHOLDER_USER!r}, which Kaggle refuses. "
+             "make package KAGGLE_USER=<you> (or set $KAGGLE_USERNAME)")
+    user = check_id(user or PLACEHOLDER_USER, USERNAME, "Kaggle user", "KAGGLE_USER / --kaggle-user / $KAGGLE_USERNAME")
     return {"user": user, "competition": comp_slug,
             "dataset": check_id(slugify(dataset or f"{comp_slug}-kfold-bundle"), SLUG, "dataset slug", "--dataset-slug"),
             "kernel": check_id(slugify(kernel or f"{comp_slug}-kfold-inference"), SLUG, "kernel slug", "--kernel-slug")}
+
+
+def warn(message: str) -> None:
+    """A warning that stands out in a long log: on stderr, framed."""
+    print(f"\n!!! warning: {message}\n", file=sys.stderr, flush=True)
 
 
 def dataset_metadata(ids: dict) -> dict:
@@ -87,11 +113,16 @@ def dataset_metadata(ids: dict) -> dict:
             "licenses": [{"name": "CC0-1.0"}]}
 
 
-def kernel_metadata(ids: dict, code_file: str, private: bool = True) -> dict:
-    return {"id": f"{ids['user']}/{ids['kernel']}", "title": ids["kernel"], "code_file": code_file,
-            "language": "python", "kernel_type": "script", "is_private": private, "enable_gpu": True,
-            "enable_internet": False, "dataset_sources": [f"{ids['user']}/{ids['dataset']}"],
-            "competition_sources": [ids["competition"]], "kernel_sources": []}
+def kernel_metadata(ids: dict, code_file: str, private: bool = True, machine_shape: str | None = None) -> dict:
+    """enable_internet is always written: the kaggle CLI turns internet on when the key is missing."""
+    meta = {"id": f"{ids['user']}/{ids['kernel']}", "title": ids["kernel"], "code_file": code_file,
+            "language": "python", "kernel_type": "script", "is_private": private,
+            "enable_gpu": not (machine_shape or "").startswith("Tpu"), "enable_internet": False,
+            "dataset_sources": [f"{ids['user']}/{ids['dataset']}"], "competition_sources": [ids["competition"]],
+            "kernel_sources": []}
+    if machine_shape:
+        meta["machine_shape"] = machine_shape
+    return meta
 
 
 # --- pieces of the bundle ------------------------------------------------------------------------
@@ -196,17 +227,73 @@ def pinned(spec: str) -> str:
         return spec
 
 
+def _requirements(dist: metadata.Distribution, extras: frozenset[str] = frozenset()) -> list[tuple[str, frozenset]]:
+    """(name, extras) of what a distribution needs here with these extras of it requested (markers evaluated
+    for this Python)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    needs = []
+    for text in dist.requires or []:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in ("", *extras)):
+            needs.append((req.name, frozenset(req.extras)))
+    return needs
+
+
+def _canon(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def dependency_closure(names) -> dict[str, str]:
+    """{name: installed version} of `names` and everything they need (extras they ask for included), as
+    installed here."""
+    seen: dict[str, str] = {}
+    done: set[tuple[str, frozenset]] = set()
+    todo = [(_canon(n), frozenset()) for n in names]
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in done:
+            continue
+        done.add((name, extras))
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        seen[name] = dist.version
+        todo += [(_canon(n), e) for n, e in _requirements(dist, extras)]
+    return seen
+
+
+def wheelhouse_specs(specs: list[str]) -> list[str]:
+    """`specs` with their dependencies resolved as installed here (name==version), less what Kaggle's image
+    has: every package the kernel needs that it may not find there. A spec with a version is kept as it is."""
+    fixed = [s for s in specs if re.search(r"[=<>!~ ]", s)]
+    bare = [s for s in specs if s not in fixed]
+    missing = [s for s in bare if _canon(s) not in dependency_closure([s])]
+    if missing:
+        raise PackageError(f"--wheels {' '.join(missing)}: not installed here, so their dependencies cannot be "
+                           "resolved; install them, or give name==version")
+    image = dependency_closure(KAGGLE_IMAGE)
+    needed = {n: v for n, v in dependency_closure(bare).items() if n not in image}
+    return fixed + [f"{n}=={v}" for n, v in sorted(needed.items())]
+
+
 def download_wheels(specs: list[str], dest: Path, find_links: list[str]) -> list[Path]:
+    """The wheels of `specs` (already resolved: pinned, dependencies listed) into dest; -> the new files."""
     if not specs:
         return []
     dest.mkdir(parents=True, exist_ok=True)
+    before = set(dest.glob("*.whl"))
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(dest)]
     for link in find_links:
         cmd += ["--find-links", link]
-    proc = subprocess.run(cmd + [pinned(s) for s in specs], capture_output=True, text=True)
+    proc = subprocess.run(cmd + specs, capture_output=True, text=True)
     if proc.returncode:
         raise PackageError(f"pip download {' '.join(specs)} failed:\n{proc.stderr[-2000:]}")
-    return sorted(dest.glob("*.whl"))
+    return sorted(set(dest.glob("*.whl")) - before)
 
 
 def scrub_credentials(root: Path) -> list[str]:
@@ -248,11 +335,17 @@ parser.add_argument("--time-budget", type=float, default={budget!r}, help="secon
 parser.add_argument("--skip-install", action="store_true")
 args, _ = parser.parse_known_args()
 
-wheels = os.path.join(args.bundle, "wheels")
-if not args.skip_install:
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                           "--force-reinstall", "--find-links", wheels,
-                           *sorted(glob.glob(os.path.join(wheels, "*.whl")))])
+if not os.path.isfile(os.path.join(args.bundle, "bundle.json")):  # wherever Kaggle mounted the dataset
+    found = sorted(glob.glob("/kaggle/input/**/bundle.json", recursive=True))
+    if not found:
+        sys.exit(f"bundle.json not found in {{args.bundle}} nor under /kaggle/input: add the bundle dataset to the kernel")
+    args.bundle = os.path.dirname(found[0])
+wheels = sorted(glob.glob(os.path.join(args.bundle, "*.whl")))  # the dataset is flat: wheels, weights, configs
+ours = [w for w in wheels if os.path.basename(w).startswith("kaggle_kfold_pipeline-")]
+if not args.skip_install:  # the dependencies with pip's checks (all in the bundle or on the image), then the project
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", args.bundle]
+    subprocess.check_call([*pip, *[w for w in wheels if w not in ours]])
+    subprocess.check_call([*pip, "--no-deps", "--force-reinstall", *ours])
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # albumentations would look for a newer version online
 subprocess.check_call([sys.executable, "-m", "pipeline", "kernel", "--bundle", args.bundle,
                        "--data-dir", args.data_dir, "--out", args.out, "--time-budget", str(args.time_budget)])
@@ -335,6 +428,7 @@ class BundleOptions:
     test_factor: float = 1.0
     gpu_factor: float = 1.0
     time_budget_frac: float = 0.9
+    machine_shape: str | None = None  # Kaggle accelerator (None: Kaggle's default GPU)
 
 
 def build_package(comp: Competition, out: str | Path = "dist/kaggle", runs: str | Path = "runs",
@@ -360,7 +454,12 @@ def build_package(comp: Competition, out: str | Path = "dist/kaggle", runs: str 
         raise
     print(f"package: blend {blend['method']} of {len(entries)} model(s) -> {out}/")
     print_summary(manifest, comp.time_limit_hours)
-    print(f"upload: kaggle datasets create -p {out / 'dataset'} ; kaggle kernels push -p {out / 'kernel'}")
+    version = manifest.get("kaggle_checks")
+    print(f"metadata: accepted by the kaggle package's own checks (kaggle {version})" if version else
+          "metadata: not checked (the kaggle package is not installed; `make install` installs it)")
+    print(f"upload: kaggle datasets create -p {out / 'dataset'} --dir-mode zip   (later: kaggle datasets version "
+          f"-p {out / 'dataset'} --dir-mode zip -m '...')\n        kaggle kernels push -p {out / 'kernel'}   "
+          "(or `make submit` on a code competition: it runs both)")
     return manifest
 
 
@@ -400,16 +499,22 @@ def write_bundle(build: Path, comp: Competition, level1, blend: dict, entries: l
         "time_budget_s": budget, "kaggle": ids, "fp16": options.fp16, "made": time.strftime("%Y-%m-%d %H:%M:%S"),
     })
     project = Path(options.project) if options.project else Path(__file__).resolve().parents[1]
-    project_wheel = build_wheel(project, dataset / "wheels")
-    specs = list(DEFAULT_WHEELS if options.wheels is None else options.wheels)
-    dep_wheels = [w for w in download_wheels(specs, dataset / "wheels", list(options.find_links)) if w != project_wheel]
+    project_wheel = build_wheel(project, dataset)
+    specs = wheelhouse_specs(list(DEFAULT_WHEELS if options.wheels is None else options.wheels))
+    dep_wheels = download_wheels(specs, dataset, list(options.find_links))
     write_json(dataset / "dataset-metadata.json", dataset_metadata(ids))
     code_file = f"{ids['kernel']}.py"
     write_text(kernel / code_file, KERNEL_SCRIPT.format(bundle=f"/kaggle/input/{ids['dataset']}",  # repr-quoted
                                                         data_dir=f"/kaggle/input/{ids['competition']}",
                                                         budget=float(budget)))
-    write_json(kernel / "kernel-metadata.json", kernel_metadata(ids, code_file, options.private))
+    write_json(kernel / "kernel-metadata.json", kernel_metadata(ids, code_file, options.private, options.machine_shape))
     scrub_credentials(build)
+    from pipeline.submit import SubmitError, check_metadata
+
+    try:
+        kaggle_checks = check_metadata(dataset, kernel, ids["user"])
+    except SubmitError as e:
+        raise PackageError(str(e)) from None
 
     n_test = int(options.test_size) if options.test_size else int(round(len(level1.test_ids) * options.test_factor))
     test_paths = [comp.image_path("test", i) for i in level1.test_ids]
@@ -428,22 +533,23 @@ def write_bundle(build: Path, comp: Competition, level1, blend: dict, entries: l
     manifest = {"method": blend["method"], "models": [m["name"] for m in models_info], "kaggle": ids,
                 "bytes": parts, "total_bytes": sum(parts.values()),
                 "files": {str(p.relative_to(build)): p.stat().st_size for p in sorted(build.rglob("*")) if p.is_file()},
-                "wheels": [w.name for w in [project_wheel, *dep_wheels]], "plan": plan}
+                "wheels": [w.name for w in [project_wheel, *dep_wheels]], "plan": plan, "kaggle_checks": kaggle_checks}
     write_json(build / "manifest.json", manifest)
     return manifest
 
 
 def export_models(entries: list[dict], dataset: Path, fp16: bool) -> list[dict]:
-    """Every fold's weights and each model's config.json into dataset/models/<model>/; -> bundle entries."""
+    """Every fold's weights and each model's config into the dataset's root (<model>.fold<k>.safetensors,
+    <model>.config.json): a flat dataset uploads whole, whatever the kaggle CLI's --dir-mode; -> bundle entries."""
     models_info = []
     for e in entries:
         weights = []
         cfg = None
         for k, d in zip(e["folds"], e["dirs"]):
-            rel = f"models/{e['name']}/fold{k}.safetensors"
+            rel = f"{e['name']}.fold{k}.safetensors"
             cfg = export_weights(d, dataset / rel, fp16)
             weights.append(rel)
-        rel_cfg = f"models/{e['name']}/config.json"
+        rel_cfg = f"{e['name']}.config.json"
         write_json(dataset / rel_cfg, {**cfg, "tta": e["tta"], "tta_merge": e["tta_merge"], "folds": e["folds"]})
         models_info.append({"name": e["name"], "config": rel_cfg, "weights": weights})
     return models_info

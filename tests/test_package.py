@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
+import time
 import zipfile
 from pathlib import Path
 
@@ -80,12 +80,17 @@ def demo(tmp_path_factory) -> Path:
 def test_bundle_layout_sizes_and_metadata(demo):
     out = demo / "dist" / "kaggle"
     dataset, kernel = out / "dataset", out / "kernel"
-    assert sorted(p.name for p in (dataset / "models" / "tiny").iterdir()) == [
-        "config.json", "fold0.safetensors", "fold1.safetensors", "fold2.safetensors"]
+    # flat: every file at the dataset's root, so `kaggle datasets create` uploads all of it in any --dir-mode
+    assert not [p for p in dataset.iterdir() if p.is_dir()]
+    assert {"tiny.config.json", "tiny.fold0.safetensors", "tiny.fold1.safetensors", "tiny.fold2.safetensors",
+            "bundle.json", "blend.json", "dataset-metadata.json"} <= {p.name for p in dataset.iterdir()}
     assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
-    names = {w.name.split("-")[0] for w in (dataset / "wheels").glob("*.whl")}
-    assert names == {"kaggle_kfold_pipeline", "timm", "albumentations", "iterative_stratification"}
-    cfg = json.loads((dataset / "models" / "tiny" / "config.json").read_text())
+    names = {w.name.split("-")[0].lower() for w in dataset.glob("*.whl")}
+    # what the kernel imports beyond Kaggle's image, with their dependencies resolved (albucore for albumentations)
+    assert {"kaggle_kfold_pipeline", "timm", "albumentations", "iterative_stratification", "albucore",
+            "huggingface_hub", "opencv_python_headless"} <= names
+    assert not names & {"torch", "torchvision", "numpy", "pandas", "scipy", "scikit_learn", "pydantic", "pyyaml"}
+    cfg = json.loads((dataset / "tiny.config.json").read_text())
     assert {"config", "classes", "data_config", "tta", "tta_merge"} <= set(cfg) and cfg["tta"] == ["none", "hflip"]
     assert json.loads((dataset / "blend.json").read_text())["method"] == "mean"
 
@@ -94,7 +99,11 @@ def test_bundle_layout_sizes_and_metadata(demo):
     assert meta["id"] == "alice/tiny-comp-kfold-bundle" and all("name" in lic for lic in meta["licenses"])
     kmeta = json.loads((kernel / "kernel-metadata.json").read_text())
     assert KERNEL_REQUIRED <= set(kmeta) <= KERNEL_KEYS
-    assert kmeta["enable_internet"] is False and kmeta["enable_gpu"] is True
+    assert kmeta["enable_internet"] is False and kmeta["enable_gpu"] is True  # written: kaggle's default is on
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kaggle_checks"]  # both files passed the kaggle package's own checks
+    assert "accepted by the kaggle package's own checks" in (demo / "package.log").read_text()
+    assert "--dir-mode zip" in (demo / "package.log").read_text()
     assert kmeta["language"] == "python" and kmeta["kernel_type"] == "script"
     assert kmeta["dataset_sources"] == [meta["id"]] and kmeta["competition_sources"] == ["tiny-comp"]
     assert (kernel / kmeta["code_file"]).is_file()
@@ -150,31 +159,110 @@ def test_scrub_credentials_removes_files_and_refuses_archives(tmp_path):
         scrub_credentials(tmp_path)
 
 
-def test_kernel_in_fresh_venv_offline_reproduces_submission(demo, tmp_path):
+def kaggle_image_site(dest: Path) -> Path:
+    """Links to only what Kaggle's image reliably has: KAGGLE_IMAGE with everything it needs, and pip; cv2 as
+    Kaggle's opencv-python gives it (the module, without the headless distribution's metadata)."""
+    from importlib import metadata
+
+    from pipeline.package import KAGGLE_IMAGE, dependency_closure
+
+    dest.mkdir()
+
+    def link(dist, keep=lambda top: True):
+        for top in {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
+            src = Path(dist.locate_file(top))
+            if keep(top) and src.exists() and not (dest / top).exists():
+                (dest / top).symlink_to(src)
+
+    for name in dependency_closure([*KAGGLE_IMAGE, "pip"]):
+        link(metadata.distribution(name))
+    link(metadata.distribution("opencv-python-headless"), keep=lambda top: not top.endswith(".dist-info"))
+    return dest
+
+
+def test_kernel_in_reduced_venv_offline_reproduces_submission(demo, tmp_path):
+    """A venv holding only Kaggle's image (torch, numpy, pandas, ...): the bundle's wheels install with
+    --no-index, dependencies checked by pip, and the kernel runs with the network blocked."""
     venv = tmp_path / "kv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    # the Kaggle image's preinstalled torch, pip etc.: the project venv's packages, behind the venv's own
-    Path(site, "kaggle_image.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    Path(site, "kaggle_image.pth").write_text(str(kaggle_image_site(tmp_path / "image")) + "\n")
+    missing = subprocess.run([str(py), "-c", "import albucore"], capture_output=True, text=True)
+    assert missing.returncode != 0  # the image alone lacks what the bundle must bring
     prefix, env = offline_prefix(tmp_path)
     kernel = demo / "dist" / "kaggle" / "kernel"
     script = kernel / json.loads((kernel / "kernel-metadata.json").read_text())["code_file"]
     out = tmp_path / "working" / "submission.csv"
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only the venv's own packages
+    started = time.time()
     proc = subprocess.run(
         [*prefix, str(py), str(script), "--bundle", str(demo / "dist" / "kaggle" / "dataset"),
          "--data-dir", str(demo / "input" / "tiny-comp"), "--out", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **env})
+        cwd=tmp_path, capture_output=True, text=True, env={**clean, **env})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    where = subprocess.run([str(py), "-c", "import pipeline, timm; print(pipeline.__file__, timm.__file__)"],
-                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout
-    assert where.count(str(venv)) == 2, where  # the bundled wheels were installed and used
+    print(f"\nkernel offline in the reduced venv: {time.time() - started:.1f}s (install + inference)")
+    where = subprocess.run([str(py), "-c", "import pipeline, timm, albumentations, albucore; print(pipeline.__file__, "
+                            "timm.__file__, albumentations.__file__, albucore.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True, env=clean).stdout
+    assert where.count(str(venv)) == 4, where  # the bundled wheels were installed and used
     same_submission(out, demo / "submissions" / "submission.csv")
     ours = pd.read_csv(tmp_path / "working" / "stacking" / "tiny.test.csv", dtype={"image_id": str})
     theirs = pd.read_csv(demo / "stacking" / "tiny.test.csv", dtype={"image_id": str})
     np.testing.assert_allclose(ours.iloc[:, 1:].to_numpy(), theirs.iloc[:, 1:].to_numpy(), atol=1e-6)
     assert json.loads((tmp_path / "working" / "kernel_report.json").read_text())["dropped_views"] == []
+
+
+def test_kernel_finds_the_bundle_wherever_kaggle_mounts_it(demo, tmp_path):
+    """The script's default path is /kaggle/input/<dataset>; elsewhere it looks for bundle.json under
+    /kaggle/input, and says so when there is none."""
+    kernel = demo / "dist" / "kaggle" / "kernel"
+    script = (kernel / json.loads((kernel / "kernel-metadata.json").read_text())["code_file"]).read_text()
+    assert "'/kaggle/input/tiny-comp-kfold-bundle'" in script and "'/kaggle/input/tiny-comp'" in script
+    proc = subprocess.run([sys.executable, str(kernel / json.loads((kernel / "kernel-metadata.json").read_text())
+                                               ["code_file"]), "--bundle", str(tmp_path / "nowhere"), "--skip-install"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0 and "bundle.json not found" in proc.stderr
+
+
+def test_kaggle_checks_refuse_bad_metadata(demo, tmp_path):
+    """The kaggle package's own checks (no network) catch what Kaggle would refuse at upload."""
+    from pipeline.submit import SubmitError, check_metadata
+
+    dataset, kernel = tmp_path / "dataset", tmp_path / "kernel"
+    shutil.copytree(demo / "dist" / "kaggle" / "dataset", dataset, ignore=shutil.ignore_patterns("*.whl", "*.safetensors"))
+    shutil.copytree(demo / "dist" / "kaggle" / "kernel", kernel)
+    assert check_metadata(dataset, kernel, "alice")
+    meta = json.loads((kernel / "kernel-metadata.json").read_text())
+    (kernel / "kernel-metadata.json").write_text(json.dumps({**meta, "language": "cobol"}))
+    with pytest.raises(SubmitError, match="A valid language must be specified"):
+        check_metadata(dataset, kernel, "alice")
+    dmeta = json.loads((dataset / "dataset-metadata.json").read_text())
+    (dataset / "dataset-metadata.json").write_text(json.dumps({**dmeta, "title": "abc"}))
+    with pytest.raises(SubmitError, match="title must be between 6 and 50"):
+        check_metadata(dataset, kernel, "alice")
+
+
+def test_ids_warn_loudly_and_machine_shape_through_make(demo):
+    env = {k: v for k, v in os.environ.items() if k != "KAGGLE_USERNAME"}
+    proc = subprocess.run(["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "package", "METHOD=mean",
+                           "COMPETITION=competition.yaml", "WHEELS=none", "MACHINE_SHAPE=NvidiaTeslaT4",
+                           "BUNDLE=dist/noids"], cwd=demo, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "!!! warning: no Kaggle user given" in proc.stderr and "KAGGLE_USER=<you>" in proc.stderr
+    assert "!!! warning: no competition slug given: using the data folder's name 'tiny'" in proc.stderr
+    kmeta = json.loads((demo / "dist" / "noids" / "kernel" / "kernel-metadata.json").read_text())
+    assert kmeta["machine_shape"] == "NvidiaTeslaT4" and kmeta["competition_sources"] == ["tiny"]
+    proc = subprocess.run(["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "package", "METHOD=mean",
+                           "COMPETITION=competition.yaml", "WHEELS=none", "KAGGLE_USER=bob", "COMPETITION_SLUG=real-comp",
+                           "BUNDLE=dist/ids"], cwd=demo, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and "!!! warning" not in proc.stderr, proc.stderr[-2000:]
+    kmeta = json.loads((demo / "dist" / "ids" / "kernel" / "kernel-metadata.json").read_text())
+    assert kmeta["id"] == "bob/real-comp-kfold-inference" and kmeta["competition_sources"] == ["real-comp"]
+    bad = run_cli("package", "-c", "competition.yaml", "--wheels", "", "--machine-shape", "T4 x2", "--out",
+                  "dist/bad", cwd=demo, check=False)
+    assert bad.returncode == 2 and "MACHINE_SHAPE='T4 x2'" in bad.stderr
 
 
 def test_learned_blend_reproduced_and_tiny_time_limit_warns(demo, tmp_path):
@@ -230,3 +318,46 @@ def test_planner_proposes_drops_in_order():
     assert plan["proposals"][0] == "drop TTA view hflip of a" and not plan["fits"]
     assert plan["estimate_after_s"] <= 150.0
     assert plan_runtime({"a": {"none": 1e6}}, {"a": 5}, 1000, 3600.0)["fits"]
+
+
+# --- make submit -------------------------------------------------------------------------------------------
+
+
+def submit(demo, *args, env=None, prefix=()):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    return subprocess.run([*prefix, "make", "--no-print-directory", "-f", str(REPO / "Makefile"), "submit",
+                           "COMPETITION=competition.yaml", *args], cwd=demo, capture_output=True, text=True,
+                          env={**base, **(env or {})})
+
+
+def test_submit_builds_the_exact_command(demo):
+    cv = json.loads((demo / "submissions" / "cv.json").read_text())
+    score = cv["blends"][cv["chosen"]]["cv"]
+    proc = submit(demo, "DRY_RUN=1", "COMPETITION_SLUG=tiny-comp")
+    assert proc.returncode == 0, proc.stderr
+    assert (f"$ kaggle competitions submit -c tiny-comp -f submissions/submission.csv -m '{cv['chosen']} cv={score:.5f}'"
+            in proc.stdout)
+    code = submit(demo, "DRY_RUN=1", "COMP_ARGS=code_competition=true")
+    assert code.returncode == 0, code.stderr
+    lines = [line for line in code.stdout.splitlines() if line.startswith("$ ")]
+    assert lines == ["$ kaggle datasets create -p dist/kaggle/dataset --dir-mode zip",
+                     "$ kaggle kernels push -p dist/kaggle/kernel"]
+    assert "make submit KERNEL_VERSION=" in code.stdout
+    run = submit(demo, "DRY_RUN=1", "KERNEL_VERSION=3", "COMP_ARGS=code_competition=true")
+    assert run.returncode == 0, run.stderr
+    assert (f"$ kaggle competitions submit -c tiny-comp -k alice/tiny-comp-kfold-inference -v 3 -f submission.csv "
+            f"-m '{cv['chosen']} cv={score:.5f}'") in run.stdout
+
+
+def test_submit_without_credentials_or_network_runs_nothing(demo, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = submit(demo, "COMPETITION_SLUG=tiny-comp", env={"HOME": str(home)})
+    assert proc.returncode != 0 and "no Kaggle credentials" in proc.stderr and "nothing was submitted" in proc.stderr
+    assert "$ kaggle" not in proc.stdout
+    prefix, env = offline_prefix(tmp_path)
+    proc = submit(demo, "COMPETITION_SLUG=tiny-comp", prefix=prefix,
+                  env={**env, "HOME": str(home), "KAGGLE_USERNAME": "alice", "KAGGLE_KEY": "not-a-key"})
+    assert proc.returncode != 0 and "cannot be reached" in proc.stderr and "$ kaggle" not in proc.stdout
+    bad = submit(demo, "COMPETITION_SLUG=Not_A_Slug", env={"HOME": str(home)})
+    assert bad.returncode != 0 and "competition slug 'Not_A_Slug'" in bad.stderr
