@@ -345,7 +345,7 @@ def test_slugs_are_checked_and_the_kernel_script_quotes_its_values(copy):
     config = yaml.safe_load((copy / "competition.yaml").read_text())
     write_yaml(copy / "evil.yaml", {**config, "data_dir": "data/Bad Name"})
     clean_error(run_cli("package", "-c", "evil.yaml", "--wheels", "", cwd=copy, check=False),
-                "the data folder's name; set --competition-slug")
+                "the data folder's name; set COMPETITION_SLUG=")
     clean_error(run_cli("package", "-c", "evil.yaml", "--competition-slug", "tiny-comp", "--kaggle-user", "a b",
                         cwd=copy, check=False), "Kaggle user 'a b'")
     run_cli("package", "-c", "evil.yaml", "--competition-slug", "tiny-comp", "--wheels", "", "--out", "dist/ok",
