@@ -15,11 +15,11 @@ PYTEST_ARGS ?=
 RUN := $(PY) -m pipeline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo data-fashion-mnist check folds weights models train train-all predict pseudo ensemble validate report eda lr-find show-batch package submit bench clean clean-all FORCE
+.PHONY: help install test demo data-fashion-mnist check folds weights models tune distill train train-all predict pseudo ensemble validate report eda lr-find show-batch package submit bench clean clean-all FORCE
 
 # `make help` lists the targets in pipeline order, by group (a test checks every described target is here).
-HELP_GROUPS := data:demo,data-fashion-mnist,check,eda,folds training:models,weights,train-all,train,lr-find,show-batch \
-  prediction:predict,pseudo blending:ensemble,validate,report kaggle:package,submit tools:install,test,bench,clean,clean-all,help
+HELP_GROUPS := data:demo,data-fashion-mnist,check,eda,folds training:models,weights,train-all,train,tune,lr-find,show-batch \
+  prediction:predict,pseudo,distill blending:ensemble,validate,report kaggle:package,submit tools:install,test,bench,clean,clean-all,help
 
 help: ## list every target with a one-line description, in pipeline order
 	@echo "usage: make <target> [COMPETITION=configs/competition.yaml] [COMP_ARGS='competition key=value ...'] [ARGS='model key=value ...']"
@@ -30,10 +30,10 @@ $(STAMP): $(ROOT)pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed (set PYTHON=python3.11)")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e "$(ROOT)[dev,tensorboard,dicom,tracking,cluster]"
+	$(PY) -m pip install --quiet -e "$(ROOT)[dev,tensorboard,dicom,tracking,cluster,tune]"
 	@touch $@
 
-install: $(STAMP) ## create .venv and install the project with its dev, tensorboard, dicom, tracking and cluster (Ray) extras
+install: $(STAMP) ## create .venv and install the project with its dev, tensorboard, dicom, tracking, cluster (Ray) and tune (Optuna) extras
 
 test: $(STAMP) ## run the test suite (sets itself up)
 	cd $(ROOT) && $(PY) -m pytest $(PYTEST_ARGS)
@@ -122,6 +122,19 @@ predict: train-all ## OOF + test tables with TTA for every trained model -> stac
 	$(RUN) predict -c $(COMPETITION) $(if $(MODELS),--models "$(MODELS)") --gpus '$(GPUS)' \
 	  --jobs-per-gpu $(JOBS_PER_GPU) $(if $(TTA),tta=$(TTA))
 
+# --- distillation: the ensemble into one model -------------------------------------------------------
+STUDENT ?=
+DISTILL_ALPHA ?=
+TEMPERATURE ?=
+DISTILL_ARGS = distill=folds/distill.csv $(if $(DISTILL_ALPHA),distill_alpha=$(DISTILL_ALPHA)) $(if $(TEMPERATURE),temperature=$(TEMPERATURE))
+distill: ensemble ## the blend distilled into one model: make distill STUDENT=name [DISTILL_ALPHA=0.5 TEMPERATURE=2] -> runs/ and stacking/<name>-distilled
+	@test -n "$(STUDENT)" || { echo "usage: make distill STUDENT=<model> [DISTILL_ALPHA=0.5] [TEMPERATURE=2]" >&2; exit 2; }
+	$(RUN) distill -c $(COMPETITION) --student $(STUDENT)
+	$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) train-all COMPETITION=$(COMPETITION) MODELS=$(STUDENT) \
+	  ARGS="$(DISTILL_ARGS)" GPUS=$(GPUS) JOBS_PER_GPU=$(JOBS_PER_GPU) NPROC=$(NPROC) CLUSTER=$(CLUSTER)
+	$(RUN) predict -c $(COMPETITION) --models "$(STUDENT) $(STUDENT)-distilled"
+	$(RUN) distill -c $(COMPETITION) --student $(STUDENT) --compare
+
 # --- blend and submission -------------------------------------------------------------------------
 METHOD ?= auto
 ensemble: predict ## blend every model honestly -> submissions/submission.csv, cv.md, cv.json (METHOD=auto|vote|mean|..., FORCE=1 reruns unchanged inputs)
@@ -136,8 +149,9 @@ TEST_SIZE   ?=
 GPU_FACTOR  ?=
 FP16        ?=
 BUNDLE      ?= dist/kaggle
-package: ensemble ## offline Kaggle kernel + dataset of the chosen blend -> dist/kaggle/ (KAGGLE_USER=, COMPETITION_SLUG=, MACHINE_SHAPE=NvidiaTeslaT4, WHEELS=, TEST_SIZE=, GPU_FACTOR=, FP16=1, BUNDLE=)
-	$(RUN) package -c $(COMPETITION) --out $(BUNDLE) $(if $(KAGGLE_USER),--kaggle-user $(KAGGLE_USER)) \
+package: ensemble ## offline Kaggle kernel + dataset of the chosen blend (STUDENT=name: the distilled student alone) -> dist/kaggle/ (KAGGLE_USER=, COMPETITION_SLUG=, MACHINE_SHAPE=NvidiaTeslaT4, WHEELS=, TEST_SIZE=, GPU_FACTOR=, FP16=1, BUNDLE=)
+	$(RUN) package -c $(COMPETITION) --out $(BUNDLE) $(if $(STUDENT),--student $(STUDENT)-distilled) \
+	  $(if $(KAGGLE_USER),--kaggle-user $(KAGGLE_USER)) \
 	  $(if $(COMPETITION_SLUG),--competition-slug $(COMPETITION_SLUG)) $(if $(MACHINE_SHAPE),--machine-shape $(MACHINE_SHAPE)) \
 	  $(if $(WHEELS),--wheels "$(WHEELS)") $(if $(TEST_SIZE),--test-size $(TEST_SIZE)) \
 	  $(if $(GPU_FACTOR),--gpu-factor $(GPU_FACTOR)) $(if $(FP16),--fp16) $(COMP_ARGS)
@@ -166,6 +180,12 @@ report: $(STAMP) ## leaderboard, curves, confusion, per-class scores, mistakes, 
 
 eda: $(STAMP) ## classes, image statistics, duplicates, adversarial train/test shift -> submissions/eda/
 	$(RUN) eda -c $(COMPETITION) $(COMP_ARGS)
+
+TRIALS ?= 20
+FOLDS  ?= 0
+tune: folds ## Optuna over a model's `search` space: make tune MODEL=name TRIALS=30 [FOLDS="0 1"] -> configs/models/<name>-tuned.yaml (resumable)
+	@test -n "$(MODEL)" || { echo "usage: make tune MODEL=<name> [TRIALS=20] [FOLDS=0]" >&2; exit 2; }
+	$(RUN) tune -c $(COMPETITION) --model $(MODEL) --trials $(TRIALS) --folds-to-tune "$(FOLDS)"
 
 lr-find: $(STAMP) ## LR range test: make lr-find MODEL=name [ARGS="batch_size=32"] -> runs/<model>/lr_find.png, suggested lr
 	@test -n "$(MODEL)" || { echo "usage: make lr-find MODEL=<name> [ARGS='key=value ...']" >&2; exit 2; }

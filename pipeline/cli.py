@@ -64,7 +64,7 @@ def model_overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from pipeline.models import load_model
-    from pipeline.runs import PSEUDO_SUFFIX, PSEUDO_TABLE, config_name, parse_target, run_name
+    from pipeline.runs import DISTILL_SUFFIX, DISTILL_TABLE, PSEUDO_SUFFIX, PSEUDO_TABLE, config_name, parse_target, run_name
     from pipeline.train import TrainingError, train_fold
 
     if args.target:  # the Make target names the fold; a -pseudo run trains on the pseudo-label table
@@ -73,6 +73,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         run, args.fold = parse_target(args.target)
         args.model = config_name(run)
         args.pseudo = (args.pseudo or PSEUDO_TABLE) if run.endswith(PSEUDO_SUFFIX) else None
+        if run.endswith(DISTILL_SUFFIX) and not any(o.startswith("distill=") for o in args.overrides):
+            args.overrides = [*args.overrides, f"distill={DISTILL_TABLE}"]  # a distilled student's teacher
     elif args.model is None or args.fold is None:
         raise ConfigError("train: give --model and --fold (or --target runs/<model>/fold<k>/done.json)")
     comp = load_competition(args.competition)
@@ -185,6 +187,24 @@ def cmd_models(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
+def cmd_distill(args: argparse.Namespace) -> None:
+    from pipeline.distill import compare, write_teacher
+
+    comp = load_competition(args.competition)
+    if args.compare:
+        print(compare(comp, args.student, args.stacking, args.folds, args.submissions))
+    else:
+        write_teacher(comp, args.submissions)
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from pipeline.tune import tune
+
+    folds = [int(f) for f in args.folds_to_tune.replace(",", " ").split()]
+    tune(load_competition(args.competition), args.model, args.trials, folds, folds_path=args.folds, runs=args.runs,
+         seed=args.seed)
+
+
 def cmd_show_batch(args: argparse.Namespace) -> None:
     from pipeline.models import load_model
     from pipeline.show_batch import show_batch
@@ -286,9 +306,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_package(args: argparse.Namespace) -> None:
-    from pipeline.package import BundleOptions, build_package
-
-    from pipeline.package import MACHINE_SHAPE
+    from pipeline.package import MACHINE_SHAPE, BundleOptions, build_package
 
     if args.machine_shape and not MACHINE_SHAPE.fullmatch(args.machine_shape):
         raise ConfigError(f"MACHINE_SHAPE={args.machine_shape!r}: a Kaggle accelerator name such as NvidiaTeslaT4 or TpuV5E8")
@@ -297,10 +315,22 @@ def cmd_package(args: argparse.Namespace) -> None:
                             find_links=tuple(args.find_links), project=Path(args.project) if args.project else None,
                             private=not args.public, test_size=args.test_size, test_factor=args.test_factor,
                             gpu_factor=args.gpu_factor, machine_shape=args.machine_shape or None)
-    build_package(open_competition(args.competition, args.overrides), out=args.out, runs=args.runs,
-                  stacking=args.stacking, folds=args.folds, submissions=args.submissions, method=args.method,
-                  user=args.kaggle_user, competition_slug=args.competition_slug, dataset_slug=args.dataset_slug,
-                  kernel_slug=args.kernel_slug, options=options)
+    comp = open_competition(args.competition, args.overrides)
+    ids = {"user": args.kaggle_user, "competition_slug": args.competition_slug, "dataset_slug": args.dataset_slug,
+           "kernel_slug": args.kernel_slug}
+    if args.student:  # the student alone, as a one-model blend
+        import tempfile
+
+        from pipeline.package import student_blend
+
+        with tempfile.TemporaryDirectory(prefix=".student-", dir=".") as work:
+            stacking, submissions = student_blend(comp, args.student, Path(args.stacking), Path(args.folds),
+                                                  Path(args.runs), Path(work))
+            build_package(comp, out=args.out, runs=args.runs, stacking=stacking, folds=args.folds,
+                          submissions=submissions, options=options, **ids)
+        return
+    build_package(comp, out=args.out, runs=args.runs, stacking=args.stacking, folds=args.folds,
+                  submissions=args.submissions, method=args.method, options=options, **ids)
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -416,6 +446,22 @@ def _training_commands(command) -> None:
     p.add_argument("--job-cpus", type=float, default=None, help="Ray: CPUs per fold")
     p.add_argument("--retries", type=int, default=2, help="Ray: retries of a fold whose worker or node dies")
 
+    p = command("distill", cmd_distill, "the chosen blend's OOF -> folds/distill.csv, the teacher of `make distill` "
+                "(--compare: teacher vs plain vs distilled student)")
+    _competition_args(p)
+    p.add_argument("--student", required=True, help="the student's model config name")
+    _stage_paths(p, "folds", "stacking", "submissions")
+    p.add_argument("--compare", action="store_true", help="print teacher, student and distilled student scores")
+
+    p = command("tune", cmd_tune, "Optuna search over the model config's `search` space (SQLite, resumable) "
+                "-> configs/models/<model>-tuned.yaml")
+    _competition_args(p)
+    p.add_argument("--model", "-m", required=True, help="name of a config in the competition's models_dir")
+    p.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (resumes toward it)")
+    p.add_argument("--folds-to-tune", default="0", help="the folds each trial trains, e.g. '0' or '0 1'")
+    _stage_paths(p, "folds", "runs")
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+
     p = command("weights", cmd_weights, "online, once: timm's pretrained weights of every `pretrained: true` "
                 "model config -> weights/<backbone>.safetensors (offline runs then load them)")
     _competition_args(p)
@@ -510,6 +556,7 @@ def _kaggle_commands(command) -> None:
     p.add_argument("--test-factor", type=float, default=1.0, help="else: public test size x this")
     p.add_argument("--gpu-factor", type=float, default=1.0, help="Kaggle speed / this machine's speed")
     p.add_argument("--machine-shape", default=None, help="Kaggle accelerator for the kernel, e.g. NvidiaTeslaT4, TpuV5E8")
+    p.add_argument("--student", default=None, help="ship this model alone (e.g. <model>-distilled) instead of the blend")
 
     p = command("submit", cmd_submit, "submit to Kaggle: the CSV (kaggle competitions submit), or for a code "
                 "competition the bundle (kaggle datasets version + kaggle kernels push)")

@@ -45,6 +45,17 @@ class ModelConfig(StrictModel):
     )
     drop_rate: float | None = Field(None, ge=0, lt=1, description="dropout before the classifier")
     drop_path_rate: float | None = Field(None, ge=0, lt=1, description="stochastic depth")
+    # --- pooling and head (fine-grained competitions) ---
+    pool: Literal["avg", "max", "gem"] | None = Field(
+        None, description="global pooling: avg | max | gem (generalised mean, p learned); null: the model's own"
+    )
+    gem_p: float = Field(3.0, ge=1, le=20, description="GeM's initial p (learned from there)")
+    head: Literal["linear", "arcface"] = Field(
+        "linear", description="linear | arcface (sub-center ArcFace: cosine logits; the margin acts in training only)"
+    )
+    arcface_scale: float = Field(30.0, gt=0, description="ArcFace: logits = scale x cos")
+    arcface_margin: float = Field(0.3, ge=0, lt=1.5, description="ArcFace: additive angular margin (radians), training only")
+    arcface_subcenters: int = Field(3, ge=1, le=10, description="ArcFace: centers per class (1: plain ArcFace)")
 
     # --- recipe ---
     epochs: int = Field(10, ge=0, description="epochs (when `stages` is empty)")
@@ -127,6 +138,18 @@ class ModelConfig(StrictModel):
     )
     tta_merge: Literal["mean", "gmean", "logit_mean", "max"] = "mean"
     pseudo: str | None = Field(None, description="path to folds/pseudo.csv: pseudo-labelled test rows join training")
+    distill: str | None = Field(
+        None, description="teacher table (`make distill` writes folds/distill.csv, the blend's OOF): each training "
+        "row's target mixes its true label with the teacher's probabilities; trains runs/<model>-distilled/"
+    )
+    distill_alpha: float = Field(0.5, ge=0, le=1, description="distillation: the true label's weight in a target "
+                                 "(the teacher's is 1 - it)")
+    temperature: float = Field(2.0, gt=0, description="distillation: softens the teacher (p^(1/T) renormalised; "
+                               "multilabel: sigmoid(logit/T))")
+    search: dict[str, Any] = Field(
+        default_factory=dict, description="`make tune`'s search space: key: [low, high] | [low, high, log] | "
+        "[low, high, int] | [choice, choice, ...] | {choices: [...]}, e.g. {lr: [1e-4, 1e-2, log], augment: [light, heavy]}"
+    )
 
     stages: list[dict[str, Any]] = Field(
         default_factory=list,
@@ -156,11 +179,13 @@ class ModelConfig(StrictModel):
 
 # Keys that change how a run is carried out but not what it learns: changing them neither retrains a
 # finished fold nor refuses to resume one.
-RESULT_NEUTRAL_KEYS = frozenset({"cache_images", "tensorboard", "log_every"})
+RESULT_NEUTRAL_KEYS = frozenset({"cache_images", "tensorboard", "log_every", "search"})
 # Keys added after runs were trained: at their defaults they leave a run's stamp as it was, so upgrading
 # does not make finished folds stale (such a run reads images as it was trained: its data config has no
 # read_side, and squash is what it did).
-ADDED_KEYS = {"resize": "squash", "read_scale": 1.5}
+ADDED_KEYS = {"resize": "squash", "read_scale": 1.5, "pool": None, "gem_p": 3.0, "head": "linear",
+              "arcface_scale": 30.0, "arcface_margin": 0.3, "arcface_subcenters": 3, "distill": None,
+              "distill_alpha": 0.5, "temperature": 2.0}
 
 
 def stamp_exclusions(cfg: "ModelConfig") -> frozenset[str]:
@@ -169,7 +194,7 @@ def stamp_exclusions(cfg: "ModelConfig") -> frozenset[str]:
 
 # read_scale: one read size for all stages (data_config's read_side), so the image cache serves every stage
 STAGE_KEYS_FORBIDDEN = {"backbone", "in_chans", "stages", "seed", "tta", "tta_merge", "pseudo", "pretrained",
-                        "read_scale"}
+                        "read_scale", "pool", "head", "arcface_subcenters", "search", "distill"}
 
 
 def resolve_stages(cfg: ModelConfig, source: str) -> list[ModelConfig]:
@@ -236,10 +261,25 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | str | Non
     if cfg.drop_path_rate is not None:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     if isinstance(pretrained, str):
-        return load_weights_file(cfg.backbone, Path(pretrained), kwargs)
-    if pretrained:
-        return hub_model(cfg.backbone, kwargs)
-    return timm.create_model(cfg.backbone, pretrained=False, **kwargs)
+        model = load_weights_file(cfg.backbone, Path(pretrained), kwargs)
+    elif pretrained:
+        model = hub_model(cfg.backbone, kwargs)
+    else:
+        model = timm.create_model(cfg.backbone, pretrained=False, **kwargs)
+    return adapt_head(model, cfg)
+
+
+def adapt_head(model, cfg: ModelConfig):
+    """`pool` and `head`: swap the model's global pooling and classifier in place (pipeline.heads)."""
+    if cfg.pool is None and cfg.head == "linear":
+        return model
+    from pipeline.heads import set_arcface, set_pool
+
+    if cfg.pool is not None:
+        set_pool(model, cfg.pool, cfg.gem_p)
+    if cfg.head == "arcface":
+        set_arcface(model, cfg.arcface_scale, cfg.arcface_subcenters)
+    return model
 
 
 # --- pretrained weights: stored once online (`make weights`), then read offline --------------------------

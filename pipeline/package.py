@@ -463,6 +463,24 @@ def build_package(comp: Competition, out: str | Path = "dist/kaggle", runs: str 
     return manifest
 
 
+def student_blend(comp: Competition, student: str, stacking: Path, folds: Path, runs: Path, work: Path
+                  ) -> tuple[Path, Path]:
+    """The student alone as the bundle's "blend": its two tables copied into work/stacking/, and `ensemble
+    --method mean` of that one model into work/submissions/. -> (stacking, submissions) to package from."""
+    from pipeline.ensemble import run_ensemble
+
+    tables = work / "stacking"
+    tables.mkdir(parents=True)
+    for part in ("oof", "test"):
+        for ext in (".csv", ".json"):
+            src = Path(stacking) / f"{student}.{part}{ext}"
+            if not src.is_file():
+                raise PackageError(f"{src}: not found; `make distill STUDENT=...` (or `make predict`) writes it")
+            shutil.copy2(src, tables / src.name)
+    run_ensemble(comp, method="mean", stacking=tables, folds_path=folds, out=work / "submissions", runs=runs)
+    return tables, work / "submissions"
+
+
 def is_bundle(folder: Path) -> bool:
     """A folder `make package` wrote: it holds manifest.json and dataset/bundle.json."""
     return (folder / "manifest.json").is_file() and (folder / "dataset" / BUNDLE_FILE).is_file()

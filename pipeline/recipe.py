@@ -40,9 +40,17 @@ def make_loss(cfg: ModelConfig, task: str, class_weight: torch.Tensor | None, ta
         fn = REGRESSION_LOSSES[kind]
         return lambda pred, target: fn(pred.float() / scale, target / scale)
     smoothing, gamma = cfg.label_smoothing, cfg.focal_gamma
+    arcface = cfg.head == "arcface"
+    if arcface and (task not in ("binary", "multiclass") or kind not in ("ce", "focal")):
+        raise ConfigError(f"key 'head': arcface needs a single-label task (binary, multiclass) with loss ce or focal, "
+                          f"not task {task} with loss {kind}; use head: linear")
 
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, n_classes = logits.float(), logits.shape[1]
+        if arcface:  # the angular margin, in training only: the model's own logits stay plain cosines
+            from pipeline.heads import arc_margin
+
+            logits = arc_margin(logits, target, cfg.arcface_scale, cfg.arcface_margin)
         if kind == "bce":
             target = target * (1 - smoothing) + smoothing / 2
             loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")

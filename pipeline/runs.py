@@ -32,16 +32,22 @@ from pipeline.models import ModelConfig, load_model, model_config_path, stamp_ex
 
 PSEUDO_SUFFIX = "-pseudo"  # a pseudo-label round trains runs/<model>-pseudo/ beside round 0
 PSEUDO_TABLE = "folds/pseudo.csv"  # what `make pseudo` writes, and what a pseudo round trains on by default
+DISTILL_SUFFIX = "-distilled"  # a student distilled from the blend trains runs/<model>-distilled/
+DISTILL_TABLE = "folds/distill.csv"  # what `make distill` writes: the teacher blend's OOF probabilities
 
 
 def run_name(model: str, cfg: ModelConfig) -> str:
-    """The run folder name of a model config: a pseudo-label round gets its own runs and tables."""
-    return model + (PSEUDO_SUFFIX if cfg.pseudo else "")
+    """The run folder name of a model config: a pseudo-label round and a distilled student get their own
+    runs and tables."""
+    if cfg.pseudo and cfg.distill:
+        raise ConfigError("keys 'pseudo' and 'distill': one at a time (a distilled student's pseudo round is not "
+                          "supported)")
+    return model + (PSEUDO_SUFFIX if cfg.pseudo else DISTILL_SUFFIX if cfg.distill else "")
 
 
 def config_name(run: str) -> str:
     """The model config a run folder was trained from."""
-    return run.removesuffix(PSEUDO_SUFFIX)
+    return run.removesuffix(PSEUDO_SUFFIX).removesuffix(DISTILL_SUFFIX)
 
 
 def run_dir(run: str, fold: int, runs: str | Path = "runs") -> Path:
@@ -85,14 +91,17 @@ def publish(work: Path, out: Path) -> Path | None:
 
 
 def run_stamp(cfg: ModelConfig, folds_md5: str, classes: list[str], comp: Competition) -> dict:
-    """What a finished fold was trained from; done.json holds it."""
-    return {
+    """What a finished fold was trained from; done.json holds it (a distilled student: its teacher table too)."""
+    stamp = {
         "config_hash": config_hash(cfg, stamp_exclusions(cfg)),
         "folds_md5": folds_md5,
         "classes": classes,
         "task": comp.task,
         "metric": comp.metric,
     }
+    if cfg.distill:
+        stamp["distill_md5"] = file_md5(cfg.distill) if Path(cfg.distill).is_file() else None
+    return stamp
 
 
 def read_done(out: Path) -> dict | None:
@@ -101,7 +110,7 @@ def read_done(out: Path) -> dict | None:
 
 
 STAMP_REASONS = {"config_hash": "config changed", "folds_md5": "folds.csv changed", "classes": "classes changed",
-                 "task": "task changed", "metric": "metric changed"}
+                 "task": "task changed", "metric": "metric changed", "distill_md5": "teacher table changed"}
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from pipeline.recipe import (
 )
 from pipeline.runs import (config_name, fold_status, job_progress, publish, read_done, run_dir, run_stamp, set_aside,
                            staging_dir)
-from pipeline.tables import write_table
+from pipeline.tables import read_table, write_table
 from pipeline.tracking import Tracker, competition_tracker
 
 
@@ -67,6 +67,7 @@ class FoldData:
     val_ids: list[str]
     val_paths: list[Path]
     val_y: np.ndarray  # class index (n,), multi-hot (n, C) or values (n, T)
+    distilled_ids: list[str] = field(default_factory=list)  # training rows whose target mixes in the teacher
 
     def target_scale(self) -> tuple[np.ndarray, np.ndarray]:
         """Regression: the training targets' mean and std per column (a constant column gets std 1)."""
@@ -113,8 +114,24 @@ def read_pseudo(path: str | Path, comp: Competition, classes: list[str]) -> tupl
     return df[comp.id_col].tolist(), targets
 
 
-def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str | None) -> FoldData:
-    """Training rows (+ pseudo-labelled test rows) and validation rows of one fold."""
+def soften(p: np.ndarray, task: str, temperature: float) -> np.ndarray:
+    """A teacher's probabilities at a temperature: p^(1/T) renormalised (multilabel: sigmoid(logit(p)/T));
+    regression values as they are."""
+    if task == "regression" or temperature == 1:
+        return p
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    if task == "multilabel":
+        return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
+    q = np.exp(np.log(p) / temperature)
+    return q / q.sum(axis=1, keepdims=True)
+
+
+def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str | None,
+              distill: tuple[str, float, float] | None = None) -> FoldData:
+    """Training rows (+ pseudo-labelled test rows) and validation rows of one fold. `distill` = (teacher
+    table, alpha, temperature): each training row's target becomes alpha x its label + (1 - alpha) x the
+    teacher's softened probabilities for it. The teacher table is the blend's OOF, so each row's soft label
+    comes from models that never saw that row; validation rows keep their true labels, untouched."""
     train = read_train(comp)
     classes = class_names(comp, train)
     ids = train[comp.id_col]
@@ -126,13 +143,21 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
     tr, va = fold_index != fold, fold_index == fold
     train_paths = [comp.image_path("train", i) for i in ids[tr]]
     train_targets = targets[tr]
+    distilled = []
+    if distill:
+        table, alpha, temperature = distill
+        if not Path(table).is_file():
+            raise ConfigError(f"key 'distill': {table} not found (`make distill STUDENT=<model>` writes folds/distill.csv)")
+        teacher = read_table(table, comp.id_col, classes, ids.tolist(), task=comp.task).loc[ids[tr]].to_numpy()
+        train_targets = alpha * train_targets + (1 - alpha) * soften(teacher, comp.task, temperature)
+        distilled = ids[tr].tolist()
     if pseudo:
         p_ids, p_targets = read_pseudo(pseudo, comp, classes)
         train_paths += [comp.image_path("test", i) for i in p_ids]
         train_targets = np.concatenate([train_targets, p_targets])
     return FoldData(classes=classes, train_paths=train_paths, train_targets=train_targets.astype(np.float32),
                     val_ids=ids[va].tolist(), val_paths=[comp.image_path("train", i) for i in ids[va]],
-                    val_y=y[va])
+                    val_y=y[va], distilled_ids=distilled)
 
 
 # --- RNG state that survives weights_only loading -----------------------------------------------
@@ -467,10 +492,12 @@ def checkpoint(eng: Engine, out: Path, stage: Stage, progress: Progress, expecte
 
 def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
                folds_path: str | Path = "folds/folds.csv", runs: str | Path = "runs", rerun: bool = False,
-               source: str = "config", overrides: list[str] | tuple[str, ...] = ()) -> Path:
+               source: str = "config", overrides: list[str] | tuple[str, ...] = (), on_epoch=None) -> Path:
     """Train (or resume, or skip) one fold; return the run folder. `overrides` (the command line's
-    key=value words) are recorded in config.yaml and done.json."""
-    data = fold_data(comp, folds_path, fold, cfg.pseudo)
+    key=value words) are recorded in config.yaml and done.json. `on_epoch(epoch, metric)` is called after
+    each epoch's validation (`make tune` reports to its pruner there, which may stop the run by raising)."""
+    data = fold_data(comp, folds_path, fold, cfg.pseudo,
+                     (cfg.distill, cfg.distill_alpha, cfg.temperature) if cfg.distill else None)
     out = run_dir(model_name, fold, runs)
     expected = run_stamp(cfg, file_md5(folds_path), data.classes, comp)
     rank, local_rank, world = dist_info()
@@ -493,6 +520,10 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
                     "_classes": data.classes, "_overrides": list(overrides),
                     "_num_workers": resolve_workers(cfg.num_workers, eng.dev, world)}
         write_text(work / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        if cfg.distill:  # which rows learned from the teacher, and which teacher: checkable against folds.csv
+            write_json(work / "distill.json", {"table": cfg.distill, "md5": file_md5(cfg.distill), "fold": fold,
+                                               "alpha": cfg.distill_alpha, "temperature": cfg.temperature,
+                                               "ids": data.distilled_ids})
     progress = restore(eng, resume) if resume is not None else Progress()
     total_epochs = sum(s.epochs for s in stages)
     stage_of = [i for i, s in enumerate(stages) for _ in range(s.epochs)]
@@ -530,6 +561,8 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
                comp.metric: metric, "lr": stats["lr"], "img_per_s": stats["img_per_s"],
                "time_s": time.time() - stats["started"], "best": improved}
         progress.log.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch, metric)
         if eng.main:
             print(f"{model_name} fold{fold} epoch {epoch + 1}/{total_epochs} | loss {row['train_loss']:.4f} | "
                   f"val_loss {val_loss:.4f} | {comp.metric} {metric:.4f} | lr {row['lr']:.2e} | "

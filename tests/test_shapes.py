@@ -269,3 +269,33 @@ def table_of_scores():
         print("\n| shape | submission | baseline |\n|---|---|---|")
         for shape, (score, baseline) in SCORES.items():
             print(f"| {shape} | {score:.4f} | {baseline:.4f} |")
+
+
+def test_fine_grained_heads_gem_and_arcface_through_every_stage(tmp_path):
+    """GeM pooling (p learned) and a sub-center ArcFace head: train, predict with TTA, blend, report
+    (Grad-CAM through the swapped head), package, and the kernel reproduces the submission."""
+    x, y = digits((1, 3, 5, 7, 9), n=300)
+    images = [grow(img, 16, 16) for img in x]
+    ids = np.array([f"g{i:03d}" for i in range(len(y))])
+    (tr_ids, tr_y), (te_ids, te_y) = split(75, ids, y.astype(str))
+    write_images(tmp_path / "data" / "c" / "train", tr_ids, images[75:])
+    write_images(tmp_path / "data" / "c" / "test", te_ids, images[:75])
+    lay_out(tmp_path, pd.DataFrame({"id": tr_ids, "digit": tr_y}), pd.DataFrame({"id": te_ids}),
+            pd.DataFrame({"id": te_ids, "digit": te_y}), {"digit": "1"}, target="digit", task="multiclass",
+            metric="accuracy", model={"pool": "gem", "head": "arcface", "arcface_scale": 16.0,
+                                      "arcface_margin": 0.2, "tta": ["none", "hflip"]})
+    sub = run_pipeline(tmp_path)
+    majority = pd.Series(tr_y).mode()[0]
+    record("GeM + ArcFace heads (accuracy)", accuracy_score(te_y, sub["digit"]),
+           accuracy_score(te_y, np.full(len(te_y), majority)))
+    from pipeline.io import load_checkpoint
+
+    state = load_checkpoint(tmp_path / "runs" / "tiny" / "fold0" / "best.pt")["model"]
+    p = [v for k, v in state.items() if k.endswith("global_pool.p")]
+    assert len(p) == 1 and float(p[0]) != 3.0  # GeM's p was learned
+    assert any(k.endswith("fc.weight") and v.shape[0] == 5 * 3 for k, v in state.items())  # 3 sub-centers a class
+    proc = subprocess.run([*MAKE, "report", "COMPETITION=competition.yaml"], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert list((tmp_path / "submissions" / "report").glob("gradcam*.png"))
+    kernel_reproduces(tmp_path)
