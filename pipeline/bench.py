@@ -299,6 +299,9 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+KEPT_MARKER = "<!-- measured by hand, kept by make bench -->"
+
+
 def run_bench(out: Path, n_train: int, n_test: int, n_folds: int, steps: int, skip_quality: bool,
               docs: Path | None, epoch_images: int = 48_000) -> dict:
     from pipeline.demo import FASHION_MNIST_DIR, write_digits
@@ -318,7 +321,9 @@ def run_bench(out: Path, n_train: int, n_test: int, n_folds: int, steps: int, sk
     res["inference"] = inference(data_dir, "resnet18", 128, n_images=64 * max(4, steps))
     write_json(out / "bench.json", res)
     text = markdown(res)
-    if docs is not None:
-        write_text(docs, text)
+    if docs is not None:  # what was measured by hand below KEPT_MARKER stays
+        old = docs.read_text() if docs.is_file() else ""
+        kept = old[old.index(KEPT_MARKER):] if KEPT_MARKER in old else ""
+        write_text(docs, text.rstrip("\n") + "\n\n" + kept if kept else text)
     print(text)
     return res

@@ -41,6 +41,8 @@ DEFAULT_WHEELS = ("iterative-stratification", "albumentations", "timm")
 # What Kaggle's Python image reliably has, with everything these pull in: the wheelhouse leaves them out.
 # opencv is not here: Kaggle has opencv-python, while albumentations and albucore require the
 # opencv-python-headless distribution by name, so the headless wheel ships (cv2 imports either way).
+# The Python of Kaggle's image: compiled wheels (cp3XX) of the wheelhouse install only under the same minor.
+KAGGLE_PYTHON = (3, 11)
 KAGGLE_IMAGE = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "scipy", "lightgbm", "pyyaml",
                 "pydantic", "safetensors", "tqdm")
 DATASET_KEYS = {"title", "subtitle", "description", "id", "id_no", "licenses", "keywords", "collaborators",
@@ -520,6 +522,11 @@ def write_bundle(build: Path, comp: Competition, level1, blend: dict, entries: l
     project_wheel = build_wheel(project, dataset)
     specs = wheelhouse_specs(list(DEFAULT_WHEELS if options.wheels is None else options.wheels))
     dep_wheels = download_wheels(specs, dataset, list(options.find_links))
+    compiled = [w.name for w in dep_wheels if re.search(r"-cp3\d+-", w.name)]
+    if compiled and sys.version_info[:2] != KAGGLE_PYTHON:
+        warn(f"the wheelhouse was built for Python {sys.version_info[0]}.{sys.version_info[1]}, and Kaggle's image runs "
+             f"{KAGGLE_PYTHON[0]}.{KAGGLE_PYTHON[1]}: {', '.join(compiled[:3])} will not install there. Run `make "
+             f"package` with Python {KAGGLE_PYTHON[0]}.{KAGGLE_PYTHON[1]} (PYTHON=python3.11 make install)")
     write_json(dataset / "dataset-metadata.json", dataset_metadata(ids))
     code_file = f"{ids['kernel']}.py"
     write_text(kernel / code_file, KERNEL_SCRIPT.format(bundle=f"/kaggle/input/{ids['dataset']}",  # repr-quoted

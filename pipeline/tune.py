@@ -82,6 +82,11 @@ def parse_param(name: str, spec, where: str) -> Param:
     return Param(name, "categorical", choices=tuple(spec))
 
 
+def shown(values: dict) -> str:
+    """key=value words for a log line, floats to 4 significant digits."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
 def override(name: str, value) -> str:
     return f"{name}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
 
@@ -168,12 +173,14 @@ def tune(comp: Competition, model: str, trials: int, folds: list[int], folds_pat
                 if math.isfinite(metric):
                     trial.report(metric, offset + epoch)
                 if i == 0 and trial.should_prune():
+                    print(f"tune {model}: trial {trial.number} pruned after epoch {epoch + 1} ({comp.metric} "
+                          f"{metric:.4f}, below the median; {shown(values)})", flush=True)
                     raise optuna.TrialPruned(f"epoch {epoch + 1}: {metric:.4f}")
             out = train_fold(comp, cfg, model, fold, folds_path=folds_path, runs=base / f"trial{trial.number}",
                              source=source, overrides=words, on_epoch=report)
             scores.append(read_done(out)["score"])
         score = sum(scores) / len(scores)
-        print(f"tune {model}: trial {trial.number} {comp.metric} {score:.4f} ({' '.join(words)}; "
+        print(f"tune {model}: trial {trial.number} {comp.metric} {score:.4f} ({shown(values)}; "
               f"{time.time() - started:.0f}s)", flush=True)
         return score
 
@@ -185,8 +192,8 @@ def tune(comp: Competition, model: str, trials: int, folds: list[int], folds_pat
         print(f"tune {model}: no trial finished; nothing to write")
         return None
     best = study.best_trial
-    print(f"tune {model}: best trial {best.number}: {comp.metric} {best.value:.4f} with "
-          + " ".join(override(k, v) for k, v in best.params.items()), flush=True)
+    print(f"tune {model}: best trial {best.number}: {comp.metric} {best.value:.4f} with {shown(best.params)}",
+          flush=True)
     return write_tuned(comp.models_dir, model, best.params, f"{comp.metric} {best.value:.5f}", best.number,
                        finished_trials(study), folds)
 
