@@ -171,10 +171,11 @@ def ray_cluster():
         raise AssertionError("ray start failed:\n" + (temp / "head.log").read_text()[-3000:])
     yield address
     os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=30)
+    try:  # `ray start --block` often ignores SIGTERM for longer than a test should wait
+        head.wait(timeout=5)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
     log.close()
     shutil.rmtree(temp, ignore_errors=True)
 
