@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +138,9 @@ def open_study(optuna, model: str, path: Path, direction: str, seed: int):
     from optuna.storages import RDBStorage
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    storage = RDBStorage(f"sqlite:///{path}", heartbeat_interval=20, grace_period=60)
+    with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9; the warning is noise here
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = RDBStorage(f"sqlite:///{path}", heartbeat_interval=20, grace_period=60)
     study = optuna.create_study(study_name=model, storage=storage, load_if_exists=True, direction=direction,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
     # a resumed search draws new values, not the first run's again: the seed moves on with the trial count

@@ -65,6 +65,7 @@ def test_killed_study_resumes_and_the_count_goes_on(tmp_path):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     resumed = re.search(r"(\d+) trial\(s\) finished in runs/tiny/tune.db, (\d+) to go", second.stdout)
     assert resumed and int(resumed.group(1)) >= 1 and int(resumed.group(1)) + int(resumed.group(2)) == 4, second.stdout
+    assert "ExperimentalWarning" not in second.stderr, second.stderr[-2000:]  # no library noise in the log
     new = trial_numbers(second.stdout)
     assert new and min(new) > max(done_first)  # numbering goes on; no trial is run twice
     import optuna
