@@ -40,6 +40,7 @@ from pipeline.data import DataError, read_answers, read_sample
 from pipeline.folds import competition_identity
 from pipeline.io import file_md5, write_json, write_text
 from pipeline.metrics import Metric
+from pipeline.runs import DISTILL_SUFFIX
 from pipeline.tables import Level1, load_level1
 
 TEST_PREDICTION_RULE = (
@@ -110,6 +111,24 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.5f}"
 
 
+NOT_BLENDED = "model, distilled: not blended"
+
+
+def blend_inputs(level1: Level1) -> Level1:
+    """The models the blends see: all but distilled students, whose OOF learned from the other models' OOF.
+
+    A student distilled from a blend is a copy of it trained on its OOF: beside its teachers it would only
+    double-count them, and its OOF, tuned toward theirs, would make the blend's CV look better than its
+    test score. The report still shows the student's own CV. Only students left: they are blended."""
+    keep = [m for m in level1.models if not m.endswith(DISTILL_SUFFIX)]
+    if not keep or len(keep) == len(level1.models):
+        return level1
+    left = [m for m in level1.models if m not in keep]
+    print(f"note: {', '.join(left)}: distilled from a blend of the other models, so scored but not blended "
+          "(their OOF learned from the teachers' OOF); `make package STUDENT=` ships one alone")
+    return level1.select(keep)
+
+
 def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[BlendResult], errors: dict[str, str],
                  chosen: str, has_answers: bool, submission: dict) -> tuple[str, dict]:
     folds = sorted(int(k) for k in np.unique(level1.fold))
@@ -119,7 +138,7 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
         "n_classes": len(level1.classes), "n_folds": len(folds), "classes": level1.classes, "chosen": chosen,
         "test_prediction": TEST_PREDICTION_RULE,
         "models": {r["name"]: {"cv": _num(r["cv"]), "folds": {str(k): _num(v) for k, v in r["folds"].items()},
-                               "test": _num(r.get("test"))} for r in model_rows},
+                               "test": _num(r.get("test")), "blended": r["blended"]} for r in model_rows},
         "blends": {}, **submission,
     }
     for b in blends:
@@ -136,7 +155,8 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
     head = ["", "name", "kind", f"CV {comp.metric}"] + [f"fold {k}" for k in folds] + (["test"] if has_answers else [])
     lines = [
         "# CV report", "",
-        f"{len(level1.train_ids)} rows, {len(level1.test_ids)} test rows, {len(level1.models)} models, "
+        f"{len(level1.train_ids)} rows, {len(level1.test_ids)} test rows, {len(model_rows)} models"
+        + (f" ({len(level1.models)} blended)" if len(level1.models) < len(model_rows) else "") + ", "
         f"{len(level1.classes)} classes, {len(folds)} folds; task {comp.task}, metric {comp.metric} ({arrow} is better).",
         "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
     ]
@@ -146,7 +166,7 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
         return "| " + " | ".join(cells + ([_fmt(test)] if has_answers else [])) + " |"
 
     for r in model_rows:
-        lines.append(row("", r["name"], "model", r["cv"], r["folds"], r.get("test")))
+        lines.append(row("", r["name"], "model" if r["blended"] else NOT_BLENDED, r["cv"], r["folds"], r.get("test")))
     for b in blends:
         lines.append(row("**chosen**" if b.name == chosen else "", b.name, "blend, nested CV" if b.learned else "blend",
                          b.cv, b.fold_scores, b.test_score))
@@ -278,7 +298,8 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
             return previous
         if previous.get("inputs") == inputs:
             print(f"{out}: {', '.join(changed) or 'cv.json'} changed since the last ensemble wrote it; rerunning")
-    level1 = load_level1(comp, stacking, folds_path)
+    everything = load_level1(comp, stacking, folds_path)
+    level1 = blend_inputs(everything)
     task, C = comp.task, len(level1.classes)
     sample = read_sample(comp)
     fmt = infer_format(comp, sample, level1.classes)  # fail on a bad sample before any work
@@ -286,10 +307,11 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
     X, X_test, y, fold = stack(level1.oof), stack(level1.test), level1.y, level1.fold
 
     model_rows = []
-    for m, name in enumerate(level1.models):
-        r = {"name": name, "cv": metric.score(y, level1.oof[m]), "folds": fold_scores(metric, y, level1.oof[m], fold)}
+    for m, name in enumerate(everything.models):
+        r = {"name": name, "cv": metric.score(y, everything.oof[m]),
+             "folds": fold_scores(metric, y, everything.oof[m], fold), "blended": name in level1.models}
         if y_test is not None:
-            r["test"] = metric.score(y_test, level1.test[m])
+            r["test"] = metric.score(y_test, everything.test[m])
         model_rows.append(r)
 
     blends, errors = [], {}

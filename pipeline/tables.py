@@ -169,6 +169,12 @@ class Level1:
     oof: np.ndarray  # (n_models, n, C)
     test: np.ndarray  # (n_models, t, C)
 
+    def select(self, names: list[str]) -> Level1:
+        """The same tables for `names` only, in that order."""
+        idx = [self.models.index(n) for n in names]
+        return Level1(list(names), self.classes, self.train_ids, self.test_ids, self.y, self.fold,
+                      self.oof[idx], self.test[idx])
+
 
 def find_models(stacking: str | Path) -> tuple[list[str], list[str]]:
     """Names with both <name>.oof.csv and <name>.test.csv; and the files that lack their partner."""

@@ -53,11 +53,21 @@ def test_distill_soft_targets_come_from_models_that_held_the_rows_out(tmp_path):
         f"teacher: blend {json.loads((tmp_path / 'submissions' / 'cv.json').read_text())['chosen']}",
         "student", "student-distilled"]
     assert all(np.isfinite(float(r.split("|")[2])) for r in rows[1:])
-    # nothing goes stale afterwards, and the distilled student is one more model for the blends
+    # nothing goes stale afterwards; the distilled student is scored but kept out of the blends, whose CV its
+    # OOF (learned from the teachers' OOF) would inflate, so the chosen blend and its inputs stay as they were
     plan = run_cli("plan", "-c", "competition.yaml", cwd=tmp_path)
     assert plan.stdout.strip() == ""
+    before = json.loads((tmp_path / "submissions" / "cv.json").read_text())
     proc = subprocess.run([*MAKE, "ensemble"], cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 0 and "student-distilled" in (tmp_path / "submissions" / "cv.md").read_text()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "student-distilled: distilled from a blend of the other models, so scored but not blended" in proc.stdout
+    after = json.loads((tmp_path / "submissions" / "cv.json").read_text())
+    assert after["models"]["student-distilled"]["blended"] is False and after["models"]["teacher"]["blended"]
+    assert "| student-distilled | model, distilled: not blended |" in (tmp_path / "submissions" / "cv.md").read_text()
+    assert (after["chosen"], after["blends"][after["chosen"]]["cv"]) == (before["chosen"],
+                                                                         before["blends"][before["chosen"]]["cv"])
+    state = json.loads((tmp_path / "submissions" / "blend.json").read_text())
+    assert state["models"] == ["student", "teacher"]
     # `make package STUDENT=`: the distilled student alone, and the kernel predicts exactly its test table
     proc = subprocess.run([*MAKE, "package", "STUDENT=student", "WHEELS=none", "BUNDLE=dist/student",
                            "KAGGLE_USER=alice", "COMPETITION_SLUG=tiny"], cwd=tmp_path, capture_output=True, text=True)
@@ -83,3 +93,18 @@ def test_distill_needs_a_student_and_a_teacher_table(tmp_path):
     proc = run_cli("train", "-c", "competition.yaml", "--model", "tiny", "--fold", "0", "distill=folds/nope.csv",
                    cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "key 'distill': folds/nope.csv not found" in proc.stderr
+
+
+def test_blend_inputs_keep_distilled_students_out_unless_they_are_all_there_is(capsys):
+    from pipeline.ensemble import blend_inputs
+    from pipeline.tables import Level1
+
+    def level1(models):
+        oof = np.stack([np.full((4, 2), i, dtype=float) for i in range(len(models))])
+        return Level1(models, ["a", "b"], list("wxyz"), ["t"], np.zeros(4, int), np.arange(4) % 2, oof, oof[:, :1])
+
+    both = blend_inputs(level1(["big", "small", "small-distilled"]))
+    assert both.models == ["big", "small"] and both.oof[:, 0, 0].tolist() == [0.0, 1.0]  # rows follow the names
+    assert "small-distilled: distilled from a blend" in capsys.readouterr().out
+    alone = level1(["small-distilled"])
+    assert blend_inputs(alone) is alone
