@@ -522,7 +522,10 @@ def write_bundle(build: Path, comp: Competition, level1, blend: dict, entries: l
     project_wheel = build_wheel(project, dataset)
     specs = wheelhouse_specs(list(DEFAULT_WHEELS if options.wheels is None else options.wheels))
     dep_wheels = download_wheels(specs, dataset, list(options.find_links))
-    compiled = [w.name for w in dep_wheels if re.search(r"-cp3\d+-", w.name)]
+    from packaging.utils import parse_wheel_filename
+
+    # bound to one CPython minor: an ABI tag such as cp311 (abi3 and none install on any later Python)
+    compiled = [w.name for w in dep_wheels if any(t.abi.startswith("cp") for t in parse_wheel_filename(w.name)[3])]
     if compiled and sys.version_info[:2] != KAGGLE_PYTHON:
         warn(f"the wheelhouse was built for Python {sys.version_info[0]}.{sys.version_info[1]}, and Kaggle's image runs "
              f"{KAGGLE_PYTHON[0]}.{KAGGLE_PYTHON[1]}: {', '.join(compiled[:3])} will not install there. Run `make "
