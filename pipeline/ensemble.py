@@ -134,7 +134,7 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
     folds = sorted(int(k) for k in np.unique(level1.fold))
     report = {
         "metric": comp.metric, "greater_is_better": comp.scoring().greater_is_better, "task": comp.task,
-        "n_rows": len(level1.train_ids), "n_test": len(level1.test_ids), "n_models": len(level1.models),
+        "n_rows": len(level1.train_ids), "n_test": len(level1.test_ids), "n_models": len(model_rows),
         "n_classes": len(level1.classes), "n_folds": len(folds), "classes": level1.classes, "chosen": chosen,
         "test_prediction": TEST_PREDICTION_RULE,
         "models": {r["name"]: {"cv": _num(r["cv"]), "folds": {str(k): _num(v) for k, v in r["folds"].items()},
