@@ -13,9 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_competition, open_competition
-from pipeline.data import DataError
-from pipeline.io import CheckpointError
+from pipeline.core.config import ConfigError, load_competition, open_competition
+from pipeline.core.data import DataError
+from pipeline.core.io import CheckpointError
 
 DEFAULT_COMPETITION = "configs/competition.yaml"
 
@@ -24,33 +24,33 @@ DEFAULT_COMPETITION = "configs/competition.yaml"
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from pipeline.demo import write_digits
+    from pipeline.core.demo import write_digits
 
     print(f"wrote {write_digits(args.out)}")
 
 
 def cmd_fashion_mnist(args: argparse.Namespace) -> None:
-    from pipeline.demo import write_fashion_mnist
+    from pipeline.core.demo import write_fashion_mnist
 
     out = write_fashion_mnist(args.out, source=args.source, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
     print(f"wrote {out}")
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    from pipeline.check import run_check
+    from pipeline.artifacts.check import run_check
 
     run_check(open_competition(args.competition, args.overrides), models_dir=args.models_dir, source=args.competition)
 
 
 def cmd_folds(args: argparse.Namespace) -> None:
-    from pipeline.folds import make_folds
+    from pipeline.artifacts.folds import make_folds
 
     make_folds(open_competition(args.competition, args.overrides), out_dir=args.out, force=args.force,
                decode=not args.no_decode)
 
 
 def cmd_eda(args: argparse.Namespace) -> None:
-    from pipeline.eda import run_eda
+    from pipeline.tools.eda import run_eda
 
     run_eda(open_competition(args.competition, args.overrides), out=args.out, seed=args.seed, sample=args.sample)
 
@@ -63,9 +63,9 @@ def model_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from pipeline.models import load_model
-    from pipeline.runs import DISTILL_SUFFIX, DISTILL_TABLE, PSEUDO_SUFFIX, PSEUDO_TABLE, config_name, parse_target, run_name
-    from pipeline.train import TrainingError, train_fold
+    from pipeline.nn.models import load_model
+    from pipeline.artifacts.runs import DISTILL_SUFFIX, DISTILL_TABLE, PSEUDO_SUFFIX, PSEUDO_TABLE, config_name, parse_target, run_name
+    from pipeline.train.train import TrainingError, train_fold
 
     if args.target:  # the Make target names the fold; a -pseudo run trains on the pseudo-label table
         if args.model is not None or args.fold is not None:
@@ -88,8 +88,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> None:
     """Print the done.json targets of the model x folds still to train (Make runs them), and the plan."""
-    from pipeline.models import model_names
-    from pipeline.runs import plan_training, start_job
+    from pipeline.nn.models import model_names
+    from pipeline.artifacts.runs import plan_training, start_job
 
     comp = load_competition(args.competition)
     models = args.models.split() if args.models else model_names(comp.models_dir)
@@ -113,7 +113,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 def cmd_gpus(args: argparse.Namespace) -> None:
     """Print the GPUs GPUS= resolves to (empty: none, and Make trains folds itself as on a CPU machine)."""
-    from pipeline.launch import resolve_gpus
+    from pipeline.launch.launch import resolve_gpus
 
     print(",".join(resolve_gpus(args.gpus)))
 
@@ -122,13 +122,13 @@ def cmd_launch(args: argparse.Namespace) -> None:
     """Train the planned folds on this machine's GPUs, one job per device slot, or on a Ray cluster."""
     import shlex
 
-    from pipeline.launch import device_slots, fold_jobs, resolve_gpus, run_local, slot_name, summary
+    from pipeline.launch.launch import device_slots, fold_jobs, resolve_gpus, run_local, slot_name, summary
 
     jobs = fold_jobs(args.targets.split(), shlex.split(args.train_cmd), args.overrides, args.pseudo)
     if not jobs:
         return
     if args.cluster == "ray":
-        from pipeline.cluster import run_ray
+        from pipeline.launch.cluster import run_ray
 
         results = run_ray(jobs, Path.cwd(), address=args.address, gpus=args.job_gpus, cpus=args.job_cpus,
                           nproc=args.nproc, retries=args.retries)
@@ -145,7 +145,7 @@ def cmd_launch(args: argparse.Namespace) -> None:
 
 def cmd_weights(args: argparse.Namespace) -> None:
     """Store timm's pretrained weights of every model config with `pretrained: true` (online, once)."""
-    from pipeline.models import load_model, model_names, store_weights, stored_weights
+    from pipeline.nn.models import load_model, model_names, store_weights, stored_weights
 
     comp = load_competition(args.competition)
     names = args.models.split() if args.models else model_names(comp.models_dir)
@@ -188,7 +188,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from pipeline.distill import compare, write_teacher
+    from pipeline.train.distill import compare, write_teacher
 
     comp = load_competition(args.competition)
     if args.compare:
@@ -198,7 +198,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from pipeline.tune import tune
+    from pipeline.train.tune import tune
 
     folds = [int(f) for f in args.folds_to_tune.replace(",", " ").split()]
     tune(load_competition(args.competition), args.model, args.trials, folds, folds_path=args.folds, runs=args.runs,
@@ -206,8 +206,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_show_batch(args: argparse.Namespace) -> None:
-    from pipeline.models import load_model
-    from pipeline.show_batch import show_batch
+    from pipeline.nn.models import load_model
+    from pipeline.tools.show_batch import show_batch
 
     comp = open_competition(args.competition)
     cfg, _ = load_model(comp.models_dir, args.model, args.overrides)
@@ -215,8 +215,8 @@ def cmd_show_batch(args: argparse.Namespace) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
-    from pipeline.lr_find import lr_range_test
-    from pipeline.models import load_model
+    from pipeline.tools.lr_find import lr_range_test
+    from pipeline.nn.models import load_model
 
     comp = open_competition(args.competition)
     cfg, _ = load_model(comp.models_dir, args.model, args.overrides)
@@ -228,7 +228,7 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
 
 def predict_overrides(overrides: list[str]) -> dict:
-    from pipeline.config import parse_overrides
+    from pipeline.core.config import parse_overrides
 
     values = parse_overrides(overrides)
     unknown = sorted(set(values) - {"tta", "tta_merge"})
@@ -238,9 +238,9 @@ def predict_overrides(overrides: list[str]) -> dict:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from pipeline.launch import device_slots, resolve_gpus
-    from pipeline.predict import predict_all
-    from pipeline.runs import trained_models
+    from pipeline.launch.launch import device_slots, resolve_gpus
+    from pipeline.predict.predict import predict_all
+    from pipeline.artifacts.runs import trained_models
 
     values = predict_overrides(args.overrides)
     models = args.models.split() or None
@@ -257,7 +257,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def spread_predict(args: argparse.Namespace, names: list[str], slots: list[tuple[str, ...]]) -> None:
     """`predict` of each model in its own process on a free GPU slot; logs in runs/<model>/logs/predict.log."""
-    from pipeline.launch import Job, run_local, summary
+    from pipeline.launch.launch import Job, run_local, summary
 
     base = [sys.executable, "-m", "pipeline", "predict", "-c", args.competition, "--folds", args.folds,
             "--runs", args.runs, "--stacking", args.stacking, *(["--force"] if args.force else [])]
@@ -271,7 +271,7 @@ def spread_predict(args: argparse.Namespace, names: list[str], slots: list[tuple
 
 
 def cmd_pseudo(args: argparse.Namespace) -> None:
-    from pipeline.predict import write_pseudo
+    from pipeline.predict.predict import write_pseudo
 
     source = Path(args.source) if args.source else (
         Path(args.stacking) / f"{args.model}.test.csv" if args.model else Path("submissions/blend.test.csv"))
@@ -281,21 +281,21 @@ def cmd_pseudo(args: argparse.Namespace) -> None:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
-    from pipeline.ensemble import run_ensemble
+    from pipeline.blend.ensemble import run_ensemble
 
     run_ensemble(open_competition(args.competition, args.overrides), method=args.method, stacking=args.stacking,
                  folds_path=args.folds, out=args.out, force=args.force, runs=args.runs)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from pipeline.submission import validate_file
+    from pipeline.blend.submission import validate_file
 
     fmt = validate_file(args.path, open_competition(args.competition, args.overrides))
     print(f"{args.path}: valid ({fmt.kind}, header {list(fmt.columns)})")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from pipeline.report import make_report
+    from pipeline.tools.report import make_report
 
     make_report(open_competition(args.competition, args.overrides), submissions=args.submissions, runs=args.runs,
                 stacking=args.stacking, folds_path=args.folds, out=args.out, n_mistakes=args.mistakes,
@@ -306,7 +306,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_package(args: argparse.Namespace) -> None:
-    from pipeline.package import MACHINE_SHAPE, BundleOptions, build_package
+    from pipeline.kaggle.package import MACHINE_SHAPE, BundleOptions, build_package
 
     if args.machine_shape and not MACHINE_SHAPE.fullmatch(args.machine_shape):
         raise ConfigError(f"MACHINE_SHAPE={args.machine_shape!r}: a Kaggle accelerator name such as NvidiaTeslaT4 or TpuV5E8")
@@ -321,7 +321,7 @@ def cmd_package(args: argparse.Namespace) -> None:
     if args.student:  # the student alone, as a one-model blend
         import tempfile
 
-        from pipeline.package import student_blend
+        from pipeline.kaggle.package import student_blend
 
         with tempfile.TemporaryDirectory(prefix=".student-", dir=".") as work:
             stacking, submissions = student_blend(comp, args.student, Path(args.stacking), Path(args.folds),
@@ -334,8 +334,8 @@ def cmd_package(args: argparse.Namespace) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
-    from pipeline.package import SLUG, check_id, warn
-    from pipeline.submit import submit
+    from pipeline.kaggle.package import SLUG, check_id, warn
+    from pipeline.kaggle.submit import submit
 
     comp = open_competition(args.competition, args.overrides)
     slug = args.competition_slug  # a code competition's bundle names its own
@@ -350,13 +350,13 @@ def cmd_submit(args: argparse.Namespace) -> None:
 
 
 def cmd_kernel(args: argparse.Namespace) -> None:
-    from pipeline.kernel import run_kernel
+    from pipeline.kaggle.kernel import run_kernel
 
     run_kernel(args.bundle, args.data_dir, args.out, args.work_dir, args.time_budget)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from pipeline.bench import run_bench
+    from pipeline.tools.bench import run_bench
 
     run_bench(Path(args.out), args.n_train, args.n_test, args.folds, args.steps, args.skip_quality,
               Path(args.docs) if args.docs else None, args.epoch_images)

@@ -48,7 +48,7 @@ def make_competition(
     **config,
 ) -> Path:
     """A tiny random competition under root/data/tiny and its config root/competition.yaml."""
-    from pipeline.demo import write_competition
+    from pipeline.core.demo import write_competition
 
     rng = np.random.default_rng(seed)
     train_x = rng.integers(0, 256, (n_train, size, size), dtype=np.uint8)

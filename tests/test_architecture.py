@@ -15,22 +15,46 @@ import torch
 from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml
 
 PACKAGE = REPO / "pipeline"
-BOTTOM = {"errors", "config", "io", "data", "images", "metrics", "models", "heads", "demo"}  # the floor: nothing here reaches up
+# The floors, bottom first: a subpackage imports only from itself and the subpackages before it; the CLI
+# (cli.py, and __main__ that runs it) sits on top and nothing imports it.
+LAYERS = ["core", "nn", "artifacts", "launch", "train", "predict", "blend", "kaggle", "tools", "cli", "__main__"]
+MAX_MODULE_LINES = 600
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the pipeline modules it imports anywhere in its file (lazy imports inside functions too)."""
+    """Module (dotted below pipeline/, e.g. `train.recipe`) -> the pipeline modules it imports anywhere in
+    its file (lazy imports inside functions too)."""
+    paths = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
     graph = {}
-    for path in sorted(PACKAGE.glob("*.py")):
+    for name, path in paths.items():
         deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                raise AssertionError(f"{name}: relative import; write `from pipeline.<floor>.<module> import ...`")
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pipeline":
-                parts = node.module.split(".")
-                deps.update([parts[1]] if len(parts) > 1 else [a.name for a in node.names])
+                base = node.module.removeprefix("pipeline").lstrip(".")
+                for alias in node.names:  # `from pipeline.core import io` names the module io
+                    full = f"{base}.{alias.name}" if base else alias.name
+                    deps.add(full if full in paths else base)
             elif isinstance(node, ast.Import):
-                deps.update(a.name.split(".")[1] for a in node.names if a.name.startswith("pipeline."))
-        graph[path.stem] = deps - {path.stem}
+                deps.update(a.name.removeprefix("pipeline.") for a in node.names if a.name.startswith("pipeline."))
+        graph[name] = {d for d in deps if d} - {name}
     return graph
+
+
+def floor(module: str) -> str:
+    return module.split(".")[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(module, what it imports) for every import that reaches a floor above the module's own."""
+    return sorted((m, d) for m, deps in graph.items() if m != "__init__" for d in deps
+                  if LAYERS.index(floor(d)) > LAYERS.index(floor(m)))
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -72,21 +96,37 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_imports_go_one_way():
     graph = import_graph()
-    assert {"cli", "train", "infer", "blends", "ensemble", "recipe", "runs"} <= set(graph)
+    assert {"cli", "train.train", "nn.infer", "blend.blends", "blend.ensemble", "train.recipe", "artifacts.runs"} <= set(graph)
     assert [m for m, deps in graph.items() if "cli" in deps] == ["__main__"], "only __main__ may import the CLI"
     assert cycles(graph) == []
-    for module in BOTTOM:
-        assert graph[module] <= BOTTOM, f"{module} reaches up to {sorted(graph[module] - BOTTOM)}"
+    assert {floor(m) for m in graph} - {"__init__"} <= set(LAYERS), "a subpackage missing from LAYERS"
+    assert upward_imports(graph) == []  # every import goes to the module's own floor or one below it
+    floors = {f: {floor(d) for m, deps in graph.items() if floor(m) == f for d in deps} - {f} for f in LAYERS}
+    assert cycles(floors) == []
     # one inference path: only infer builds models for inference or evaluation loaders
     for module in graph:
-        for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
+        path = PACKAGE.joinpath(*module.split(".")).with_suffix(".py")
+        if not path.is_file():
+            path = PACKAGE.joinpath(*module.split("."), "__init__.py")
+        for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Call):
                 continue
             name = getattr(node.func, "id", getattr(node.func, "attr", ""))
             if name == "build_model" and any(k.arg == "pretrained" for k in node.keywords):
-                assert module == "infer", f"{module} builds a model for inference; use infer.model_from_state"
+                assert module == "nn.infer", f"{module} builds a model for inference; use infer.model_from_state"
             if name == "make_loader":  # training loaders (train, lr_find, the bench's data path) aside
-                assert module in ("infer", "train", "lr_find", "bench"), f"{module} builds its own loader"
+                assert module in ("nn.infer", "train.train", "tools.lr_find", "tools.bench"), f"{module} builds its own loader"
+
+
+def test_floor_checker_finds_an_upward_import():
+    graph = {"core.config": {"nn.models"}, "nn.models": {"core.config"}, "cli": {"blend.ensemble"}}
+    assert upward_imports(graph) == [("core.config", "nn.models")]
+
+
+def test_no_module_is_too_long_to_read():
+    long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := p.read_text().count("\n")) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
 
 LIGHT = "; ".join([
     "import sys",
@@ -121,8 +161,8 @@ def test_check_plan_and_validate_start_without_torch(tmp_path):
 def test_a_non_finite_step_never_reaches_the_weights():
     """The guard skips a step whose loss is NaN on the device: weights, BatchNorm statistics and optimizer
     state unchanged."""
-    from pipeline.models import ModelConfig, build_model
-    from pipeline.recipe import StepGuard, make_loss, make_optimizer
+    from pipeline.nn.models import ModelConfig, build_model
+    from pipeline.train.recipe import StepGuard, make_loss, make_optimizer
 
     for extra in ({"optimizer": "adamw"}, {"optimizer": "sgd", "sam": True}):
         cfg = ModelConfig(**{**TINY_MODEL, **extra})
@@ -161,9 +201,9 @@ def test_a_non_finite_step_never_reaches_the_weights():
 @pytest.mark.parametrize("sched", ["cosine", "step", "plateau", "wsd"])
 def test_schedules_resume_exactly_from_their_state(sched, tmp_path):
     """A scheduler rebuilt from its checkpoint state gives the same lrs as one that never stopped."""
-    from pipeline.io import load_checkpoint, save_checkpoint
-    from pipeline.models import ModelConfig, build_model
-    from pipeline.recipe import current_lr, load_scheduler_state, make_optimizer, make_scheduler, scheduler_state
+    from pipeline.core.io import load_checkpoint, save_checkpoint
+    from pipeline.nn.models import ModelConfig, build_model
+    from pipeline.train.recipe import current_lr, load_scheduler_state, make_optimizer, make_scheduler, scheduler_state
 
     cfg = ModelConfig(**{**TINY_MODEL, "epochs": 6, "sched": sched, "decay_epochs": 2 if sched == "step" else None,
                          "patience_epochs": 0})

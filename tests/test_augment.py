@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import PRESETS, build_transform, eval_transform, from_list, geometry, train_transform
-from pipeline.config import ConfigError, validate
-from pipeline.models import ModelConfig, build_model, data_config, resolve_stages
-from pipeline.tta import get_view
+from pipeline.nn.augment import PRESETS, build_transform, eval_transform, from_list, geometry, train_transform
+from pipeline.core.config import ConfigError, validate
+from pipeline.nn.models import ModelConfig, build_model, data_config, resolve_stages
+from pipeline.nn.tta import get_view
 
 SOURCES = {"wide": (100, 300), "tall": (300, 100)}  # (height, width) of the image as read
 SIZES = {"64x96": [64, 96], "int 64": 64}
@@ -168,7 +168,7 @@ def test_serialised_items_round_trip():
 
 def test_a_list_without_sizing_runs_at_training_size():
     """Flips, Affine, colour: the geometry first, so they act on the image at img_size (here: pad)."""
-    from pipeline.augment import sizes_itself
+    from pipeline.nn.augment import sizes_itself
 
     spec = [{"name": "Affine", "rotate": [0, 0], "translate_px": [4, 4], "p": 1.0}]  # a shift of 4 px right/down
     assert not sizes_itself(spec) and sizes_itself([{"name": "OneOf", "transforms": [{"name": "RandomCrop",
@@ -231,7 +231,7 @@ def test_an_old_int_data_config_from_a_checkpoint_still_works():
 @pytest.mark.parametrize("resize", ["squash", "pad", "crop"])
 @pytest.mark.parametrize("augment", ["light", "heavy", "trivialaugment", NESTED])
 def test_train_and_eval_pipelines_of_a_model_give_the_same_size(model, resize, augment):
-    from pipeline.infer import EvalSpec
+    from pipeline.nn.infer import EvalSpec
 
     cfg = ModelConfig(backbone="test_resnet", img_size=[48, 80], resize=resize, augment=augment)
     d = data_config(cfg, model)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Competition, ConfigError, load_competition, parse_overrides
+from pipeline.core.config import Competition, ConfigError, load_competition, parse_overrides
 from tests.conftest import REPO, run_cli, write_yaml
 
 BASE = {"data_dir": "data/x", "target": "label", "task": "multiclass", "metric": "accuracy"}
@@ -14,7 +14,7 @@ def test_repo_config_is_valid():
 
 
 def test_fashion_mnist_config_matches_what_make_data_fashion_mnist_writes(tmp_path):
-    from pipeline.demo import FASHION_MNIST_DIR, write_fashion_mnist
+    from pipeline.core.demo import FASHION_MNIST_DIR, write_fashion_mnist
 
     config = REPO / "configs" / "fashion-mnist" / "competition.yaml"
     comp = load_competition(config)

@@ -2,8 +2,8 @@ import cv2
 import pandas as pd
 import pytest
 
-from pipeline.demo import DIGIT_CLASSES, FASHION_MNIST_DIR, answers_path, write_digits, write_fashion_mnist
-from pipeline.io import file_md5
+from pipeline.core.demo import DIGIT_CLASSES, FASHION_MNIST_DIR, answers_path, write_digits, write_fashion_mnist
+from pipeline.core.io import file_md5
 
 
 def test_digits_layout(tmp_path):

@@ -96,8 +96,8 @@ def test_distill_needs_a_student_and_a_teacher_table(tmp_path):
 
 
 def test_blend_inputs_keep_distilled_students_out_unless_they_are_all_there_is(capsys):
-    from pipeline.ensemble import blend_inputs
-    from pipeline.tables import Level1
+    from pipeline.blend.ensemble import blend_inputs
+    from pipeline.artifacts.tables import Level1
 
     def level1(models):
         oof = np.stack([np.full((4, 2), i, dtype=float) for i in range(len(models))])

@@ -11,15 +11,15 @@ import pytest
 from sklearn.base import clone
 from sklearn.metrics import cohen_kappa_score
 
-from pipeline import blends
-from pipeline import ensemble as ens
-from pipeline.config import ConfigError, load_competition
-from pipeline.data import class_names, encode_targets, read_sample, read_train
-from pipeline.io import file_md5
-from pipeline.metrics import apply_thresholds, fit_thresholds, quadratic_kappa, score
-from pipeline.submission import validate_file
-from pipeline.tables import TableError, load_level1, write_table
-from pipeline.metrics import get_metric
+from pipeline.blend import blends
+from pipeline.blend import ensemble as ens
+from pipeline.core.config import ConfigError, load_competition
+from pipeline.core.data import class_names, encode_targets, read_sample, read_train
+from pipeline.core.io import file_md5
+from pipeline.core.metrics import apply_thresholds, fit_thresholds, quadratic_kappa, score
+from pipeline.blend.submission import validate_file
+from pipeline.artifacts.tables import TableError, load_level1, write_table
+from pipeline.core.metrics import get_metric
 from tests.conftest import edit_train, make_competition, run_cli
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ def _multilabel_noisy(rng, y: np.ndarray, strength: float) -> np.ndarray:
 
 def _setup(root: Path, strengths=(0.5, 1.5, 2.5), seed: int = 0, edit=None, sample=None, **config):
     """A tiny competition (cwd = root), its folds, and one stacking table pair per model."""
-    from pipeline.folds import make_folds
+    from pipeline.artifacts.folds import make_folds
 
     make_competition(root, n_train=90, n_test=15, **config)
     if edit is not None:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.images import BadImage, DicomUnavailable, decode_image, read_image, reduce_short_side
-from pipeline.loader import ImageCache, ImageDataset, estimate_bytes, maybe_cache
+from pipeline.core.images import BadImage, DicomUnavailable, decode_image, read_image, reduce_short_side
+from pipeline.nn.loader import ImageCache, ImageDataset, estimate_bytes, maybe_cache
 
 RNG = np.random.default_rng(0)
 

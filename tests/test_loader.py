@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import loader
-from pipeline.augment import build_transform
-from pipeline.images import BadImage, read_image
-from pipeline.loader import ImageCache, ImageDataset, make_loader, maybe_cache
+from pipeline.nn import loader
+from pipeline.nn.augment import build_transform
+from pipeline.core.images import BadImage, read_image
+from pipeline.nn.loader import ImageCache, ImageDataset, make_loader, maybe_cache
 
 
 def write_images(folder, n=40, seed=0):

@@ -1,4 +1,4 @@
-"""pipeline.metrics: every built-in against a hand computation or scikit-learn, directions, map@k, errors,
+"""pipeline.core.metrics: every built-in against a hand computation or scikit-learn, directions, map@k, errors,
 a metric from a file, per-label thresholds, and the legacy helpers."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score, f1_score, fbeta_score, matthews_corrcoef
 
-from pipeline import metrics as M
-from pipeline.errors import ConfigError
-from pipeline.metrics import (
+from pipeline.core import metrics as M
+from pipeline.core.errors import ConfigError
+from pipeline.core.metrics import (
     EPS,
     GREATER_IS_BETTER,
     METRIC_NAMES,
@@ -64,7 +64,7 @@ def s(name, task, y, p, **kw):
 
 
 def test_import_is_light():
-    code = ("import sys, pipeline.metrics; bad = [m for m in ('sklearn', 'torch', 'pandas') if m in sys.modules]; "
+    code = ("import sys, pipeline.core.metrics; bad = [m for m in ('sklearn', 'torch', 'pandas') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.data import MISSING_TEXT
+from pipeline.core.data import MISSING_TEXT
 from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml
 
 MAKE = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITION=competition.yaml"]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.package import DATASET_KEYS, KERNEL_KEYS, PackageError, plan_runtime, scrub_credentials
+from pipeline.kaggle.package import DATASET_KEYS, KERNEL_KEYS, PackageError, plan_runtime, scrub_credentials
 from tests.conftest import REPO, run_cli, train_tiny
 
 pytestmark = pytest.mark.slow
@@ -164,7 +164,7 @@ def kaggle_image_site(dest: Path) -> Path:
     Kaggle's opencv-python gives it (the module, without the headless distribution's metadata)."""
     from importlib import metadata
 
-    from pipeline.package import KAGGLE_IMAGE, dependency_closure
+    from pipeline.kaggle.package import KAGGLE_IMAGE, dependency_closure
 
     dest.mkdir()
 
@@ -228,7 +228,7 @@ def test_kernel_finds_the_bundle_wherever_kaggle_mounts_it(demo, tmp_path):
 
 def test_kaggle_checks_refuse_bad_metadata(demo, tmp_path):
     """The kaggle package's own checks (no network) catch what Kaggle would refuse at upload."""
-    from pipeline.submit import SubmitError, check_metadata
+    from pipeline.kaggle.submit import SubmitError, check_metadata
 
     dataset, kernel = tmp_path / "dataset", tmp_path / "kernel"
     shutil.copytree(demo / "dist" / "kaggle" / "dataset", dataset, ignore=shutil.ignore_patterns("*.whl", "*.safetensors"))
@@ -292,9 +292,9 @@ def test_learned_blend_reproduced_and_tiny_time_limit_warns(demo, tmp_path):
 
 
 def test_blend_states_round_trip_through_json():
-    from pipeline.blends import blend_test_prediction, import_blend_state, make_blend, stack
-    from pipeline.ensemble import evaluate_blend
-    from pipeline.metrics import get_metric
+    from pipeline.blend.blends import blend_test_prediction, import_blend_state, make_blend, stack
+    from pipeline.blend.ensemble import evaluate_blend
+    from pipeline.core.metrics import get_metric
 
     rng = np.random.default_rng(0)
     n, m, c = 90, 2, 3

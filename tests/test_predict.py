@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import ConfigError
-from pipeline.data import DataError
-from pipeline.tables import TableError, read_table, write_table
-from pipeline.tta import PRESETS, VIEWS, expand, get_view, merge
+from pipeline.core.config import ConfigError
+from pipeline.core.data import DataError
+from pipeline.artifacts.tables import TableError, read_table, write_table
+from pipeline.nn.tta import PRESETS, VIEWS, expand, get_view, merge
 from tests.conftest import REPO, make_competition, run_cli, train_tiny
 
 # --- TTA views ------------------------------------------------------------------------------------
@@ -132,8 +132,8 @@ def trained(tmp_path_factory):
 
 
 def test_oof_covers_every_id_once_and_test_is_fold_mean(trained):
-    from pipeline.augment import build_transform
-    from pipeline.infer import load_fold_model, to_proba
+    from pipeline.nn.augment import build_transform
+    from pipeline.nn.infer import load_fold_model, to_proba
 
     root, proc = trained
     train = pd.read_csv(root / "data/tiny/train.csv", dtype=str)
@@ -184,7 +184,7 @@ def test_predict_without_tta_under_another_name(trained):
 
 
 def test_select_pseudo_threshold_caps_and_top_frac_balances():
-    from pipeline.predict import select_pseudo
+    from pipeline.predict.predict import select_pseudo
 
     proba = pd.DataFrame(
         [[0.99, 0.01], [0.98, 0.02], [0.97, 0.03], [0.96, 0.04], [0.03, 0.97], [0.6, 0.4], [0.45, 0.55]],
@@ -201,9 +201,9 @@ def test_select_pseudo_threshold_caps_and_top_frac_balances():
 
 
 def test_pseudo_rows_train_only(tmp_path):
-    from pipeline.config import load_competition
-    from pipeline.folds import read_folds
-    from pipeline.train import fold_data
+    from pipeline.core.config import load_competition
+    from pipeline.artifacts.folds import read_folds
+    from pipeline.train.train import fold_data
 
     make_competition(tmp_path, n_train=30, n_test=10)
     run_cli("folds", "-c", "competition.yaml", cwd=tmp_path)

@@ -54,7 +54,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(trained):
-    import pipeline.report
+    import pipeline.tools.report
 
     seen = []  # the Grad-CAM panels as drawn
 
@@ -62,9 +62,9 @@ def report(trained):
         seen.extend(panels)
         return grad_cam_figure(panels, *args)
 
-    grad_cam_figure = pipeline.report.grad_cam_figure
+    grad_cam_figure = pipeline.tools.report.grad_cam_figure
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline.report, "grad_cam_figure", recording)
+        mp.setattr(pipeline.tools.report, "grad_cam_figure", recording)
         assert cli(trained, "report", "-c", "competition.yaml") == 0
     out = trained / "submissions" / "report"
     out.joinpath("panels.json").write_text(json.dumps([[list(p[2].shape), list(p[3].shape)] for p in seen]))
@@ -120,7 +120,7 @@ def test_report_without_cv_json_exits_2(trained, tmp_path, capsys):
 
 
 def test_roc_pr_and_per_label_tables_for_binary_and_multilabel(tmp_path):
-    from pipeline.report import confusion, per_class, plot_roc_pr
+    from pipeline.tools.report import confusion, per_class, plot_roc_pr
 
     rng = np.random.default_rng(0)
     y = np.arange(40) % 2
@@ -210,7 +210,7 @@ def test_lr_find_writes_plot_and_a_positive_suggestion(trained, capsys):
 
 
 def test_lr_suggestion_rules():
-    from pipeline.lr_find import suggest
+    from pipeline.tools.lr_find import suggest
 
     lrs = np.logspace(-6, 0, 50)
     loss = np.concatenate([np.linspace(2, 0.5, 40), np.linspace(0.6, 5, 10)])
@@ -295,7 +295,7 @@ def test_eda_sizes_aspects_and_a_pad_recommendation_on_varied_images(tmp_path):
 
 
 def test_size_recommendation_rules():
-    from pipeline.eda import recommend_size
+    from pipeline.tools.eda import recommend_size
 
     def frame(sizes):
         return pd.DataFrame({"split": "train", "height": [s[0] for s in sizes], "width": [s[1] for s in sizes]})
@@ -310,7 +310,7 @@ def test_size_recommendation_rules():
 
 
 def test_curves_label_every_axis_with_whole_epochs():
-    from pipeline.report import curves_figure
+    from pipeline.tools.report import curves_figure
 
     log = pd.DataFrame({"epoch": [1, 2, 3], "stage": [0, 0, 1], "train_loss": [1.0, 0.8, 0.7],
                         "val_loss": [1.1, 0.9, 0.85], "accuracy": [0.5, 0.6, 0.65], "lr": [1e-3, 5e-4, 1e-4]})
@@ -328,7 +328,7 @@ def colorbars(fig) -> list:
 
 
 def test_confusion_and_grad_cam_figures_have_colour_bars_and_keep_the_aspect():
-    from pipeline.report import confusion_figure, grad_cam_figure
+    from pipeline.tools.report import confusion_figure, grad_cam_figure
 
     cm = pd.DataFrame([[5, 1], [2, 4]], index=["a", "b"], columns=["a", "b"])
     fig = confusion_figure({"all": cm})
@@ -372,7 +372,7 @@ def test_lr_find_refuses_too_little_data(trained, capsys):
 
 
 def test_lr_suggestion_refuses_curves_nobody_can_act_on():
-    from pipeline.lr_find import suggest
+    from pipeline.tools.lr_find import suggest
 
     lrs = np.logspace(-6, 0, 60)
     flat = suggest(lrs, 1.0 + 0.001 * np.sin(np.arange(60)))

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import ConfigError
-from pipeline.launch import device_slots, resolve_gpus
+from pipeline.core.config import ConfigError
+from pipeline.launch.launch import device_slots, resolve_gpus
 from tests.conftest import REPO, TINY_MODEL, make_competition, write_yaml
 
 MAKE = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITION=competition.yaml"]

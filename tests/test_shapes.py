@@ -288,7 +288,7 @@ def test_fine_grained_heads_gem_and_arcface_through_every_stage(tmp_path):
     majority = pd.Series(tr_y).mode()[0]
     record("GeM + ArcFace heads (accuracy)", accuracy_score(te_y, sub["digit"]),
            accuracy_score(te_y, np.full(len(te_y), majority)))
-    from pipeline.io import load_checkpoint
+    from pipeline.core.io import load_checkpoint
 
     state = load_checkpoint(tmp_path / "runs" / "tiny" / "fold0" / "best.pt")["model"]
     p = [v for k, v in state.items() if k.endswith("global_pool.p")]

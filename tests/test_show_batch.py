@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.config import load_competition
-from pipeline.models import load_model
+from pipeline.core.config import load_competition
+from pipeline.nn.models import load_model
 from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml
 
 
@@ -34,10 +34,10 @@ def test_show_batch_writes_grids_of_what_the_model_receives(comp_dir):
         png = cv2.imread(str(out / f"{name}.png"))
         assert png is not None and png.shape[1] > png.shape[0] * (1.5 if name != "tta" else 0.3)
 
-    from pipeline.augment import train_transform
-    from pipeline.images import read_image
-    from pipeline.models import build_model, data_config
-    from pipeline.show_batch import batch_arrays, to_uint8
+    from pipeline.nn.augment import train_transform
+    from pipeline.core.images import read_image
+    from pipeline.nn.models import build_model, data_config
+    from pipeline.tools.show_batch import batch_arrays, to_uint8
 
     comp = load_competition("competition.yaml")
     cfg, _ = load_model("models", "tiny")

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import Competition, ConfigError
-from pipeline.data import DataError
-from pipeline.submission import (
+from pipeline.core.config import Competition, ConfigError
+from pipeline.core.data import DataError
+from pipeline.blend.submission import (
     SubmissionError,
     archive_submission,
     check_submission,
@@ -182,7 +182,7 @@ def test_archive_names_say_method_and_cv_and_never_overwrite(tmp_path):
 def test_validate_file_on_a_competition(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_competition(tmp_path, n_train=30, n_test=6)
-    from pipeline.config import load_competition
+    from pipeline.core.config import load_competition
 
     comp = load_competition("competition.yaml")
     sample = pd.read_csv(comp.sample_submission_path, dtype=str)

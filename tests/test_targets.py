@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.blends import FittedBlend, candidate_names, make_blend, stack
-from pipeline.config import ConfigError, load_competition
-from pipeline.data import DataError, class_names, encode_targets, read_answers, read_train
-from pipeline.submission import SubmissionError, check_submission, infer_format, make_submission, write_submission
+from pipeline.blend.blends import FittedBlend, candidate_names, make_blend, stack
+from pipeline.core.config import ConfigError, load_competition
+from pipeline.core.data import DataError, class_names, encode_targets, read_answers, read_train
+from pipeline.blend.submission import SubmissionError, check_submission, infer_format, make_submission, write_submission
 from tests.conftest import make_competition, run_cli, write_yaml
 
 

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.augment import PRESETS, build_transform
-from pipeline.config import ConfigError
-from pipeline.models import ModelConfig, build_model, head_parameter_names, load_model_config
-from pipeline.io import load_checkpoint
-from pipeline.recipe import SAM, current_lr, make_mixer, make_optimizer, make_scheduler
+from pipeline.nn.augment import PRESETS, build_transform
+from pipeline.core.config import ConfigError
+from pipeline.nn.models import ModelConfig, build_model, head_parameter_names, load_model_config
+from pipeline.core.io import load_checkpoint
+from pipeline.train.recipe import SAM, current_lr, make_mixer, make_optimizer, make_scheduler
 from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml
 
 def setup(root, n_train=60, model=None, name="tiny", **comp):

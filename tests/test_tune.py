@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from pipeline.models import load_model
+from pipeline.nn.models import load_model
 from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml
 
 MAKE = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITION=competition.yaml"]

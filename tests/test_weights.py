@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from pipeline.config import ConfigError
-from pipeline.models import ModelConfig, build_model, head_parameter_names, stored_weights
+from pipeline.core.config import ConfigError
+from pipeline.nn.models import ModelConfig, build_model, head_parameter_names, stored_weights
 from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml
 
 MAKE = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITION=competition.yaml"]

@@ -1,0 +1,360 @@
+"""`ensemble`: blend the level-1 tables in stacking/ into submissions/submission.csv and a CV report.
+
+Inputs: `stacking/<model>.oof.csv` and `stacking/<model>.test.csv` (id + one probability column per
+class, in class order; pipeline.artifacts.tables reads and checks them). A model is any name with both files.
+
+The blends themselves are pipeline.blend.blends' estimators. This stage scores each honestly, picks one,
+and writes what it picked:
+
+Honesty: a blend that learns (weights, weights_scipy, lgbm, logreg, and any blend with ordinal
+thresholds) is scored by nested CV on the folds of folds.csv: fit on the other folds' OOF rows, predict
+the held-out fold; its CV comes from those held-out predictions only. Its test prediction is the mean
+of the fold-wise learners' test predictions. Blends that learn nothing are applied to all rows at once.
+
+For metric qwk every blend also gets a `<name>+thr` variant: class thresholds on the expected class
+index, fitted under the same nested rule; its prediction is a hard class (one-hot). Its test class is
+the fold-averaged expected value cut at the fold-averaged thresholds. For a multilabel metric that
+decides at a threshold (f1, fbeta, accuracy, ...) `<name>+thr` tunes one threshold per label, under the
+same nested rule, and moves it to 0.5 (blends.LabelThresholded).
+
+`auto` (default) evaluates every blend and picks the best CV (ties: the first in registry order).
+Outputs: submission.csv (validated), cv.md and cv.json (every model's and blend's CV), blend.test.csv
+and blend.oof.csv (the chosen blend's tables), and blend.json: the chosen blend's fitted state, which
+`package` ships as it is instead of fitting it again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import clone
+from tqdm import tqdm
+
+from pipeline.blend.blends import FittedBlend, blend_test_prediction, candidate_names, make_blend, stack
+from pipeline.core.config import NEUTRAL_KEYS, Competition, config_hash
+from pipeline.core.data import DataError, read_answers, read_sample
+from pipeline.artifacts.folds import competition_identity
+from pipeline.core.io import file_md5, write_json, write_text
+from pipeline.core.metrics import Metric
+from pipeline.artifacts.runs import DISTILL_SUFFIX
+from pipeline.artifacts.tables import Level1, load_level1
+
+TEST_PREDICTION_RULE = (
+    "blends that learn: mean of the fold-wise learners' test predictions (nested CV); "
+    "blends that learn nothing: applied once to the test tables"
+)
+BLEND_STATE = "blend.json"  # the chosen blend's fitted state, beside submission.csv
+
+
+class EnsembleError(DataError):
+    """The stacking tables cannot be blended; the message says which file and why."""
+
+
+# --- nested cross-validation -------------------------------------------------------------------
+
+
+@dataclass
+class BlendResult:
+    name: str
+    learned: bool
+    oof: np.ndarray  # (n, C): nested held-out predictions for learned blends
+    test: np.ndarray  # (t, C)
+    cv: float
+    fold_scores: dict[int, float]
+    learners: list = field(default_factory=list)
+    test_score: float | None = None
+
+
+def fold_scores(metric: Metric, y: np.ndarray, proba: np.ndarray, fold: np.ndarray) -> dict[int, float]:
+    return {int(k): metric.score(y[fold == k], proba[fold == k]) for k in np.unique(fold)}
+
+
+def nested_cv(estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray):
+    """Fit on the other folds, predict each held-out fold; -> (oof (n, C), the fold-wise learners)."""
+    X, y, fold = np.asarray(X, dtype=np.float64), np.asarray(y), np.asarray(fold)
+    oof, learners = None, []
+    for k in np.unique(fold):
+        held = fold == k
+        est = clone(estimator).fit(X[~held], y[~held])
+        p = est.predict_proba(X[held])
+        if oof is None:
+            oof = np.zeros((len(X), p.shape[1]))
+        oof[held] = p
+        learners.append(est)
+    return oof, learners
+
+
+def evaluate_blend(name: str, estimator, X, y, fold, X_test, metric: Metric) -> BlendResult:
+    """Honest CV of one blend: nested for learned blends, one pass over all rows otherwise."""
+    learned = bool(getattr(estimator, "learned", False))
+    if learned:
+        oof, learners = nested_cv(estimator, X, y, fold)
+    else:
+        est = clone(estimator).fit(X, y)
+        oof, learners = est.predict_proba(X), [est]
+    test = blend_test_prediction(learned, learners, X_test, metric.task)
+    return BlendResult(name, learned, oof, test, metric.score(y, oof), fold_scores(metric, y, oof, fold), learners)
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.5f}"
+
+
+NOT_BLENDED = "model, distilled: not blended"
+
+
+def blend_inputs(level1: Level1) -> Level1:
+    """The models the blends see: all but distilled students, whose OOF learned from the other models' OOF.
+
+    A student distilled from a blend is a copy of it trained on its OOF: beside its teachers it would only
+    double-count them, and its OOF, tuned toward theirs, would make the blend's CV look better than its
+    test score. The report still shows the student's own CV. Only students left: they are blended."""
+    keep = [m for m in level1.models if not m.endswith(DISTILL_SUFFIX)]
+    if not keep or len(keep) == len(level1.models):
+        return level1
+    left = [m for m in level1.models if m not in keep]
+    print(f"note: {', '.join(left)}: distilled from a blend of the other models, so scored but not blended "
+          "(their OOF learned from the teachers' OOF); `make package STUDENT=` ships one alone")
+    return level1.select(keep)
+
+
+def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[BlendResult], errors: dict[str, str],
+                 chosen: str, has_answers: bool, submission: dict) -> tuple[str, dict]:
+    folds = sorted(int(k) for k in np.unique(level1.fold))
+    report = {
+        "metric": comp.metric, "greater_is_better": comp.scoring().greater_is_better, "task": comp.task,
+        "n_rows": len(level1.train_ids), "n_test": len(level1.test_ids), "n_models": len(model_rows),
+        "n_classes": len(level1.classes), "n_folds": len(folds), "classes": level1.classes, "chosen": chosen,
+        "test_prediction": TEST_PREDICTION_RULE,
+        "models": {r["name"]: {"cv": _num(r["cv"]), "folds": {str(k): _num(v) for k, v in r["folds"].items()},
+                               "test": _num(r.get("test")), "blended": r["blended"]} for r in model_rows},
+        "blends": {}, **submission,
+    }
+    for b in blends:
+        entry = {"cv": _num(b.cv), "nested": b.learned, "folds": {str(k): _num(v) for k, v in b.fold_scores.items()},
+                 "test": _num(b.test_score)}
+        weights = [est.weights_ for est in b.learners if hasattr(est, "weights_")]
+        if weights:
+            entry["weights"] = dict(zip(level1.models, np.round(np.mean(weights, axis=0), 4).tolist()))
+        report["blends"][b.name] = entry
+    for name, err in errors.items():
+        report["blends"][name] = {"cv": None, "error": err}
+
+    arrow = "higher" if comp.scoring().greater_is_better else "lower"
+    head = ["", "name", "kind", f"CV {comp.metric}"] + [f"fold {k}" for k in folds] + (["test"] if has_answers else [])
+    lines = [
+        "# CV report", "",
+        f"{len(level1.train_ids)} rows, {len(level1.test_ids)} test rows, {len(model_rows)} models"
+        + (f" ({len(level1.models)} blended)" if len(level1.models) < len(model_rows) else "") + ", "
+        f"{len(level1.classes)} classes, {len(folds)} folds; task {comp.task}, metric {comp.metric} ({arrow} is better).",
+        "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+    ]
+
+    def row(mark, name, kind, cv, per_fold, test):
+        cells = [mark, name, kind, _fmt(cv)] + [_fmt(per_fold.get(k)) for k in folds]
+        return "| " + " | ".join(cells + ([_fmt(test)] if has_answers else [])) + " |"
+
+    for r in model_rows:
+        lines.append(row("", r["name"], "model" if r["blended"] else NOT_BLENDED, r["cv"], r["folds"], r.get("test")))
+    for b in blends:
+        lines.append(row("**chosen**" if b.name == chosen else "", b.name, "blend, nested CV" if b.learned else "blend",
+                         b.cv, b.fold_scores, b.test_score))
+    for name, err in errors.items():
+        lines.append(row("", name, f"failed: {err}"[:80], None, {}, None))
+    lines += ["", f"Test prediction: {TEST_PREDICTION_RULE}.",
+              f"Submission: {submission.get('submission')} ({submission.get('format')}); "
+              f"archived as {submission.get('history')}.", ""]
+    return "\n".join(lines), report
+
+
+def track(comp: Competition, report: dict, files: list[Path]) -> None:
+    """The CV table as a tracking run (competition key `tracking`): every model's and blend's CV."""
+    from pipeline.core.tracking import competition_tracker
+
+    tracker = competition_tracker(comp, "ensemble", {"chosen": report["chosen"], "metric": comp.metric},
+                                  {"stage": "ensemble"})
+    cvs = {f"cv/{name}": v["cv"] for part in ("models", "blends") for name, v in report[part].items()
+           if v.get("cv") is not None}
+    tracker.log_metrics({**cvs, "cv/chosen": report["blends"][report["chosen"]]["cv"]}, 0)
+    tracker.log_artifacts(files)
+    tracker.end()
+
+
+def ensemble_inputs(comp: Competition, method: str, stacking: str | Path, folds_path: str | Path) -> dict:
+    """What a blend depends on: the method, the competition config, and the md5 of every input file."""
+    stacking = Path(stacking)
+    files = sorted(p for p in stacking.iterdir() if p.is_file()) if stacking.is_dir() else []
+    answers = Path(comp.answers) if comp.answers is not None else None
+    md5 = {str(p): file_md5(p) for p in [Path(folds_path), comp.train_csv_path, comp.sample_submission_path,
+                                         *([answers] if answers and answers.is_file() else []), *files]
+           if p.is_file()}
+    return {"method": method, "competition": config_hash(comp, NEUTRAL_KEYS), "md5": md5}
+
+
+OUTPUTS = ("submission.csv", "blend.test.csv", "blend.oof.csv", BLEND_STATE, "cv.md")
+
+
+def outputs_md5(out: Path) -> dict[str, str]:
+    """md5 of the files a run of the stage leaves in `out` (cv.json records them)."""
+    return {name: file_md5(out / name) for name in OUTPUTS if (out / name).is_file()}
+
+
+def check_provenance(comp: Competition, stacking: str | Path, runs: str | Path, folds_path: str | Path) -> None:
+    """Tables that `predict` made from runs/ must still describe those runs: the run's config file is
+    there and unchanged (with the overrides its folds were trained with), and its checkpoints are the
+    ones the tables came from. Tables of your own (no predict stamp) and runs not on this machine pass."""
+    from pipeline.core.data import class_names, read_train
+    from pipeline.artifacts.folds import fold_numbers
+    from pipeline.artifacts.runs import fold_runs
+    from pipeline.artifacts.tables import find_models, read_meta
+
+    stacking, classes, folds = Path(stacking), None, None
+    for name in find_models(stacking)[0]:
+        meta = read_meta(stacking / f"{name}.oof.csv")
+        stamp = meta.get("stamp") or {}
+        run = meta.get("model", name)
+        if "checkpoints" not in stamp:
+            continue
+        if not (Path(runs) / run).is_dir():
+            print(f"note: {stacking / name}.*.csv: made by predict from {runs}/{run}, which is not here; not checked")
+            continue
+        if classes is None:  # read once, and only when some table needs checking
+            classes, folds = class_names(comp, read_train(comp)), fold_numbers(folds_path)
+        try:
+            dirs = fold_runs(comp, run, folds, runs, folds_path, classes)
+        except DataError as e:
+            raise EnsembleError(f"{stacking / name}.oof.csv and .test.csv were made from {runs}/{run}, which is not "
+                                f"current any more: {e}") from None
+        if [file_md5(d / "best.pt") for d in dirs] != stamp["checkpoints"]:
+            raise EnsembleError(f"{stacking / name}.oof.csv and .test.csv were made from other checkpoints than "
+                                f"{runs}/{run} holds now; run `make predict`")
+
+
+def level1_md5(stacking: str | Path, models: list[str]) -> dict[str, str]:
+    """md5 of every stacking table a blend was fitted on (its OOF and test tables)."""
+    stacking = Path(stacking)
+    return {f"{m}.{part}.csv": file_md5(stacking / f"{m}.{part}.csv") for m in models for part in ("oof", "test")}
+
+
+def write_blend_state(path: Path, blend: FittedBlend, level1: Level1, stacking: str | Path, cv: float) -> None:
+    """The chosen blend's fitted state as JSON, stamped with the models, classes and tables it was fitted on."""
+    write_json(path, {**blend.export(), "models": level1.models, "classes": level1.classes, "cv": _num(cv),
+                      "tables": level1_md5(stacking, level1.models)})
+
+
+def read_blend_state(path: str | Path, stacking: str | Path) -> tuple[FittedBlend, dict]:
+    """(the fitted blend, its JSON) from `write_blend_state`; refused when a stacking table it was fitted
+    on has changed since."""
+    path = Path(path)
+    if not path.is_file():
+        raise EnsembleError(f"{path}: not found; run `make ensemble` (it saves the chosen blend there)")
+    data = json.loads(path.read_text())
+    now = level1_md5(stacking, data["models"]) if all(
+        (Path(stacking) / name).is_file() for name in data["tables"]) else {}
+    changed = sorted(name for name, md5 in data["tables"].items() if now.get(name) != md5)
+    if changed:
+        raise EnsembleError(f"{path}: {len(changed)} stacking table(s) changed or missing since the blend was "
+                            f"fitted ({', '.join(changed[:4])}); rerun `make ensemble`")
+    return FittedBlend.from_export(data), data
+
+
+def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path = "stacking",
+                 folds_path: str | Path = "folds/folds.csv", out: str | Path = "submissions",
+                 force: bool = False, runs: str | Path = "runs") -> dict:
+    """The stage: blend, score honestly, pick, validate and write the submission and cv.md/cv.json.
+
+    Tables made by `predict` are first checked against their runs (check_provenance). When cv.json
+    records the same inputs (method, config, md5 of every table) and the outputs are the files it wrote,
+    nothing is redone (no new history file); `force` reruns."""
+    from pipeline.blend.submission import archive_submission, infer_format, make_submission, write_submission
+    from pipeline.artifacts.tables import write_table
+
+    metric = comp.scoring()
+    names = candidate_names(method, metric)
+    out = Path(out)
+    check_provenance(comp, stacking, runs, folds_path)
+    inputs = ensemble_inputs(comp, method, stacking, folds_path)
+    if not force and all((out / f).is_file() for f in ("cv.json", "submission.csv", BLEND_STATE)):
+        try:
+            previous = json.loads((out / "cv.json").read_text())
+        except json.JSONDecodeError:
+            previous = {}
+        now = outputs_md5(out)
+        changed = sorted(k for k, v in previous.get("outputs", {}).items() if now.get(k) != v)
+        if previous.get("inputs") == inputs and previous.get("outputs") and not changed:
+            print(f"{out / 'submission.csv'}: inputs unchanged since the last ensemble (chosen: "
+                  f"{previous.get('chosen')}); skipping. `--force` (make ensemble FORCE=1) reruns it")
+            return previous
+        if previous.get("inputs") == inputs:
+            print(f"{out}: {', '.join(changed) or 'cv.json'} changed since the last ensemble wrote it; rerunning")
+    everything = load_level1(comp, stacking, folds_path)
+    level1 = blend_inputs(everything)
+    task, C = comp.task, len(level1.classes)
+    sample = read_sample(comp)
+    fmt = infer_format(comp, sample, level1.classes)  # fail on a bad sample before any work
+    y_test = read_answers(comp, level1.classes, level1.test_ids)
+    X, X_test, y, fold = stack(level1.oof), stack(level1.test), level1.y, level1.fold
+
+    model_rows = []
+    for m, name in enumerate(everything.models):
+        r = {"name": name, "cv": metric.score(y, everything.oof[m]),
+             "folds": fold_scores(metric, y, everything.oof[m], fold), "blended": name in level1.models}
+        if y_test is not None:
+            r["test"] = metric.score(y_test, everything.test[m])
+        model_rows.append(r)
+
+    blends, errors = [], {}
+    for name in tqdm(names, desc="blends", leave=False, disable=None):  # None: off outside a terminal
+        est = make_blend(name, task, C, metric, comp.seed)
+        try:
+            b = evaluate_blend(name, est, X, y, fold, X_test, metric)
+        except Exception as e:  # in auto, one failing blend must not sink the others
+            if method != "auto":
+                raise
+            errors[name] = f"{type(e).__name__}: {e}"
+            print(f"warning: blend {name} failed: {errors[name]}")
+            continue
+        if y_test is not None:
+            b.test_score = metric.score(y_test, b.test)
+        blends.append(b)
+    if not blends:
+        raise EnsembleError("every blend failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+    best = None
+    for b in blends:
+        if best is None or metric.is_better(b.cv, best.cv):
+            best = b
+    df = make_submission(fmt, sample, level1.classes, level1.test_ids, best.test)
+    path = write_submission(out / "submission.csv", df, fmt, sample, level1.classes, task)
+    history = archive_submission(path, out / "history", best.name, best.cv)
+    meta = {"method": best.name, "cv": _num(best.cv), "metric": comp.metric, "folds_md5": file_md5(folds_path),
+            "competition": competition_identity(comp, level1.train_ids)}
+    blend_table = write_table(out / "blend.test.csv", level1.test_ids, best.test, level1.classes, comp.id_col,
+                              meta={**meta, "models": level1.models})
+    write_table(out / "blend.oof.csv", level1.train_ids, best.oof, level1.classes, comp.id_col,  # for `make report`
+                meta=meta)
+    write_blend_state(out / BLEND_STATE, FittedBlend(best.name, best.learned, best.learners), level1, stacking,
+                      best.cv)
+    submission = {"submission": str(path), "history": str(history), "format": fmt.kind,
+                  "blend_test_table": str(blend_table), "submission_test": _num(best.test_score)}
+    text, report = build_report(comp, level1, model_rows, blends, errors, best.name, y_test is not None, submission)
+    report["inputs"] = inputs
+    write_text(out / "cv.md", text)
+    report["outputs"] = outputs_md5(out)
+    write_json(out / "cv.json", report)
+    track(comp, report, [out / "cv.md", out / "cv.json", path])
+    print(text)
+    print(f"chosen: {best.name} (CV {_fmt(best.cv)}"
+          + (f", test {_fmt(best.test_score)}" if y_test is not None else "") + f") -> wrote {path}")
+    return report

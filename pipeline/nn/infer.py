@@ -1,0 +1,155 @@
+"""The one inference path: a fold's model ready for inference, and images -> logits with TTA.
+
+Training's validation, `predict`, the Kaggle kernel, the bench, the package planner and the report all
+go through here: `load_fold_model` (or `model_from_state` for packaged weights) gives the model, and
+`image_logits` reads images through the evaluation transform, batches them, and runs every model on
+every TTA view of each batch, reading each image once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.nn.augment import eval_transform
+from pipeline.core.io import CheckpointError, load_checkpoint
+from pipeline.nn.loader import ImageCache, ImageDataset, make_loader
+from pipeline.nn.models import TARGET_MEAN, TARGET_STD, ModelConfig, attach_target_scale, build_model
+from pipeline.nn.tta import get_view
+
+
+def device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def amp_dtype(amp: str, dev: torch.device) -> torch.dtype | None:
+    """None means full precision. auto: bf16 where the GPU supports it, else fp16; off on CPU."""
+    if dev.type != "cuda" or amp == "off":
+        return None
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(dev: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dev.type, dtype=dtype)
+
+
+def to_proba(logits: np.ndarray | torch.Tensor, task: str) -> np.ndarray:
+    """Softmax (sigmoid for multilabel) in float64: finite for any finite logits. Regression outputs are
+    the predicted values already (the model carries its target scale), returned as they are."""
+    t = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    if task == "regression":
+        return t.numpy()
+    p = torch.sigmoid(t) if task == "multilabel" else torch.softmax(t, dim=1)
+    return p.numpy()
+
+
+# --- models for inference ------------------------------------------------------------------------
+
+
+def inference_state(ckpt: dict) -> dict:
+    """The weights a checkpoint predicts with: the EMA weights when it was trained with EMA."""
+    return ckpt.get("ema") or ckpt["model"]
+
+
+def model_from_state(cfg: ModelConfig, n_classes: int, state: dict, dev: torch.device | None = None):
+    """A model built from its config (no pretrained download), loaded with `state`, in eval mode on dev."""
+    model = build_model(cfg, num_classes=n_classes, pretrained=False)
+    if TARGET_MEAN in state:  # a regression model: outputs in the target's units
+        attach_target_scale(model, state[TARGET_MEAN], state[TARGET_STD])
+    model.load_state_dict(state)
+    model.to(dev or device()).eval()
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def load_fold_model(run: str | Path, which: str = "best", dev: torch.device | None = None):
+    """(model in eval mode with EMA weights when trained with EMA, config, checkpoint) of a run folder."""
+    run = Path(run)
+    try:
+        ckpt = load_checkpoint(run / f"{which}.pt")
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; train the fold again: make train MODEL={run.parent.name} "
+                              f"FOLD={run.name.removeprefix('fold')}") from None
+    cfg = ModelConfig.model_validate(ckpt["config"])
+    return model_from_state(cfg, len(ckpt["classes"]), inference_state(ckpt), dev), cfg, ckpt
+
+
+# --- images -> logits ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How a trained model reads images for inference: the resolved data config (size, mean, std,
+    interpolation), channels, batch size, workers, precision, memory format and the bad-image policy."""
+
+    data_config: dict
+    in_chans: int
+    batch_size: int
+    num_workers: int | str = "auto"
+    amp: str = "auto"
+    channels_last: bool = False
+    bad_images: str = "fail"
+
+    @classmethod
+    def of(cls, cfg: ModelConfig, data_config: dict) -> "EvalSpec":
+        """Evaluation batches are twice the training batch (no gradients to hold)."""
+        return cls(dict(data_config), cfg.in_chans, cfg.batch_size * 2, cfg.num_workers, cfg.amp, cfg.channels_last,
+                   cfg.bad_images)
+
+    def transform(self):
+        return eval_transform(self.data_config, self.in_chans)
+
+
+@torch.inference_mode()
+def image_logits(models: list, paths: list[Path], spec: EvalSpec, views: list[str] | tuple[str, ...] = ("none",),
+                 dev: torch.device | None = None, cache: ImageCache | None = None,
+                 rows: list[int] | None = None, desc: str | None = None) -> np.ndarray:
+    """Logits (models, views, n, C) of every image in `paths` (or only the indices in `rows`; the others
+    stay zero), each image read once for all models and views; `desc` shows a progress bar in a terminal.
+
+    Images that could not be read (policy skip) keep zero logits, i.e. the uniform prediction; a
+    model's own NaN stays NaN.
+    """
+    dev = dev or device()
+    dtype = amp_dtype(spec.amp, dev)
+    view_fns = [get_view(v) for v in views]
+    dataset = ImageDataset(paths, None, spec.transform(), spec.in_chans, spec.bad_images, cache,
+                           short_side=spec.data_config.get("read_side"))
+    loader = make_loader(dataset, spec.batch_size, spec.num_workers, rows, dev=dev)
+    fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
+    for m in models:
+        m.eval()
+    out: np.ndarray | None = None
+    skipped = 0
+    if desc is not None:  # a progress bar, in a terminal only
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True)
+    for x, _, idx, n_bad in loader:
+        skipped += n_bad
+        if x is None:
+            continue
+        x = x.to(dev, non_blocking=True)
+        batch_rows = idx.numpy()
+        for v, view in enumerate(view_fns):
+            xv = view(x).contiguous(memory_format=fmt)
+            for m, model in enumerate(models):
+                with autocast(dev, dtype):
+                    logits = model(xv).float().cpu().numpy()
+                if out is None:
+                    out = np.zeros((len(models), len(view_fns), len(paths), logits.shape[1]), dtype=np.float32)
+                out[m, v, batch_rows] = logits
+    if skipped:
+        print(f"warning: {skipped} image(s) could not be read; predicted as uniform")
+    if out is None:
+        raise RuntimeError("no image could be read for prediction")
+    return out

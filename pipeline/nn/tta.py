@@ -1,0 +1,110 @@
+"""Test-time augmentation: exact views of a normalised batch, and merges that are safe on raw logits.
+
+Views act on tensors (B, C, H, W) after normalisation, so each one is exact (hflip twice is the
+identity). Merges work in log space in float64: no NaN or Inf comes out of finite logits, however large.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.core.config import ConfigError
+
+View = Callable[[torch.Tensor], torch.Tensor]
+
+VIEWS: dict[str, View] = {
+    "none": lambda x: x,
+    "hflip": lambda x: x.flip(-1),
+    "vflip": lambda x: x.flip(-2),
+    "transpose": lambda x: x.transpose(-1, -2),
+    "rot90": lambda x: torch.rot90(x, 1, (-2, -1)),
+    "rot180": lambda x: torch.rot90(x, 2, (-2, -1)),
+    "rot270": lambda x: torch.rot90(x, 3, (-2, -1)),
+    "antitranspose": lambda x: torch.rot90(x, 1, (-2, -1)).flip(-1),
+}
+PRESETS: dict[str, list[str]] = {
+    "none": ["none"],
+    "flips": ["none", "hflip"],
+    "flips4": ["none", "hflip", "vflip", "rot180"],
+    "d4": ["none", "rot90", "rot180", "rot270", "hflip", "vflip", "transpose", "antitranspose"],
+}
+
+
+def _scale(factor: float) -> View:
+    """Zoom by `factor` around the centre, keeping the input size: > 1 crops the enlarged image, < 1
+    pads the shrunk one by edge replication. Same size in, same size out, so any model accepts it."""
+
+    def view(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        sh, sw = max(1, round(h * factor)), max(1, round(w * factor))
+        y = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False)
+        if sh >= h and sw >= w:
+            top, left = (sh - h) // 2, (sw - w) // 2
+            return y[..., top : top + h, left : left + w]
+        top, left = (h - sh) // 2, (w - sw) // 2
+        return F.pad(y, (left, w - sw - left, top, h - sh - top), mode="replicate")
+
+    return view
+
+
+def expand(tta: str | list[str]) -> list[str]:
+    """View names from a preset or a list; 'd4' inside a list expands too. Unknown names list the valid ones."""
+    items = [tta] if isinstance(tta, str) else list(tta)
+    names: list[str] = []
+    for item in items:
+        for name in PRESETS.get(item, [item]):
+            get_view(name)
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def get_view(name: str) -> View:
+    if name in VIEWS:
+        return VIEWS[name]
+    if name.startswith("scale:"):
+        try:
+            factor = float(name.split(":", 1)[1])
+        except ValueError:
+            factor = -1.0
+        if 0.25 <= factor <= 4:
+            return _scale(factor)
+    raise ConfigError(
+        f"key 'tta': unknown view {name!r}; views: {', '.join(VIEWS)}, scale:<factor> (e.g. scale:0.9); "
+        f"presets: {', '.join(PRESETS)}"
+    )
+
+
+def _log_proba(logits: np.ndarray, task: str) -> np.ndarray:
+    t = torch.as_tensor(logits, dtype=torch.float64)
+    return (F.logsigmoid(t) if task == "multilabel" else F.log_softmax(t, dim=-1)).numpy()
+
+
+def merge(logits: np.ndarray, how: str, task: str) -> np.ndarray:
+    """Merge views' logits (V, n, C) into probabilities (n, C); regression values by their mean, whatever `how`."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if task == "regression":
+        if how not in ("mean", "gmean", "logit_mean", "max"):
+            raise ConfigError(f"key 'tta_merge': unknown merge {how!r}; use mean, gmean, logit_mean or max")
+        return logits.mean(axis=0)
+    if how == "logit_mean":
+        mean = torch.as_tensor(logits.mean(axis=0))
+        return (torch.sigmoid(mean) if task == "multilabel" else torch.softmax(mean, dim=-1)).numpy()
+    logp = _log_proba(logits, task)
+    if how == "mean":
+        return np.exp(logp).mean(axis=0)
+    if how == "max":
+        p = np.exp(logp).max(axis=0)
+    elif how == "gmean":
+        if task == "multilabel":  # geometric mean of p against that of 1 - p, per label
+            log1m = _log_proba(-logits, task)
+            a, b = logp.mean(axis=0), log1m.mean(axis=0)
+            return np.exp(a - np.logaddexp(a, b))
+        p = np.exp(logp.mean(axis=0) - logp.mean(axis=0).max(axis=-1, keepdims=True))
+    else:
+        raise ConfigError(f"key 'tta_merge': unknown merge {how!r}; use mean, gmean, logit_mean or max")
+    return p if task == "multilabel" else p / p.sum(axis=-1, keepdims=True)

@@ -1,0 +1,200 @@
+"""`predict`: trained folds -> stacking/<model>.oof.csv and stacking/<model>.test.csv, with TTA.
+
+Each fold's best checkpoint predicts its own validation rows (OOF) and the whole test set; the test
+table is the mean of the folds' probabilities. Test images are read once per model: every batch goes
+through all fold models and all TTA views. A model whose tables were made from the same checkpoints,
+folds and TTA is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.config import Competition, ConfigError
+from pipeline.core.data import DataError, class_names, encode_targets, read_sample, read_train
+from pipeline.artifacts.folds import competition_identity, fold_numbers, fold_of
+from pipeline.nn.infer import EvalSpec, device, image_logits, load_fold_model
+from pipeline.core.io import file_md5
+from pipeline.artifacts.runs import fold_runs, trained_models
+from pipeline.artifacts.tables import read_meta, unchanged_since_written, write_table
+from pipeline.nn.tta import expand, merge
+
+
+def predict_model(
+    comp: Competition,
+    name: str,
+    runs: str | Path = "runs",
+    folds_path: str | Path = "folds/folds.csv",
+    stacking: str | Path = "stacking",
+    tta: str | list[str] | None = None,
+    tta_merge: str | None = None,
+    out_name: str | None = None,
+    force: bool = False,
+) -> dict:
+    """Write the model's OOF and test tables; return {'cv': ..., 'per_fold': [...]}."""
+    folds_path, stacking = Path(folds_path), Path(stacking)
+    folds_md5 = file_md5(folds_path)
+    fold_ids = fold_numbers(folds_path)
+    train = read_train(comp)
+    classes = class_names(comp, train)
+    dirs = fold_runs(comp, name, fold_ids, runs, folds_path, classes)
+    out_name = out_name or name
+    oof_path, test_path = stacking / f"{out_name}.oof.csv", stacking / f"{out_name}.test.csv"
+
+    dev = device()
+    loaded = [load_fold_model(d, "best", dev) for d in dirs]
+    cfg, ckpt = loaded[0][1], loaded[0][2]
+    views = expand(tta if tta is not None else cfg.tta)
+    how = tta_merge or cfg.tta_merge
+    merge(np.zeros((1, 1, 2)), how, comp.task)  # an unknown merge fails before any work
+    stamp = {
+        "folds_md5": folds_md5,
+        "runs": [json.loads((d / "done.json").read_text())["finished"] for d in dirs],
+        "checkpoints": [file_md5(d / "best.pt") for d in dirs],
+        "tta": views,
+        "tta_merge": how,
+    }
+    current = all(p.is_file() and read_meta(p).get("stamp") == stamp and unchanged_since_written(p)
+                  for p in (oof_path, test_path))
+    if not force and current:  # both tables, from these very checkpoints, as written
+        meta = read_meta(oof_path)
+        print(f"{out_name}: tables up to date ({comp.metric} {meta['cv']:.4f}); --force remakes them")
+        return meta
+
+    if ckpt["classes"] != classes:
+        raise DataError(f"{name}: trained on classes {ckpt['classes']}, the competition now has {classes}")
+    y = encode_targets(comp, train, classes)
+    ids = train[comp.id_col].to_numpy()
+    fold_index = fold_of(folds_path, comp, ids.tolist())
+    spec = EvalSpec.of(cfg, ckpt["data_config"])
+
+    oof = np.zeros((len(ids), len(classes)))
+    per_fold = []
+    test_ids = read_sample(comp)[comp.id_col].tolist()
+    print(f"{out_name}: {len(ids)} OOF rows over {len(fold_ids)} folds, then {len(test_ids)} test images x "
+          f"{len(fold_ids)} folds; TTA {'+'.join(views)}", flush=True)
+    for k, (model, _, _) in zip(fold_ids, loaded):
+        rows = np.flatnonzero(fold_index == k)
+        paths = [comp.image_path("train", i) for i in ids[rows]]
+        oof[rows] = merge(image_logits([model], paths, spec, views, dev, desc=f"{out_name} fold{k} OOF")[0], how,
+                          comp.task)
+        per_fold.append(comp.scoring().score(y[rows], oof[rows]))
+        print(f"  fold{k} OOF: {comp.metric} {per_fold[-1]:.4f} ({len(rows)} rows)", flush=True)
+    cv = comp.scoring().score(y, oof)
+
+    test_logits = image_logits([m for m, _, _ in loaded], [comp.image_path("test", i) for i in test_ids], spec,
+                               views, dev, desc=f"{out_name} test")
+    test = np.mean([merge(fold_logits, how, comp.task) for fold_logits in test_logits], axis=0)
+
+    identity = competition_identity(comp, ids)
+    meta = {"stamp": stamp, "folds_md5": folds_md5, "competition": identity, "model": name,
+            "metric": comp.metric, "cv": cv, "per_fold": per_fold, "tta": views, "tta_merge": how, "classes": classes}
+    write_table(oof_path, ids, oof, classes, comp.id_col, meta=meta)
+    write_table(test_path, test_ids, test, classes, comp.id_col, meta={"stamp": stamp, "folds_md5": folds_md5,
+                                                                       "competition": identity, "model": name})
+    folds_txt = " ".join(f"{s:.4f}" for s in per_fold)
+    print(f"{out_name}: {comp.metric} {cv:.4f} (folds {folds_txt}; TTA {'+'.join(views)}, {how}) -> {oof_path}, {test_path}")
+    return meta
+
+
+def predict_all(comp: Competition, models: list[str] | None = None, runs: str | Path = "runs", **kwargs) -> dict:
+    names = models or trained_models(runs)
+    if not names:
+        raise DataError(f"no trained models in {runs}/; run `make train-all` first")
+    return {name: predict_model(comp, name, runs=runs, **kwargs) for name in names}
+
+
+# --- pseudo-labels --------------------------------------------------------------------------------
+
+UNCALIBRATED = {"rank", "vote"}  # blends whose outputs are scores or one-hot votes, not probabilities
+
+
+def select_pseudo(
+    proba: pd.DataFrame,
+    task: str,
+    threshold: float | None = None,
+    top_frac: float | None = None,
+    prior: pd.Series | None = None,
+) -> pd.Index:
+    """Confident rows of a test probability table (indexed by id).
+
+    threshold: rows whose top probability reaches it; then no class may take more than 1.5x its share
+    of the training set among the chosen rows (the least confident extras are dropped).
+    top_frac: per predicted class, its most confident fraction of rows; balanced by construction.
+    Multilabel: a row is confident when every label is at least `threshold` away from undecided.
+    """
+    if (threshold is None) == (top_frac is None):
+        raise ConfigError("choose one of threshold or top_frac")
+    if task == "multilabel":
+        t = threshold if threshold is not None else 0.9
+        conf = np.minimum(proba.to_numpy(), 1 - proba.to_numpy()).max(axis=1)
+        return proba.index[conf <= 1 - t]
+    conf = proba.max(axis=1)
+    label = proba.idxmax(axis=1)
+    if top_frac is not None:
+        keep = []
+        for _, group in conf.groupby(label):
+            n = int(np.floor(len(group) * top_frac))
+            keep.extend(group.sort_values(ascending=False).index[:n])
+        return pd.Index(keep)
+    chosen = conf[conf >= threshold]
+    if prior is not None and len(chosen):
+        keep = []
+        for cls, group in chosen.groupby(label[chosen.index]):
+            cap = int(np.ceil(1.5 * prior.get(cls, 0.0) * len(chosen) - 1e-9))  # no float round-up
+            keep.extend(group.sort_values(ascending=False).index[:cap])
+        chosen = chosen.loc[keep]
+    return chosen.index
+
+
+def write_pseudo(
+    comp: Competition,
+    source: str | Path,
+    out: str | Path = "folds/pseudo.csv",
+    threshold: float | None = None,
+    top_frac: float | None = None,
+    soft: bool = False,
+) -> Path:
+    """folds/pseudo.csv from a test probability table: hard labels (id, target) or soft (id, classes)."""
+    from pipeline.core.io import write_csv
+    from pipeline.artifacts.tables import read_table
+
+    if comp.task == "regression":
+        raise ConfigError("pseudo-labels pick confident test rows by their probabilities; task regression has none. "
+                          "Write folds/pseudo.csv yourself (id + the target columns) to train on predicted values")
+    train = read_train(comp)
+    classes = class_names(comp, train)
+    test_ids = read_sample(comp)[comp.id_col].tolist()
+    proba = read_table(source, comp.id_col, classes, expected_ids=test_ids, task=comp.task)
+    method = read_meta(source).get("method")
+    if threshold is None and top_frac is None:  # defaults: a probability threshold, or ranks where scores are not
+        threshold, top_frac = (None, 0.3) if method in UNCALIBRATED else (0.95, None)
+    if threshold is not None and method in UNCALIBRATED:
+        raise ConfigError(
+            f"{source} comes from the {method} blend, whose scores are not probabilities; a probability "
+            "threshold means nothing there. Use TOP_FRAC=0.3 (most confident fraction per class) or MODEL=<name>"
+        )
+    prior = None
+    if comp.task != "multilabel":
+        prior = train[comp.target].astype(str).value_counts(normalize=True)
+        prior.index = prior.index.astype(str)
+    chosen = select_pseudo(proba, comp.task, threshold, top_frac, prior)
+    if len(chosen) == 0:
+        raise DataError(f"no test row of {source} passes the selection (threshold={threshold}, top_frac={top_frac}); "
+                        "lower THRESHOLD or use TOP_FRAC")
+    picked = proba.loc[chosen]
+    if soft or comp.task == "multilabel":
+        df = picked.reset_index()
+    else:
+        df = pd.DataFrame({comp.id_col: picked.index, comp.target: picked.idxmax(axis=1).to_numpy()})
+    write_csv(out, df)
+    counts = picked.idxmax(axis=1).value_counts().reindex(classes, fill_value=0) if comp.task != "multilabel" else None
+    print(f"pseudo-labels: {len(df)} of {len(proba)} test rows from {source} -> {out} "
+          f"({'soft' if soft else 'hard'} labels)")
+    if counts is not None:
+        print("per class: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+    return Path(out)
