@@ -150,7 +150,7 @@ def test_regression_blends_learn_predict_and_export(tmp_path):
     X = stack(np.stack([good, noisy]))
     for name in names:
         est = make_blend(name, "regression", 1, metric, seed=0).fit(X, y)
-        pred = est.predict_proba(X)
+        pred = est.predict(X)
         assert pred.shape == (200, 1)
         again = FittedBlend.from_export(json.loads(json.dumps(FittedBlend(name, True, [est]).export())))
         np.testing.assert_allclose(again.predict_proba(X, "regression"), pred)

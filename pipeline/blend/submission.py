@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import Competition, ConfigError
-from pipeline.core.data import DataError, examples, numbers
+from pipeline.core.config import Competition
+from pipeline.core.data import examples, numbers
+from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.io import write_csv, write_text
 from pipeline.artifacts.tables import ROW_SUM_TOLERANCE
 

@@ -18,15 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import Competition, ConfigError
+from pipeline.core.config import Competition
+from pipeline.core.errors import ConfigError, DataError
 
 # pandas' default missing-value markers: as labels they are almost always a hole in the data.
 MISSING_TEXT = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
                           "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
-
-
-class DataError(Exception):
-    """The competition's files do not match its config; the message names the file and rows."""
 
 
 def read_csv_text(path: str | Path, what: str = "") -> pd.DataFrame:

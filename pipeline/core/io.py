@@ -13,6 +13,8 @@ from typing import Iterator
 
 import pandas as pd
 
+from pipeline.core.errors import CheckpointError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -78,10 +80,6 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-
-
-class CheckpointError(Exception):
-    """A checkpoint file that cannot be read; the message names it."""
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

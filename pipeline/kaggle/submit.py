@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core.config import Competition
-from pipeline.core.data import DataError
+from pipeline.core.errors import DataError
 
 KAGGLE_HOST = "www.kaggle.com"
 

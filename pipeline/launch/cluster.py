@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.core.config import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.launch.launch import Job, Result, run_job, target_score
 
 CHECK_FILE = ".cluster-check"  # under runs/: written by the driver, read back on every node

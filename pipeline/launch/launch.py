@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core.config import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.artifacts.runs import config_name, parse_target, read_done, PSEUDO_SUFFIX, PSEUDO_TABLE
 
 TAIL_LINES = 15  # lines of a failed job's log in the closing summary

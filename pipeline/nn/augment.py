@@ -40,7 +40,7 @@ from albumentations.core.serialization import SERIALIZABLE_REGISTRY, shorten_cla
 from albumentations.pytorch import ToTensorV2
 from pydantic import ValidationError
 
-from pipeline.core.config import ConfigError
+from pipeline.core.errors import ConfigError
 
 # --- geometry -----------------------------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from pipeline.nn.augment import eval_transform
-from pipeline.core.io import CheckpointError, load_checkpoint
+from pipeline.core.io import load_checkpoint
+from pipeline.core.errors import CheckpointError
 from pipeline.nn.loader import ImageCache, ImageDataset, make_loader
 from pipeline.nn.models import TARGET_MEAN, TARGET_STD, ModelConfig, attach_target_scale, build_model
 from pipeline.nn.tta import get_view
