@@ -20,7 +20,7 @@ from pipeline.core.config import ConfigError
 from pipeline.nn.models import ModelConfig, build_model, head_parameter_names, load_model_config
 from pipeline.core.io import load_checkpoint
 from pipeline.train.recipe import SAM, current_lr, make_mixer, make_optimizer, make_scheduler
-from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml
+from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml, read_table_file
 
 def setup(root, n_train=60, model=None, name="tiny", **comp):
     make_competition(root, n_train=n_train, models_dir="models", **comp)
@@ -49,18 +49,20 @@ def test_fold_run_folder(tmp_path):
     setup(tmp_path)
     proc = train(tmp_path)
     out = tmp_path / "runs" / "tiny" / "fold0"
-    for name in ("config.yaml", "log.csv", "last.pt", "best.pt", "oof.csv", "done.json"):
+    for name in ("config.yaml", "log.csv", "last.pt", "best.pt", "oof.parquet", "done.json"):
         assert (out / name).is_file(), name
     log = pd.read_csv(out / "log.csv")
     assert list(log["epoch"]) == [1, 2]
     assert {"train_loss", "val_loss", "accuracy", "lr", "img_per_s"} <= set(log.columns)
-    oof = pd.read_csv(out / "oof.csv", dtype={"image_id": str})
+    oof = read_table_file(out / "oof.parquet")
     folds = pd.read_csv(tmp_path / "folds" / "folds.csv", dtype={"image_id": str})
     assert sorted(oof.image_id) == sorted(folds.image_id[folds.fold == 0])
     assert list(oof.columns) == ["image_id", "c0", "c1", "c2"]
     assert np.allclose(oof[["c0", "c1", "c2"]].sum(axis=1), 1, atol=1e-5)
-    done = json.loads((out / "done.json").read_text())
-    assert done["folds_md5"] and done["config_hash"] and done["metric"] == "accuracy"
+    done = json.loads((out / "done.json").read_text())  # the fold's stage record
+    assert done["stage"] == "train" and done["params"]["config_hash"] and done["metric"] == "accuracy"
+    assert list(done["inputs"]) == ["folds/folds.csv"] and done["overrides"] == [] and done["seconds"] > 0
+    assert {"runs/tiny/fold0/best.pt", "runs/tiny/fold0/oof.parquet"} <= set(done["outputs"])
     assert "epoch 2/2" in proc.stdout and "img/s" in proc.stdout
     ckpt = load_checkpoint(out / "last.pt")  # weights_only=True load of the full state
     assert {"model", "optimizer", "scaler", "epoch", "best", "rng", "stamp", "config"} <= set(ckpt)
@@ -73,9 +75,68 @@ def test_done_is_skipped_and_stale_on_config_or_folds_change(tmp_path):
     first = done.read_text()
     assert "skipping" in train(tmp_path).stdout and done.read_text() == first
     proc = train(tmp_path, "lr=0.02")  # another config hash -> retrained
-    assert "skipping" not in proc.stdout and json.loads(done.read_text())["config_hash"] != json.loads(first)["config_hash"]
+    assert "skipping" not in proc.stdout
+    assert json.loads(done.read_text())["params"]["config_hash"] != json.loads(first)["params"]["config_hash"]
     run_cli("folds", "-c", "competition.yaml", "seed=3", cwd=tmp_path)  # another folds.csv -> stale
     assert "skipping" not in train(tmp_path, "lr=0.02").stdout
+
+
+def plan_says(root, *args):
+    return run_cli("plan", "-c", "competition.yaml", "--models", "tiny student", *args, cwd=root).stderr
+
+
+def test_the_fold_record_decides_what_plan_retrains(tmp_path):
+    """done.json is the fold's record: an output touched but unchanged keeps the fold; a changed output,
+    folds.csv or teacher table makes it stale, each named; a done.json of the earlier format still counts."""
+    setup(tmp_path, model={"epochs": 1})
+    write_yaml(tmp_path / "models" / "student.yaml", {**TINY_MODEL, "epochs": 1, "distill": "folds/distill.csv"})
+    ids = pd.read_csv(tmp_path / "data/tiny/train.csv", dtype=str).image_id
+    teacher = pd.DataFrame({"image_id": ids, "c0": 0.5, "c1": 0.25, "c2": 0.25})
+    teacher.to_csv(tmp_path / "folds/distill.csv", index=False)
+    train(tmp_path)
+    train(tmp_path, model="student")
+    out = tmp_path / "runs/tiny/fold0"
+    assert json.loads((tmp_path / "runs/student-distilled/fold0/done.json").read_text())["inputs"].keys() == {
+        "folds/distill.csv", "folds/folds.csv"}
+    both_done = ["plan: tiny: 1/3 folds done; to train: fold1 (not trained)",
+                 "plan: student-distilled: 1/3 folds done; to train: fold1 (not trained)"]
+    stat = (out / "best.pt").stat()
+    os.utime(out / "best.pt", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, the same bytes
+    assert all(line in plan_says(tmp_path) for line in both_done)
+    oof = (out / "oof.parquet").read_bytes()
+    (out / "oof.parquet").write_bytes(oof + b"\n")
+    assert "tiny: 0/3 folds done; to train: fold0 (oof.parquet changed since written)" in plan_says(tmp_path)
+    (out / "oof.parquet").write_bytes(oof)
+    teacher.assign(c0=0.4, c1=0.35).to_csv(tmp_path / "folds/distill.csv", index=False)
+    said = plan_says(tmp_path)
+    assert both_done[0] in said and "student-distilled: 0/3 folds done; to train: fold0 (teacher table changed)" in said
+    # a done.json of the earlier format: its stamp at the top level, folds.csv by md5
+    done = json.loads((out / "done.json").read_text())
+    earlier = {**done["params"], "folds_md5": done["inputs"]["folds/folds.csv"]["md5"],
+               **{k: v for k, v in done.items() if k not in ("stage", "params", "choices", "inputs", "outputs")}}
+    (out / "done.json").write_text(json.dumps(earlier))
+    assert both_done[0] in plan_says(tmp_path)
+    assert "fold0 (config changed)" in plan_says(tmp_path, "lr=0.02")
+    run_cli("folds", "-c", "competition.yaml", "seed=3", cwd=tmp_path)
+    assert "tiny: 0/3 folds done; to train: fold0 (folds.csv changed)" in plan_says(tmp_path)
+
+
+def test_best_checkpoint_holds_what_inference_reads(tmp_path):
+    """best.pt: weights (EMA too), config, classes, data config; no optimizer or resume state, so it is
+    smaller than last.pt; predict works from it and gives the fold's own OOF."""
+    setup(tmp_path, model={"epochs": 1, "ema": 0.5})
+    for k in range(3):
+        train(tmp_path, fold=k)
+    out = tmp_path / "runs/tiny/fold0"
+    best, last = load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")
+    assert {"model", "ema", "config", "classes", "data_config", "epoch", "best", "best_epoch"} <= set(best)
+    assert not {"optimizer", "scheduler", "scaler", "rng", "log", "stamp"} & set(best)
+    assert same_weights(best["ema"], last["ema"]) and same_weights(best["model"], last["model"])  # one epoch
+    assert (out / "best.pt").stat().st_size < (out / "last.pt").stat().st_size / 1.5
+    run_cli("predict", "-c", "competition.yaml", cwd=tmp_path)
+    table = read_table_file(tmp_path / "stacking/tiny.oof.parquet").set_index("image_id")
+    fold = read_table_file(out / "oof.parquet").set_index("image_id")
+    assert len(table) == 60 and np.allclose(table.loc[fold.index].to_numpy(), fold.to_numpy(), atol=1e-5)
 
 
 def test_make_train_all_and_rerun_one_fold(tmp_path):
@@ -124,7 +185,7 @@ def test_sigkill_mid_run_then_resume_equals_unbroken(tmp_path):
     assert same_weights(weights(a / "runs/tiny/fold0/last.pt"), weights(b / "runs/tiny/fold0/last.pt"))
     ema_a, ema_b = (load_checkpoint(r / "runs/tiny/fold0/last.pt")["ema"] for r in (a, b))
     assert same_weights(ema_a, ema_b)
-    assert pd.read_csv(a / "runs/tiny/fold0/oof.csv").equals(pd.read_csv(b / "runs/tiny/fold0/oof.csv"))
+    assert read_table_file(a / "runs/tiny/fold0/oof.parquet").equals(read_table_file(b / "runs/tiny/fold0/oof.parquet"))
     # TensorBoard after a kill and resume: every epoch once, with log.csv's values
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -354,7 +415,7 @@ def test_ddp_gloo_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "runs/tiny/fold0"
     assert (out / "done.json").is_file()
-    oof = pd.read_csv(out / "oof.csv", dtype={"image_id": str})
+    oof = read_table_file(out / "oof.parquet")
     folds = pd.read_csv(tmp_path / "folds/folds.csv", dtype={"image_id": str})
     assert sorted(oof.image_id) == sorted(folds.image_id[folds.fold == 0])
     assert proc.stdout.count("epoch 1/1") == 1  # only rank 0 reports

@@ -1,14 +1,20 @@
 """Run folders: `runs/<run>/fold<k>/`, and what says a fold is finished. No torch here, so `plan` is quick.
 
-Training writes `done.json` last, holding the stamp of what the fold was trained from: the config hash
-(result-neutral keys left out), the md5 of folds.csv, the classes, the task and the metric, and the
-command-line overrides (`ARGS`) it was trained with. A fold is
+Training writes `done.json` last: the fold's stage record (pipeline.artifacts.record). Its params are the
+config hash (result-neutral keys left out), the classes, the task and the metric; its inputs folds.csv and,
+for a distilled student or a pseudo round, the teacher or pseudo-label table; its outputs the files later
+stages read (best.pt, oof.parquet, config.yaml); beside them the command-line overrides (`ARGS`) it was trained
+with, its score and its time. Decided from the record and file stats alone, a fold is
 
-- done: its stamp is the one the current config file and overrides give;
+- done: `record.changes` finds nothing for the params and inputs the current config file and overrides give;
 - kept: it was trained with overrides, none are given now, and the config file with *its* overrides still
-  gives its stamp (`make train-all ARGS=...` then `make predict`). Nothing retrains it unless asked
+  gives its config hash (`make train-all ARGS=...` then `make predict`). Nothing retrains it unless asked
   (`make train MODEL= FOLD=`, or `make train-all RETRAIN=1`), and the stages that use it say so;
-- stale: the config file, folds.csv, the classes, the task or the metric changed; `plan` says which.
+- stale: the config file, folds.csv, a teacher or pseudo-label table, the classes, the task or the metric
+  changed, or an output is missing or changed since written; `plan` says which.
+
+A done.json of the earlier format (the stamp at its top level) is still understood, so folds trained
+before it are not retrained.
 
 A fold is trained in `runs/<run>/.fold<k>.partial/` and moved into place only when finished; the fold
 it replaces, and an unfinished run that cannot be resumed, are set aside under `runs/<run>/stale/`,
@@ -24,16 +30,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.config import Competition, ConfigError, config_hash
-from pipeline.core.data import DataError, class_names, read_train
+from pipeline.core.config import Competition, config_hash
+from pipeline.core.data import class_names, read_train
+from pipeline.core.errors import ConfigError, DataError
 from pipeline.artifacts.folds import fold_numbers
-from pipeline.core.io import file_md5, write_json
+from pipeline.artifacts.record import Record, changes, digest, file_md5
+from pipeline.core.io import write_json
 from pipeline.nn.models import ModelConfig, load_model, model_config_path, stamp_exclusions
 
 PSEUDO_SUFFIX = "-pseudo"  # a pseudo-label round trains runs/<model>-pseudo/ beside round 0
 PSEUDO_TABLE = "folds/pseudo.csv"  # what `make pseudo` writes, and what a pseudo round trains on by default
 DISTILL_SUFFIX = "-distilled"  # a student distilled from the blend trains runs/<model>-distilled/
-DISTILL_TABLE = "folds/distill.csv"  # what `make distill` writes: the teacher blend's OOF probabilities
+DISTILL_TABLE = "folds/distill.parquet"  # what `make distill` writes: the teacher blend's OOF probabilities
 
 
 def run_name(model: str, cfg: ModelConfig) -> str:
@@ -90,27 +98,82 @@ def publish(work: Path, out: Path) -> Path | None:
     return old
 
 
-def run_stamp(cfg: ModelConfig, folds_md5: str, classes: list[str], comp: Competition) -> dict:
-    """What a finished fold was trained from; done.json holds it (a distilled student: its teacher table too)."""
-    stamp = {
-        "config_hash": config_hash(cfg, stamp_exclusions(cfg)),
-        "folds_md5": folds_md5,
-        "classes": classes,
-        "task": comp.task,
-        "metric": comp.metric,
-    }
-    if cfg.distill:
-        stamp["distill_md5"] = file_md5(cfg.distill) if Path(cfg.distill).is_file() else None
-    return stamp
+TRAIN_STAGE = "train"  # done.json is the fold's stage record (pipeline.artifacts.record)
+FOLD_OUTPUTS = ("best.pt", "oof.parquet", "oof.json", "config.yaml")  # what later stages read of a fold
+PARAM_NAMES = {"config_hash": "config", "classes": "classes", "task": "task", "metric": "metric"}
+EARLIER_MD5 = {"folds.csv": "folds_md5", "teacher table": "distill_md5"}  # an earlier done.json's input hashes
+
+
+def fold_params(cfg: ModelConfig, classes: list[str], comp: Competition) -> dict:
+    """What besides files a fold is trained from: the config hash (result-neutral keys left out), the classes,
+    the task and the metric."""
+    return {"config_hash": config_hash(cfg, stamp_exclusions(cfg)), "classes": list(classes), "task": comp.task,
+            "metric": comp.metric}
+
+
+def fold_inputs(cfg: ModelConfig, folds_path: str | Path) -> dict[str, str]:
+    """The files a fold is trained from, by the names `plan` gives them: folds.csv, a distilled student's
+    teacher table, a pseudo round's table."""
+    named = {"folds.csv": folds_path, "teacher table": cfg.distill, "pseudo-label table": cfg.pseudo}
+    return {name: str(Path(p)) for name, p in named.items() if p}
+
+
+def resume_stamp(params: dict, inputs: dict[str, str]) -> dict:
+    """What last.pt holds so that only a run of the same params and input files resumes from it."""
+    return {**params, "inputs": {name: file_md5(p) if Path(p).is_file() else None for name, p in inputs.items()}}
+
+
+def write_fold_record(work: Path, out: Path, params: dict, inputs: dict[str, str], info: dict) -> None:
+    """done.json, written last into the staging folder `work`: the fold's stage record. Its outputs are named
+    where `publish` moves them (`out`); a rename keeps their size and mtime, so the record holds there."""
+    outputs = {str(out / name): digest(work / name) for name in FOLD_OUTPUTS if (work / name).is_file()}
+    ins = {p: digest(p) for p in sorted(set(inputs.values()))}
+    write_json(work / "done.json", Record(TRAIN_STAGE, params, ins, outputs, {}, info).to_json())
 
 
 def read_done(out: Path) -> dict | None:
-    done = Path(out) / "done.json"
-    return json.loads(done.read_text()) if done.is_file() else None
+    """A fold's done.json as it is (None: none, or not readable)."""
+    try:
+        done = json.loads((Path(out) / "done.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return done if isinstance(done, dict) else None
 
 
-STAMP_REASONS = {"config_hash": "config changed", "folds_md5": "folds.csv changed", "classes": "classes changed",
-                 "task": "task changed", "metric": "metric changed", "distill_md5": "teacher table changed"}
+def _earlier_changes(done: dict, params: dict, inputs: dict[str, str]) -> list[str]:
+    """`record.changes` for a done.json of the earlier format (the stamp at its top level, inputs by md5), so
+    the folds trained before the stage records are not retrained."""
+    reasons = [f"{key} changed" for key in params if done.get(key) != params[key]]
+    for name, key in EARLIER_MD5.items():
+        path = inputs.get(name)
+        now = file_md5(path) if path and Path(path).is_file() else None
+        if (path or key in done) and done.get(key) != now:
+            reasons.append(f"{path or name} changed")
+    return reasons
+
+
+def fold_changes(out: Path, params: dict, inputs: dict[str, str]) -> list[str]:
+    """Why the fold in `out` is not the one these params and inputs give, in plan's words ([]: it is)."""
+    done = read_done(out)
+    if done is None:
+        return [f"{Path(out) / 'done.json'} cannot be read"]
+    if "stage" in done:
+        raw = changes(Path(out) / "done.json", params, list(inputs.values()))
+    else:
+        raw = _earlier_changes(done, params, inputs)
+    names = {**PARAM_NAMES, **{p: name for name, p in inputs.items()},
+             **{str(Path(out) / f): f for f in FOLD_OUTPUTS}}
+    return list(dict.fromkeys(_readable(r, names) for r in raw))
+
+
+def _readable(reason: str, names: dict[str, str]) -> str:
+    """One reason of `record.changes` with a name for its key or file ('folds.csv changed', 'best.pt missing')."""
+    for raw, name in names.items():
+        if reason in (f"{raw} changed", f"new input {raw}", f"input {raw} gone"):
+            return f"{name} changed"
+        if reason.startswith(f"output {raw} "):
+            return name + reason.removeprefix(f"output {raw}")
+    return reason
 
 
 @dataclass(frozen=True)
@@ -119,27 +182,26 @@ class FoldStatus:
     reason: str | None = None  # why it is kept, stale or to do
 
 
-def fold_status(out: Path, expected: dict, models_dir: str | Path, model: str,
+def fold_status(out: Path, params: dict, inputs: dict[str, str], models_dir: str | Path, model: str,
                 overrides: list[str] | None = None) -> FoldStatus:
-    """The state of the fold in `out` for the `expected` stamp, which the config `models_dir/<model>.yaml`
+    """The state of the fold in `out` for the params and inputs that the config `models_dir/<model>.yaml`
     with `overrides` gives (see the module docstring)."""
-    done = read_done(out)
-    if done is None:
+    if not (Path(out) / "done.json").is_file():
         partial = staging_dir(Path(out)) / "last.pt"
         return FoldStatus("todo", "resumes from its last checkpoint" if partial.is_file() else "not trained")
-    overrides = list(overrides or [])
-    changed = [k for k, v in expected.items() if done.get(k) != v]
-    if not changed:
+    reasons = fold_changes(out, params, inputs)
+    if not reasons:
         return FoldStatus("done")
-    recorded = list(done.get("overrides", []))
-    if changed == ["config_hash"] and recorded and not overrides:  # no ARGS now: keep what ARGS trained
+    recorded = list((read_done(out) or {}).get("overrides", []))
+    if reasons == ["config changed"] and recorded and not overrides:  # no ARGS now: keep what ARGS trained
         try:
             own = load_model(models_dir, model, recorded)[0]
         except ConfigError:
             own = None
-        if own is not None and config_hash(own, stamp_exclusions(own)) == done["config_hash"]:
+        if own is not None and not fold_changes(out, {**params, "config_hash": config_hash(own, stamp_exclusions(own))},
+                                                 inputs):
             return FoldStatus("kept", f"trained with ARGS '{' '.join(recorded)}'")
-    return FoldStatus("stale", ", ".join(STAMP_REASONS[k] for k in changed))
+    return FoldStatus("stale", ", ".join(reasons))
 
 
 def trained_models(runs: str | Path = "runs") -> list[str]:
@@ -162,7 +224,6 @@ def fold_runs(comp: Competition, run: str, folds: list[int], runs: str | Path, f
         raise DataError(f"{runs}/{run}: its config {comp.models_dir}/{model}.yaml is gone; restore it, or move "
                         f"{runs}/{run} away so that it is not predicted")
     dirs = [run_dir(run, k, runs) for k in folds]
-    folds_md5 = file_md5(folds_path)
     problems, kept = [], []
     for k, d in zip(folds, dirs):
         done = read_done(d)
@@ -171,7 +232,8 @@ def fold_runs(comp: Competition, run: str, folds: list[int], runs: str | Path, f
             continue
         recorded = list(done.get("overrides", []))  # judged by the config file with its own overrides
         cfg = load_model(comp.models_dir, model, recorded)[0]
-        status = fold_status(d, run_stamp(cfg, folds_md5, classes, comp), comp.models_dir, model, recorded)
+        status = fold_status(d, fold_params(cfg, classes, comp), fold_inputs(cfg, folds_path), comp.models_dir,
+                             model, recorded)
         if status.state != "done":
             problems.append(f"fold{k} ({status.reason})")
         elif recorded:
@@ -202,15 +264,14 @@ def plan_training(comp: Competition, models_dir: str | Path, models: list[str], 
     folds = fold_numbers(folds_path)
     configs = {m: load_model(models_dir, m, overrides)[0] for m in models}
     classes = class_names(comp, read_train(comp))
-    folds_md5 = file_md5(folds_path)
     jobs = []
     for m, cfg in configs.items():
-        expected = run_stamp(cfg, folds_md5, classes, comp)
+        params, inputs = fold_params(cfg, classes, comp), fold_inputs(cfg, folds_path)
         run = run_name(m, cfg)
         for k in folds:
             out = run_dir(run, k, runs)
             jobs.append(FoldJob(m, run, k, str(out / "done.json"),
-                                fold_status(out, expected, models_dir, m, overrides)))
+                                fold_status(out, params, inputs, models_dir, m, overrides)))
     return jobs
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import Competition, ConfigError
-from pipeline.core.data import DataError, class_names, encode_targets, read_train
+from pipeline.core.config import Competition
+from pipeline.core.data import class_names, encode_targets, read_train
+from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.io import write_csv, write_json
 
 MIN_STEPS = 20  # fewer optimizer steps than this do not make a curve
@@ -73,7 +74,7 @@ def training_rows(comp: Competition, cfg, model):
     from pipeline.nn.augment import train_transform
     from pipeline.nn.loader import ImageDataset
     from pipeline.nn.models import data_config
-    from pipeline.train.train import one_hot
+    from pipeline.train.folddata import one_hot
 
     train = read_train(comp)
     classes = class_names(comp, train)
@@ -138,7 +139,7 @@ def lr_range_test(comp: Competition, cfg, model_name: str, runs: str | Path = "r
     from pipeline.nn.infer import device
     from pipeline.nn.models import build_model
     from pipeline.train.recipe import base_optimizer, make_loss, make_optimizer
-    from pipeline.train.train import seed_everything
+    from pipeline.train.runtime import seed_everything
 
     if not 0 < start < end:
         raise ConfigError(f"lr-find: need 0 < --start < --end, got {start} and {end}")

@@ -1,20 +1,21 @@
 """`train`: one model on one fold -> runs/<run>/fold<k>/.
 
-The run folder holds config.yaml (the resolved config), log.csv, last.pt and best.pt (full state,
-written atomically), oof.csv (this fold's validation predictions) and done.json, written last, with
-the stamp of what the fold was trained from (pipeline.artifacts.runs). A finished fold with the same stamp is
-skipped; a killed one resumes from last.pt and ends with the same weights as an unbroken run (CPU,
-same seed).
+The run folder holds config.yaml (the resolved config), log.csv, last.pt (the full state a resume needs),
+best.pt (the best epoch's weights, EMA weights, config, classes and data config: what inference, packaging
+and reports read), oof.parquet (this fold's validation predictions) and done.json, written last: the fold's
+stage record, what it was trained from and what it wrote (pipeline.artifacts.runs). A finished fold whose
+record still holds is skipped; a killed one resumes from last.pt and ends with the same weights as an
+unbroken run (CPU, same seed).
 
-`train_fold` reads top to bottom: the fold's data and model, then per epoch `train_one_epoch`,
-`evaluate` and a checkpoint. The recipe's pieces (loss, optimizer, schedule, mixing, guarded steps)
-come from pipeline.train.recipe; validation and OOF predictions go through pipeline.nn.infer.
+`train_fold` reads top to bottom: the fold's data (pipeline.train.folddata) and model, then `run_epochs`:
+per epoch `train_one_epoch`, `validate` and a checkpoint; then `finish`. The recipe's pieces (loss,
+optimizer, schedule, mixing, guarded steps) come from pipeline.train.recipe, the random state and torchrun's
+ranks from pipeline.train.runtime; validation and OOF predictions go through pipeline.nn.infer.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +27,10 @@ import yaml
 from tqdm import tqdm
 
 from pipeline.nn.augment import train_transform
-from pipeline.core.config import Competition, ConfigError
-from pipeline.core.data import DataError, class_names, encode_targets, lines, numbers, read_csv_text, read_sample, read_train
-from pipeline.artifacts.folds import fold_of
-from pipeline.nn.infer import EvalSpec, amp_dtype, autocast, device, image_logits, load_fold_model, to_proba
-from pipeline.core.io import CheckpointError, file_md5, load_checkpoint, save_checkpoint, write_csv, write_json, write_text
+from pipeline.core.config import Competition
+from pipeline.nn.infer import EvalSpec, amp_dtype, autocast, image_logits, load_fold_model, to_proba
+from pipeline.core.io import file_md5, load_checkpoint, save_checkpoint, write_csv, write_json, write_text
+from pipeline.core.errors import CheckpointError, ConfigError, PipelineError
 from pipeline.nn.loader import EpochSampler, ImageDataset, make_loader, maybe_cache, resolve_workers
 from pipeline.core.metrics import get_metric
 from pipeline.nn.models import ModelConfig, attach_target_scale, build_model, data_config, resolve_stages
@@ -46,186 +46,25 @@ from pipeline.train.recipe import (
     make_scheduler,
     scheduler_state,
 )
-from pipeline.artifacts.runs import (config_name, fold_status, job_progress, publish, read_done, run_dir, run_stamp, set_aside,
-                           staging_dir)
-from pipeline.artifacts.tables import read_table, write_table
+from pipeline.artifacts.runs import (config_name, fold_inputs, fold_params, fold_status, job_progress, publish,
+                                     read_done, resume_stamp, run_dir, set_aside, staging_dir, write_fold_record)
+from pipeline.artifacts.tables import write_table
 from pipeline.core.tracking import Tracker, competition_tracker
+from pipeline.train.folddata import FoldData, fold_data
+from pipeline.train.runtime import (barrier, dist_info, gather_rows, init_distributed, rng_state, seed_everything,
+                                    set_rng_state)
 
 
-class TrainingError(Exception):
-    """A run that had to stop; the last checkpoint is intact and a rerun resumes from it."""
+class TrainingError(PipelineError):
+    """A run that had to stop; the last checkpoint is intact and a rerun resumes from it. The message names
+    the run and fold: `training <model> fold <k> stopped: <reason>`."""
 
+    def __init__(self, model: str, fold: int, reason: str):
+        super().__init__(model, fold, reason)  # args kept whole, so the error pickles across processes
+        self.model, self.fold, self.reason = model, fold, reason
 
-# --- the fold's data ------------------------------------------------------------------------------
-
-
-@dataclass
-class FoldData:
-    classes: list[str]
-    train_paths: list[Path]
-    train_targets: np.ndarray  # (n, C) float32: one-hot, multi-hot, soft pseudo-labels, or regression values
-    val_ids: list[str]
-    val_paths: list[Path]
-    val_y: np.ndarray  # class index (n,), multi-hot (n, C) or values (n, T)
-    distilled_ids: list[str] = field(default_factory=list)  # training rows whose target mixes in the teacher
-
-    def target_scale(self) -> tuple[np.ndarray, np.ndarray]:
-        """Regression: the training targets' mean and std per column (a constant column gets std 1)."""
-        mean, std = self.train_targets.mean(axis=0), self.train_targets.std(axis=0)
-        return mean, np.where(std > 0, std, 1.0)
-
-
-def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
-    return np.eye(n_classes, dtype=np.float32)[y]
-
-
-def read_pseudo(path: str | Path, comp: Competition, classes: list[str]) -> tuple[list[str], np.ndarray]:
-    """folds/pseudo.csv: id + one probability column per class (soft), or id + target column (hard)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"key 'pseudo': {path} not found (make pseudo writes folds/pseudo.csv)")
-    df = read_csv_text(path)
-    if comp.id_col not in df.columns:
-        raise DataError(f"{path}: id column '{comp.id_col}' missing; columns are {list(df.columns)}")
-    if df.empty:
-        raise DataError(f"{path}: holds no pseudo-labelled rows")
-    if all(c in df.columns for c in classes):
-        values = numbers(df[classes])
-        bad = ~np.isfinite(values).all(axis=1)
-        if comp.task != "regression":
-            bad |= ~((values >= 0) & (values <= 1)).all(axis=1)
-        if bad.any():
-            what = "finite numbers" if comp.task == "regression" else "probabilities in [0, 1]"
-            raise DataError(f"{path}: soft labels must be {what}; line(s) {lines(bad)} are not")
-        targets = values.astype(np.float32)
-    elif comp.task != "multilabel" and comp.target in df.columns:
-        index = {c: i for i, c in enumerate(classes)}
-        labels = df[comp.target].astype(str)
-        unknown = sorted(set(labels) - set(index))
-        if unknown:
-            raise DataError(f"{path}: unknown class(es) {unknown}")
-        targets = one_hot(labels.map(index).to_numpy(), len(classes))
-    else:
-        raise DataError(f"{path}: needs columns {[comp.id_col, *classes]} or {[comp.id_col, comp.target]}")
-    test_ids = set(read_sample(comp)[comp.id_col])
-    stray = sorted(set(df[comp.id_col]) - test_ids)
-    if stray:
-        raise DataError(f"{path}: {len(stray)} id(s) are not test rows of {comp.sample_submission_path}: {stray[:5]}")
-    return df[comp.id_col].tolist(), targets
-
-
-def soften(p: np.ndarray, task: str, temperature: float) -> np.ndarray:
-    """A teacher's probabilities at a temperature: p^(1/T) renormalised (multilabel: sigmoid(logit(p)/T));
-    regression values as they are."""
-    if task == "regression" or temperature == 1:
-        return p
-    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    if task == "multilabel":
-        return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
-    q = np.exp(np.log(p) / temperature)
-    return q / q.sum(axis=1, keepdims=True)
-
-
-def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str | None,
-              distill: tuple[str, float, float] | None = None) -> FoldData:
-    """Training rows (+ pseudo-labelled test rows) and validation rows of one fold. `distill` = (teacher
-    table, alpha, temperature): each training row's target becomes alpha x its label + (1 - alpha) x the
-    teacher's softened probabilities for it. The teacher table is the blend's OOF, so each row's soft label
-    comes from models that never saw that row; validation rows keep their true labels, untouched."""
-    train = read_train(comp)
-    classes = class_names(comp, train)
-    ids = train[comp.id_col]
-    fold_index = fold_of(folds_path, comp, ids.tolist())
-    if fold not in set(fold_index):
-        raise ConfigError(f"fold {fold} not in {folds_path} (folds: {sorted(set(fold_index.tolist()))})")
-    y = encode_targets(comp, train, classes)
-    targets = y if comp.task in ("multilabel", "regression") else one_hot(y, len(classes))
-    tr, va = fold_index != fold, fold_index == fold
-    train_paths = [comp.image_path("train", i) for i in ids[tr]]
-    train_targets = targets[tr]
-    distilled = []
-    if distill:
-        table, alpha, temperature = distill
-        if not Path(table).is_file():
-            raise ConfigError(f"key 'distill': {table} not found (`make distill STUDENT=<model>` writes folds/distill.csv)")
-        teacher = read_table(table, comp.id_col, classes, ids.tolist(), task=comp.task).loc[ids[tr]].to_numpy()
-        train_targets = alpha * train_targets + (1 - alpha) * soften(teacher, comp.task, temperature)
-        distilled = ids[tr].tolist()
-    if pseudo:
-        p_ids, p_targets = read_pseudo(pseudo, comp, classes)
-        train_paths += [comp.image_path("test", i) for i in p_ids]
-        train_targets = np.concatenate([train_targets, p_targets])
-    return FoldData(classes=classes, train_paths=train_paths, train_targets=train_targets.astype(np.float32),
-                    val_ids=ids[va].tolist(), val_paths=[comp.image_path("train", i) for i in ids[va]],
-                    val_y=y[va], distilled_ids=distilled)
-
-
-# --- RNG state that survives weights_only loading -----------------------------------------------
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])),
-        "python": (py_version, list(py_state), py_gauss),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    version, py_state, gauss = state["python"]
-    random.setstate((version, tuple(py_state), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# --- distributed --------------------------------------------------------------------------------
-
-
-def dist_info() -> tuple[int, int, int]:
-    """(rank, local_rank, world_size), from torchrun's environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
-
-
-def init_distributed(world: int, local_rank: int) -> torch.device:
-    dev = device()
-    if world > 1:
-        import torch.distributed as dist
-
-        if dev.type == "cuda":
-            torch.cuda.set_device(local_rank)
-            dev = torch.device("cuda", local_rank)
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return dev
-
-
-def gather_rows(local: np.ndarray, world: int) -> np.ndarray:
-    """Merge per-rank predictions where rank r predicted rows r, r + world, r + 2 world, ..."""
-    if world == 1:
-        return local
-    import torch.distributed as dist
-
-    parts: list = [None] * world
-    dist.all_gather_object(parts, local)
-    out = parts[0].copy()
-    for r in range(1, world):
-        out[r::world] = parts[r][r::world]
-    return out
+    def __str__(self) -> str:
+        return f"training {self.model} fold {self.fold} stopped: {self.reason}"
 
 
 # --- one fold's training, piece by piece ------------------------------------------------------------
@@ -351,11 +190,12 @@ def check_faults(eng: Engine, progress: Progress, epoch: int, step: int) -> None
     """Stop on too many unreadable images or non-finite losses (the guard kept them from the weights)."""
     cfg = eng.cfg
     if progress.bad_images > cfg.max_bad_images:
-        raise TrainingError(f"{progress.bad_images} unreadable images skipped, more than "
+        raise TrainingError(eng.name, eng.fold, f"{progress.bad_images} unreadable images skipped, more than "
                             f"max_bad_images={cfg.max_bad_images}")
     nan_steps = int(eng.guard.nonfinite)  # the one read-back of the count
     if nan_steps and (cfg.nan_policy == "stop" or nan_steps > cfg.max_nan_steps):
         raise TrainingError(
+            eng.name, eng.fold,
             f"non-finite loss in epoch {epoch + 1} by step {step} ({nan_steps} step(s) skipped so far; "
             f"nan_policy={cfg.nan_policy}, max_nan_steps={cfg.max_nan_steps}); lower lr, enable grad_clip, "
             "or check the inputs")
@@ -424,6 +264,7 @@ def train_one_epoch(eng: Engine, stage: Stage, epoch: int, progress: Progress, t
                                 lr=f"{current_lr(stage.optimizer):.2e}")
     except torch.OutOfMemoryError:
         raise TrainingError(
+            eng.name, eng.fold,
             f"out of memory at batch_size={scfg.batch_size}, img_size={stage.img_size} (height, width); the last "
             "checkpoint is intact and a rerun resumes from it. Lower batch_size (use grad_accum to keep the "
             "effective batch) or img_size") from None
@@ -439,14 +280,14 @@ def evaluate(eng: Engine, model: torch.nn.Module, spec: EvalSpec) -> np.ndarray:
     return to_proba(gather_rows(logits, eng.world), eng.comp.task)
 
 
-def prepare_staging(out: Path, expected: dict, main: bool) -> tuple[Path, dict | None]:
+def prepare_staging(out: Path, stamp: dict, main: bool) -> tuple[Path, dict | None]:
     """(the staging folder this run trains in, the checkpoint to resume from or None).
 
     A fold trains in runs/<run>/.fold<k>.partial/ and replaces runs/<run>/fold<k>/ only when finished, so a
-    killed rerun never costs the finished fold. An unfinished run with another stamp, or whose last.pt
-    cannot be read, is set aside under runs/<run>/stale/ and training starts over."""
+    killed rerun never costs the finished fold. An unfinished run with another stamp (params and input
+    files), or whose last.pt cannot be read, is set aside under runs/<run>/stale/ and training starts over."""
     work = staging_dir(out)
-    if main and out.is_dir() and read_done(out) is None and not work.exists():
+    if main and out.is_dir() and not (out / "done.json").is_file() and not work.exists():
         os.replace(out, work)  # an unfinished fold of the earlier layout, trained in place: resume it here
     resume = None
     if (work / "last.pt").is_file():
@@ -456,13 +297,29 @@ def prepare_staging(out: Path, expected: dict, main: bool) -> tuple[Path, dict |
             ckpt = None
             if main:
                 print(f"{e}; starting over")
-        if ckpt is not None and ckpt.get("stamp") == expected:
+        if ckpt is not None and ckpt.get("stamp") == stamp:
             resume = ckpt
         elif ckpt is not None and main:
-            print(f"{work / 'last.pt'} was made with another config or folds.csv; starting over")
+            print(f"{work / 'last.pt'} was made with another config or other input files (folds.csv, a teacher "
+                  "or pseudo-label table); starting over")
     if resume is None and main and work.exists():
         print(f"{work}: set aside in {set_aside(work)}")
     return work, resume
+
+
+def write_run_config(eng: Engine, work: Path, dcfg: dict, overrides: list[str]) -> dict:
+    """config.yaml (the resolved config) and, for a distilled student, distill.json; -> the resolved config."""
+    cfg, data = eng.cfg, eng.data
+    work.mkdir(parents=True, exist_ok=True)
+    resolved = {**cfg.model_dump(mode="json"), "_model": eng.name, "_fold": eng.fold, "_data": dcfg,
+                "_classes": data.classes, "_overrides": overrides,
+                "_num_workers": resolve_workers(cfg.num_workers, eng.dev, eng.world)}
+    write_text(work / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    if cfg.distill:  # which rows learned from the teacher, and which teacher: checkable against folds.csv
+        write_json(work / "distill.json", {"table": cfg.distill, "md5": file_md5(cfg.distill), "fold": eng.fold,
+                                           "alpha": cfg.distill_alpha, "temperature": cfg.temperature,
+                                           "ids": data.distilled_ids})
+    return resolved
 
 
 def restore(eng: Engine, resume: dict) -> Progress:
@@ -473,21 +330,93 @@ def restore(eng: Engine, resume: dict) -> Progress:
                     bad_epochs=resume["bad_epochs"], log=[dict(r) for r in resume["log"]])
 
 
-def checkpoint(eng: Engine, out: Path, stage: Stage, progress: Progress, expected: dict, dcfg: dict,
+def restore_stage(eng: Engine, stage: Stage, resume: dict) -> None:
+    """The first stage after a resume: the optimizer, scaler and schedule of the stage the checkpoint was in
+    (a stage that begins at the resume point starts afresh), then the random state."""
+    if resume["stage"] == stage.index:
+        stage.optimizer.load_state_dict(resume["optimizer"])
+        eng.guard.load_state_dict(resume["scaler"])
+        load_scheduler_state(stage.scheduler, resume["scheduler"])
+    set_rng_state(resume["rng"])
+
+
+# What best.pt keeps of the state: what inference, packaging and reports read. last.pt keeps it all.
+BEST_KEYS = ("model", "ema", "config", "classes", "data_config", "epoch", "stage", "best", "best_epoch")
+
+
+def checkpoint(eng: Engine, out: Path, stage: Stage, progress: Progress, stamp: dict, dcfg: dict,
                improved: bool) -> None:
+    """last.pt, the full state a resume needs; best.pt when the epoch improved, only the BEST_KEYS of it."""
     state = {
         "model": eng.model.state_dict(), "optimizer": stage.optimizer.state_dict(),
         "scaler": eng.guard.state_dict(), "scheduler": scheduler_state(stage.scheduler),
         "epoch": progress.epoch, "stage": stage.index, "best": progress.best, "best_epoch": progress.best_epoch,
-        "bad_epochs": progress.bad_epochs, "log": progress.log, "rng": rng_state(), "stamp": expected,
+        "bad_epochs": progress.bad_epochs, "log": progress.log, "rng": rng_state(), "stamp": stamp,
         "config": eng.cfg.model_dump(mode="json"), "classes": eng.data.classes, "data_config": dcfg,
     }
     if eng.ema is not None:
         state["ema"] = eng.ema.module.state_dict()
     if improved:
-        save_checkpoint(out / "best.pt", state)
+        save_checkpoint(out / "best.pt", {k: state[k] for k in BEST_KEYS if k in state})
     save_checkpoint(out / "last.pt", state)
     write_csv(out / "log.csv", pd.DataFrame(progress.log))
+
+
+def validate(eng: Engine, stage: Stage, epoch: int, progress: Progress, spec: EvalSpec,
+             stats: dict) -> tuple[dict, bool]:
+    """Score the epoch on the fold's validation rows, step a plateau schedule and note the best epoch;
+    -> (its log.csv row, whether it improved)."""
+    comp, data = eng.comp, eng.data
+    scoring = comp.scoring()
+    loss_metric = get_metric("rmse" if comp.task == "regression" else "logloss", comp.task)  # the val_loss column
+    proba = evaluate(eng, eng.eval_model(), spec)
+    finite = bool(np.isfinite(proba).all())  # a diverged model must never look good
+    metric = scoring.score(data.val_y, proba) if finite else float("nan")
+    val_loss = loss_metric.score(data.val_y, proba) if finite else float("nan")
+    stage.scheduler.step(epoch - stage.first_epoch + 1, metric)  # plateau; per-step schedules ignore it
+    improved = bool(np.isfinite(metric) and scoring.is_better(metric, progress.best))
+    if improved:
+        progress.best, progress.best_epoch, progress.bad_epochs = metric, epoch, 0
+    else:
+        progress.bad_epochs += 1
+    row = {"epoch": epoch + 1, "stage": stage.index, "train_loss": stats["train_loss"], "val_loss": val_loss,
+           comp.metric: metric, "lr": stats["lr"], "img_per_s": stats["img_per_s"],
+           "time_s": time.time() - stats["started"], "best": improved}
+    progress.log.append(row)
+    return row, improved
+
+
+def run_epochs(eng: Engine, stages: list[ModelConfig], progress: Progress, resume: dict | None, spec: EvalSpec,
+               work: Path, stamp: dict, tracker: Tracker, on_epoch=None) -> None:
+    """The epochs left: per epoch `train_one_epoch`, `validate` and (rank 0) a checkpoint and its logs, until
+    the last epoch or early stopping."""
+    cfg, metric = eng.cfg, eng.comp.metric
+    total_epochs = sum(s.epochs for s in stages)
+    stage_of = [i for i, s in enumerate(stages) for _ in range(s.epochs)]
+    board = open_tensorboard(work, progress.log, metric) if cfg.tensorboard and eng.main else None
+    stage = None
+    while progress.epoch < total_epochs and not (cfg.early_stopping and progress.bad_epochs >= cfg.early_stopping):
+        epoch = progress.epoch
+        if stage is None or stage_of[epoch] != stage.index:  # a new stage: its own recipe
+            stage = start_stage(eng, stages, stage_of[epoch])
+            if resume is not None:
+                restore_stage(eng, stage, resume)
+                resume = None
+        stats = train_one_epoch(eng, stage, epoch, progress, total_epochs)
+        row, improved = validate(eng, stage, epoch, progress, spec, stats)
+        if on_epoch is not None:
+            on_epoch(epoch, row[metric])
+        if eng.main:
+            print(f"{eng.name} fold{eng.fold} epoch {epoch + 1}/{total_epochs} | loss {row['train_loss']:.4f} | "
+                  f"val_loss {row['val_loss']:.4f} | {metric} {row[metric]:.4f} | lr {row['lr']:.2e} | "
+                  f"{row['img_per_s']:.0f} img/s | {row['time_s']:.1f}s" + (" *" if improved else ""), flush=True)
+            checkpoint(eng, work, stage, progress, stamp, spec.data_config, improved)
+            if board is not None:
+                log_scalars(board, row, metric)
+            tracker.log_metrics(row, epoch + 1)
+        progress.epoch += 1
+    if board is not None:
+        board.close()
 
 
 def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
@@ -498,85 +427,33 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
     each epoch's validation (`make tune` reports to its pruner there, which may stop the run by raising)."""
     data = fold_data(comp, folds_path, fold, cfg.pseudo,
                      (cfg.distill, cfg.distill_alpha, cfg.temperature) if cfg.distill else None)
-    out = run_dir(model_name, fold, runs)
-    expected = run_stamp(cfg, file_md5(folds_path), data.classes, comp)
+    out, overrides = run_dir(model_name, fold, runs), list(overrides)
+    params, inputs = fold_params(cfg, data.classes, comp), fold_inputs(cfg, folds_path)
     rank, local_rank, world = dist_info()
     if rank == 0 and read_done(staging_dir(out)) is not None:  # finished, but killed before it moved into place
         publish(staging_dir(out), out)
-    status = fold_status(out, expected, comp.models_dir, config_name(model_name), list(overrides))
+    status = fold_status(out, params, inputs, comp.models_dir, config_name(model_name), overrides)
     if status.state == "done" and not rerun:
-        print(f"{out}: done (same config and folds); skipping. `make train MODEL={model_name} FOLD={fold}` reruns it")
+        print(f"{out}: done (same config and inputs); skipping. `make train MODEL={model_name} FOLD={fold}` reruns it")
         return out
     if status.state in ("kept", "stale") and rank == 0:
         print(f"{out}: {status.reason}; training it again beside the finished fold, which is set aside when done")
-    work, resume = prepare_staging(out, expected, rank == 0)
+    stamp = resume_stamp(params, inputs)
+    work, resume = prepare_staging(out, stamp, rank == 0)
     stages = resolve_stages(cfg, source)
     eng = build_engine(comp, cfg, model_name, fold, data, rank, local_rank, world)
-    dcfg = data_config(cfg, eng.model)
-    spec = EvalSpec.of(cfg, dcfg)
+    spec = EvalSpec.of(cfg, data_config(cfg, eng.model))
+    tracker = Tracker()
     if eng.main:
-        work.mkdir(parents=True, exist_ok=True)
-        resolved = {**cfg.model_dump(mode="json"), "_model": model_name, "_fold": fold, "_data": dcfg,
-                    "_classes": data.classes, "_overrides": list(overrides),
-                    "_num_workers": resolve_workers(cfg.num_workers, eng.dev, world)}
-        write_text(work / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        if cfg.distill:  # which rows learned from the teacher, and which teacher: checkable against folds.csv
-            write_json(work / "distill.json", {"table": cfg.distill, "md5": file_md5(cfg.distill), "fold": fold,
-                                               "alpha": cfg.distill_alpha, "temperature": cfg.temperature,
-                                               "ids": data.distilled_ids})
+        resolved = write_run_config(eng, work, spec.data_config, overrides)
+        tracker = competition_tracker(comp, f"{model_name}/fold{fold}", resolved, {"model": model_name, "fold": fold})
     progress = restore(eng, resume) if resume is not None else Progress()
-    total_epochs = sum(s.epochs for s in stages)
-    stage_of = [i for i, s in enumerate(stages) for _ in range(s.epochs)]
     if resume is not None and eng.main:
-        print(f"{out}: resuming after epoch {progress.epoch} of {total_epochs}")
-    board = open_tensorboard(work, progress.log, comp.metric) if cfg.tensorboard and eng.main else None
-    tracker = competition_tracker(comp, f"{model_name}/fold{fold}", resolved, {"model": model_name, "fold": fold}) \
-        if eng.main else Tracker()
-    scoring = comp.scoring()
-    loss_metric = get_metric("rmse" if comp.task == "regression" else "logloss", comp.task)  # the val_loss column
-    stage = None
-    while progress.epoch < total_epochs and not (cfg.early_stopping and progress.bad_epochs >= cfg.early_stopping):
-        epoch = progress.epoch
-        if stage is None or stage_of[epoch] != stage.index:  # a new stage: its own recipe
-            stage = start_stage(eng, stages, stage_of[epoch])
-            if resume is not None:
-                if resume["stage"] == stage.index:
-                    stage.optimizer.load_state_dict(resume["optimizer"])
-                    eng.guard.load_state_dict(resume["scaler"])
-                    load_scheduler_state(stage.scheduler, resume["scheduler"])
-                set_rng_state(resume["rng"])
-                resume = None
-        stats = train_one_epoch(eng, stage, epoch, progress, total_epochs)
-        proba = evaluate(eng, eng.eval_model(), spec)
-        finite = bool(np.isfinite(proba).all())  # a diverged model must never look good
-        metric = scoring.score(data.val_y, proba) if finite else float("nan")
-        val_loss = loss_metric.score(data.val_y, proba) if finite else float("nan")
-        stage.scheduler.step(epoch - stage.first_epoch + 1, metric)  # plateau; per-step schedules ignore it
-        improved = bool(np.isfinite(metric) and scoring.is_better(metric, progress.best))
-        if improved:
-            progress.best, progress.best_epoch, progress.bad_epochs = metric, epoch, 0
-        else:
-            progress.bad_epochs += 1
-        row = {"epoch": epoch + 1, "stage": stage.index, "train_loss": stats["train_loss"], "val_loss": val_loss,
-               comp.metric: metric, "lr": stats["lr"], "img_per_s": stats["img_per_s"],
-               "time_s": time.time() - stats["started"], "best": improved}
-        progress.log.append(row)
-        if on_epoch is not None:
-            on_epoch(epoch, metric)
-        if eng.main:
-            print(f"{model_name} fold{fold} epoch {epoch + 1}/{total_epochs} | loss {row['train_loss']:.4f} | "
-                  f"val_loss {val_loss:.4f} | {comp.metric} {metric:.4f} | lr {row['lr']:.2e} | "
-                  f"{row['img_per_s']:.0f} img/s | {row['time_s']:.1f}s" + (" *" if improved else ""), flush=True)
-            checkpoint(eng, work, stage, progress, expected, dcfg, improved)
-            if board is not None:
-                log_scalars(board, row, comp.metric)
-            tracker.log_metrics(row, epoch + 1)
-        progress.epoch += 1
-    if board is not None:
-        board.close()
+        print(f"{out}: resuming after epoch {progress.epoch} of {sum(s.epochs for s in stages)}")
+    run_epochs(eng, stages, progress, resume, spec, work, stamp, tracker, on_epoch)
     if eng.main:
-        finish(eng, work, spec, {**expected, "overrides": list(overrides)}, progress)
-        tracker.log_artifacts([work / name for name in ("done.json", "log.csv", "config.yaml", "oof.csv")])
+        finish(eng, work, out, spec, progress, (params, inputs, overrides))
+        tracker.log_artifacts([work / name for name in ("done.json", "log.csv", "config.yaml", "oof.parquet")])
         tracker.end()
         old = publish(work, out)
         print(f"{out}: done, best epoch {progress.best_epoch + 1}"
@@ -584,10 +461,7 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
         note = None if rerun else job_progress(runs, out)
         if note:
             print(note, flush=True)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    barrier(world)
     return out
 
 
@@ -618,21 +492,23 @@ def open_tensorboard(out: Path, log_rows: list[dict], metric: str):
     return board
 
 
-def finish(eng: Engine, out: Path, spec: EvalSpec, expected: dict, progress: Progress) -> None:
-    """OOF predictions of the best checkpoint, then done.json (written last)."""
+def finish(eng: Engine, work: Path, out: Path, spec: EvalSpec, progress: Progress, record: tuple) -> None:
+    """OOF predictions of the best checkpoint, then done.json, the fold's record (written last). `record`:
+    (params, inputs, overrides) of the fold; its outputs are named where `publish` moves `work` (`out`)."""
     comp, data = eng.comp, eng.data
-    if not (out / "best.pt").is_file():
-        raise TrainingError(f"{out}: no epoch produced a finite {comp.metric}; nothing to keep")
-    model, _, _ = load_fold_model(out, "best", eng.dev)
+    params, inputs, overrides = record
+    if not (work / "best.pt").is_file():
+        raise TrainingError(eng.name, eng.fold, f"{work}: no epoch produced a finite {comp.metric}; nothing to keep")
+    model, _, _ = load_fold_model(work, "best", eng.dev)
     logits = image_logits([model], data.val_paths, spec, dev=eng.dev, cache=eng.val_cache)[0, 0]
     proba = to_proba(logits, comp.task)
     fold_score = comp.scoring().score(data.val_y, proba)
-    write_table(out / "oof.csv", data.val_ids, proba, data.classes, comp.id_col,
-                meta={"folds_md5": expected["folds_md5"], "fold": eng.fold, comp.metric: fold_score})
-    write_json(out / "done.json", {
-        **expected, "model": eng.name, "fold": eng.fold, "metric": comp.metric, "score": fold_score,
+    write_table(work / "oof.parquet", data.val_ids, proba, data.classes, comp.id_col,
+                meta={"folds_md5": file_md5(inputs["folds.csv"]), "fold": eng.fold, comp.metric: fold_score})
+    write_fold_record(work, out, params, inputs, {
+        "model": eng.name, "fold": eng.fold, "metric": comp.metric, "score": fold_score,
         "best_epoch": progress.best_epoch + 1, "epochs_run": len(progress.log),
         "greater_is_better": comp.scoring().greater_is_better, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "finished_at": time.time(), "seconds": round(time.time() - progress.started, 1),
+        "finished_at": time.time(), "seconds": round(time.time() - progress.started, 1), "overrides": overrides,
     })
     print(f"{eng.name} fold{eng.fold}: {comp.metric} {fold_score:.4f} (best epoch {progress.best_epoch + 1})")

@@ -1,0 +1,117 @@
+"""The rows one fold trains and validates on, and their training targets: one-hot labels, multi-hot tags or
+regression values; pseudo-labelled test rows (folds/pseudo.csv); a teacher's softened probabilities mixed
+into a distilled student's targets (folds/distill.parquet). No model here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts.folds import fold_of
+from pipeline.artifacts.tables import read_table
+from pipeline.core.config import Competition
+from pipeline.core.data import class_names, encode_targets, lines, numbers, read_csv_text, read_sample, read_train
+from pipeline.core.errors import ConfigError, DataError
+
+
+@dataclass
+class FoldData:
+    classes: list[str]
+    train_paths: list[Path]
+    train_targets: np.ndarray  # (n, C) float32: one-hot, multi-hot, soft pseudo-labels, or regression values
+    val_ids: list[str]
+    val_paths: list[Path]
+    val_y: np.ndarray  # class index (n,), multi-hot (n, C) or values (n, T)
+    distilled_ids: list[str] = field(default_factory=list)  # training rows whose target mixes in the teacher
+
+    def target_scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """Regression: the training targets' mean and std per column (a constant column gets std 1)."""
+        mean, std = self.train_targets.mean(axis=0), self.train_targets.std(axis=0)
+        return mean, np.where(std > 0, std, 1.0)
+
+
+def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
+    return np.eye(n_classes, dtype=np.float32)[y]
+
+
+def read_pseudo(path: str | Path, comp: Competition, classes: list[str]) -> tuple[list[str], np.ndarray]:
+    """folds/pseudo.csv: id + one probability column per class (soft), or id + target column (hard)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"key 'pseudo': {path} not found (make pseudo writes folds/pseudo.csv)")
+    df = read_csv_text(path)
+    if comp.id_col not in df.columns:
+        raise DataError(f"{path}: id column '{comp.id_col}' missing; columns are {list(df.columns)}")
+    if df.empty:
+        raise DataError(f"{path}: holds no pseudo-labelled rows")
+    if all(c in df.columns for c in classes):
+        values = numbers(df[classes])
+        bad = ~np.isfinite(values).all(axis=1)
+        if comp.task != "regression":
+            bad |= ~((values >= 0) & (values <= 1)).all(axis=1)
+        if bad.any():
+            what = "finite numbers" if comp.task == "regression" else "probabilities in [0, 1]"
+            raise DataError(f"{path}: soft labels must be {what}; line(s) {lines(bad)} are not")
+        targets = values.astype(np.float32)
+    elif comp.task != "multilabel" and comp.target in df.columns:
+        index = {c: i for i, c in enumerate(classes)}
+        labels = df[comp.target].astype(str)
+        unknown = sorted(set(labels) - set(index))
+        if unknown:
+            raise DataError(f"{path}: unknown class(es) {unknown}")
+        targets = one_hot(labels.map(index).to_numpy(), len(classes))
+    else:
+        raise DataError(f"{path}: needs columns {[comp.id_col, *classes]} or {[comp.id_col, comp.target]}")
+    test_ids = set(read_sample(comp)[comp.id_col])
+    stray = sorted(set(df[comp.id_col]) - test_ids)
+    if stray:
+        raise DataError(f"{path}: {len(stray)} id(s) are not test rows of {comp.sample_submission_path}: {stray[:5]}")
+    return df[comp.id_col].tolist(), targets
+
+
+def soften(p: np.ndarray, task: str, temperature: float) -> np.ndarray:
+    """A teacher's probabilities at a temperature: p^(1/T) renormalised (multilabel: sigmoid(logit(p)/T));
+    regression values as they are."""
+    if task == "regression" or temperature == 1:
+        return p
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    if task == "multilabel":
+        return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
+    q = np.exp(np.log(p) / temperature)
+    return q / q.sum(axis=1, keepdims=True)
+
+
+def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str | None,
+              distill: tuple[str, float, float] | None = None) -> FoldData:
+    """Training rows (+ pseudo-labelled test rows) and validation rows of one fold. `distill` = (teacher
+    table, alpha, temperature): each training row's target becomes alpha x its label + (1 - alpha) x the
+    teacher's softened probabilities for it. The teacher table is the blend's OOF, so each row's soft label
+    comes from models that never saw that row; validation rows keep their true labels, untouched."""
+    train = read_train(comp)
+    classes = class_names(comp, train)
+    ids = train[comp.id_col]
+    fold_index = fold_of(folds_path, comp, ids.tolist())
+    if fold not in set(fold_index):
+        raise ConfigError(f"fold {fold} not in {folds_path} (folds: {sorted(set(fold_index.tolist()))})")
+    y = encode_targets(comp, train, classes)
+    targets = y if comp.task in ("multilabel", "regression") else one_hot(y, len(classes))
+    tr, va = fold_index != fold, fold_index == fold
+    train_paths = [comp.image_path("train", i) for i in ids[tr]]
+    train_targets = targets[tr]
+    distilled = []
+    if distill:
+        table, alpha, temperature = distill
+        if not Path(table).is_file():
+            raise ConfigError(f"key 'distill': {table} not found (`make distill STUDENT=<model>` writes folds/distill.parquet)")
+        teacher = read_table(table, comp.id_col, classes, ids.tolist(), task=comp.task).loc[ids[tr]].to_numpy()
+        train_targets = alpha * train_targets + (1 - alpha) * soften(teacher, comp.task, temperature)
+        distilled = ids[tr].tolist()
+    if pseudo:
+        p_ids, p_targets = read_pseudo(pseudo, comp, classes)
+        train_paths += [comp.image_path("test", i) for i in p_ids]
+        train_targets = np.concatenate([train_targets, p_targets])
+    return FoldData(classes=classes, train_paths=train_paths, train_targets=train_targets.astype(np.float32),
+                    val_ids=ids[va].tolist(), val_paths=[comp.image_path("train", i) for i in ids[va]],
+                    val_y=y[va], distilled_ids=distilled)
