@@ -95,3 +95,12 @@ def edit_train(root: Path, fn) -> None:
 def tiny(tmp_path: Path) -> Path:
     make_competition(tmp_path)
     return tmp_path
+
+
+def read_table_file(path: Path) -> pd.DataFrame:
+    """A level-1 table as a frame, whatever its format (the pipeline's Parquet, or a CSV): ids as text."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        df = pd.read_parquet(path)
+        return df.astype({df.columns[0]: str})
+    return pd.read_csv(path, dtype={0: str}, keep_default_na=False)

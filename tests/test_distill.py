@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 
-from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml
+from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml, read_table_file
 
 MAKE = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITION=competition.yaml"]
 
@@ -26,8 +26,8 @@ def test_distill_soft_targets_come_from_models_that_held_the_rows_out(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # the teacher table is the chosen blend's OOF, every training row, never its test predictions
-    teacher = table(tmp_path / "folds" / "distill.csv")
-    blend_oof = table(tmp_path / "submissions" / "blend.oof.csv")
+    teacher = table(tmp_path / "folds" / "distill.parquet")
+    blend_oof = table(tmp_path / "submissions" / "blend.oof.parquet")
     assert teacher.equals(blend_oof.loc[teacher.index])
     folds = pd.read_csv(tmp_path / "folds" / "folds.csv", dtype=str).set_index("image_id")["fold"].astype(int)
     assert sorted(teacher.index) == sorted(folds.index)
@@ -35,7 +35,7 @@ def test_distill_soft_targets_come_from_models_that_held_the_rows_out(tmp_path):
     # of every teacher run's fold j, whose model trained on every fold but j
     for run in ("teacher", "student"):
         for j in sorted(folds.unique()):
-            held_out = set(table(tmp_path / "runs" / run / f"fold{j}" / "oof.csv").index)
+            held_out = set(table(tmp_path / "runs" / run / f"fold{j}" / "oof.parquet").index)
             assert held_out == set(folds.index[folds == j])
     # each student fold learned from the teacher on its training rows only, never on its validation rows
     for k in sorted(folds.unique()):
@@ -45,7 +45,7 @@ def test_distill_soft_targets_come_from_models_that_held_the_rows_out(tmp_path):
         assert record["alpha"] == 0.3 and record["temperature"] == 3
     # the student's tables join stacking/, and the comparison has the three rows
     for name in ("student", "student-distilled"):
-        assert (tmp_path / "stacking" / f"{name}.oof.csv").is_file()
+        assert (tmp_path / "stacking" / f"{name}.oof.parquet").is_file()
     lines = proc.stdout.splitlines()
     start = max(i for i, line in enumerate(lines) if line.startswith("| model | CV accuracy"))
     rows = [line for line in lines[start:] if line.startswith("| ")]
@@ -77,7 +77,7 @@ def test_distill_soft_targets_come_from_models_that_held_the_rows_out(tmp_path):
     shutil.copytree(tmp_path / "data" / "tiny", tmp_path / "input", ignore=shutil.ignore_patterns("train", "train.csv"))
     run_cli("kernel", "--bundle", "dist/student/dataset", "--data-dir", "input", "--out", "kernel/submission.csv",
             cwd=tmp_path)
-    probs = pd.read_csv(tmp_path / "stacking" / "student-distilled.test.csv", dtype={"image_id": str})
+    probs = read_table_file(tmp_path / "stacking" / "student-distilled.test.parquet")
     expected = probs.set_index("image_id").idxmax(axis=1)
     sub = pd.read_csv(tmp_path / "kernel" / "submission.csv", dtype=str).set_index("image_id")
     assert (sub["label"] == expected.loc[sub.index]).all()

@@ -16,13 +16,17 @@ from pipeline.blend import ensemble as ens
 from pipeline.core.config import ConfigError, load_competition
 from pipeline.core.data import class_names, encode_targets, read_sample, read_train
 from pipeline.core.io import file_md5
-from pipeline.core.metrics import apply_thresholds, fit_thresholds, quadratic_kappa, score
+from pipeline.core.metrics import quadratic_kappa
+from pipeline.core.thresholds import apply_thresholds, fit_thresholds
 from pipeline.blend.submission import validate_file
 from pipeline.artifacts.tables import TableError, load_level1, write_table
 from pipeline.core.metrics import get_metric
-from tests.conftest import edit_train, make_competition, run_cli
+from tests.conftest import edit_train, make_competition, run_cli, read_table_file
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+# What `auto` tries for a class task, in order (written out: the registry must match it).
+CLASS_BLENDS = ("vote", "mean", "gmean", "rank", "weights", "weights_scipy", "lgbm", "logreg")
 
 
 def _noisy(rng, y: np.ndarray, n_classes: int, strength: float) -> np.ndarray:
@@ -132,7 +136,8 @@ def test_weights_greedy_and_scipy_find_the_useful_model():
     X = blends.stack(np.stack([noise, good, noise[::-1]]))
     greedy = blends.WeightsBlend(task="multiclass", n_classes=3, metric="logloss").fit(X, y)
     assert greedy.weights_.argmax() == 1 and np.isclose(greedy.weights_.sum(), 1.0) and (greedy.weights_ >= 0).all()
-    assert score("logloss", "multiclass", y, greedy.predict_proba(X)) <= score("logloss", "multiclass", y, good) + 1e-9
+    logloss = get_metric("logloss", "multiclass")
+    assert logloss.score(y, greedy.predict_proba(X)) <= logloss.score(y, good) + 1e-9
     opt = blends.WeightsBlend(task="multiclass", n_classes=3, metric="logloss", optimizer="scipy").fit(X, y)
     assert opt.weights_[1] > 0.8 and np.isclose(opt.weights_.sum(), 1.0)
 
@@ -174,9 +179,9 @@ def test_nested_cv_is_worse_than_in_sample_on_noise(name):
     X = blends.stack(rng.dirichlet(np.ones(C), size=(M, n)))
     fold = np.arange(n) % 3
     est = blends.make_blend(name, "multiclass", C, "accuracy")
-    in_sample = score("accuracy", "multiclass", y, clone(est).fit(X, y).predict_proba(X))
+    in_sample = get_metric("accuracy", "multiclass").score(y, clone(est).fit(X, y).predict_proba(X))
     oof, learners = ens.nested_cv(est, X, y, fold)
-    nested = score("accuracy", "multiclass", y, oof)
+    nested = get_metric("accuracy", "multiclass").score(y, oof)
     assert len(learners) == 3
     assert nested < in_sample - 0.1, (nested, in_sample)
     assert nested < 0.5
@@ -212,7 +217,7 @@ def test_fold_averaged_test_prediction():
 
 
 @pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel"])
-@pytest.mark.parametrize("name", list(blends.CLASS_BLENDS))
+@pytest.mark.parametrize("name", list(CLASS_BLENDS))
 def test_blends_follow_sklearn_conventions(name, task):
     rng = np.random.default_rng(4)
     n, C = 48, (2 if task == "binary" else 3)
@@ -247,10 +252,21 @@ def test_lgbm_is_deterministic():
 
 
 def test_registry_and_candidates():
-    assert blends.candidate_names("auto", get_metric("accuracy", "multiclass")) == list(blends.CLASS_BLENDS)
+    assert blends.candidate_names("auto", get_metric("accuracy", "multiclass")) == list(CLASS_BLENDS)
     assert blends.candidate_names("mean", get_metric("qwk", "ordinal")) == ["mean", "mean+thr"]
     with pytest.raises(ConfigError, match="unknown ensemble method 'ridge' for task multiclass"):
         blends.candidate_names("ridge", get_metric("accuracy", "multiclass"))
+
+
+def test_cli_refuses_an_unknown_method_naming_the_tasks_blends(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _setup(tmp_path)
+    proc = run_cli("ensemble", "-c", "competition.yaml", "--method", "ridge", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        "error: unknown ensemble method 'ridge' for task multiclass; choose one of auto, " + ", ".join(CLASS_BLENDS)
+        + " (any of them + '+thr' for tuned thresholds)"]
+    assert not (tmp_path / "submissions" / "submission.csv").exists()
 
 
 # --- the stage ---------------------------------------------------------------------------------
@@ -277,7 +293,7 @@ def test_lonely_files_are_ignored_and_empty_stacking_refused(tiny_stack, tmp_pat
     (tmp_path / "stacking" / "m2.test.csv").unlink()
     level1 = load_level1(tiny_stack[0])
     assert level1.models == ["m0", "m1"]
-    assert "m2.oof.csv (no m2.test.csv)" in capsys.readouterr().out
+    assert "m2.oof table (no m2.test table)" in capsys.readouterr().out
     for p in (tmp_path / "stacking").glob("*.csv"):
         p.unlink()
     with pytest.raises(TableError, match="no model"):
@@ -289,7 +305,7 @@ def test_auto_picks_the_best_honest_cv_for_a_lower_is_better_metric(tmp_path, mo
     comp, classes, y = _setup(tmp_path, metric="logloss")
     report = ens.run_ensemble(comp)
     cvs = {k: v["cv"] for k, v in report["blends"].items()}
-    assert set(cvs) == set(blends.CLASS_BLENDS)
+    assert set(cvs) == set(CLASS_BLENDS)
     assert report["chosen"] == min(cvs, key=cvs.get)
     assert report["blends"]["lgbm"]["nested"] and not report["blends"]["mean"]["nested"]
     assert set(report["blends"]["weights"]["weights"]) == {"m0", "m1", "m2"}
@@ -328,7 +344,7 @@ def test_ordinal_qwk_gets_threshold_variants_and_hard_classes(tmp_path, monkeypa
     report = ens.run_ensemble(comp, method="mean")
     assert set(report["blends"]) == {"mean", "mean+thr"}
     assert report["blends"]["mean+thr"]["nested"]
-    blend = pd.read_csv("submissions/blend.test.csv")
+    blend = read_table_file(Path("submissions/blend.test.parquet"))
     if report["chosen"] == "mean+thr":
         assert set(np.unique(blend[classes].to_numpy())) <= {0.0, 1.0}
     assert set(pd.read_csv("submissions/submission.csv", dtype=str)["label"]) <= set(classes)
@@ -340,7 +356,7 @@ def test_binary_with_float_sample_writes_positive_probability(tmp_path, monkeypa
                               sample=lambda df: df.assign(label=0.5))
     report = ens.run_ensemble(comp, method="gmean")
     out = pd.read_csv("submissions/submission.csv")
-    blend = pd.read_csv("submissions/blend.test.csv")
+    blend = read_table_file(Path("submissions/blend.test.parquet"))
     assert report["format"] == "positive_probability"
     assert np.allclose(out["label"], blend[classes[1]], atol=1e-6)
 
@@ -367,8 +383,8 @@ def test_cli_end_to_end(tmp_path):
     report = json.loads((sub / "cv.json").read_text())
     md = (sub / "cv.md").read_text()
     assert report["n_models"] == 2 and report["n_classes"] == 3 and report["n_rows"] == 90 and report["n_folds"] == 3
-    assert set(report["blends"]) == set(blends.CLASS_BLENDS) and report["chosen"] in report["blends"]
-    for name in [*blends.CLASS_BLENDS, "m0", "m1"]:
+    assert set(report["blends"]) == set(CLASS_BLENDS) and report["chosen"] in report["blends"]
+    for name in [*CLASS_BLENDS, "m0", "m1"]:
         assert f"| {name} |" in md
     assert "| test |" in md and report["models"]["m1"]["test"] > report["models"]["m0"]["test"]
     assert report["submission_test"] == report["blends"][report["chosen"]]["test"]
@@ -377,7 +393,7 @@ def test_cli_end_to_end(tmp_path):
     assert state["method"] == report["chosen"] and state["models"] == ["m0", "m1"] and state["classes"] == classes
     X_test = blends.stack([pd.read_csv(tmp_path / "stacking" / f"m{m}.test.csv")[classes].to_numpy() for m in (0, 1)])
     again = blends.FittedBlend.from_export(state).predict_proba(X_test, "multiclass")
-    assert np.allclose(again, pd.read_csv(sub / "blend.test.csv")[classes].to_numpy(), atol=1e-6)
+    assert np.allclose(again, read_table_file(sub / "blend.test.parquet")[classes].to_numpy(), atol=1e-6)
     history = list((sub / "history").glob("*.csv"))
     assert len(history) == 1 and f"_{report['chosen']}_cv" in history[0].name
     assert history[0].read_text() == (sub / "submission.csv").read_text()

@@ -395,3 +395,75 @@ def test_maybe_cache_passes_short_side_through(big_jpegs):
     assert cache is not None and cache.short_side == 300 and cache[0].shape == (300, 400)
     train, val = cache.split(1)
     assert train.short_side == val.short_side == 300
+
+
+# --- images at real size: a pixel limit read from the header, reduced JPEG decoding ----------------------
+
+
+def bomb_png(path, side: int = 30000) -> None:
+    """A PNG of under a megabyte that declares side x side 8-bit gray pixels (~side^2 bytes decoded)."""
+    import struct
+    import zlib
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)
+    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+PEAK = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); "
+        "print(p.stderr, file=sys.stderr)")
+
+
+@pytest.mark.parametrize("stage", ["check", "folds"])
+def test_a_decompression_bomb_is_refused_by_name_before_decoding(tmp_path, stage):
+    import subprocess
+
+    import pandas as pd
+
+    from tests.conftest import make_competition
+
+    make_competition(tmp_path, n_train=30, n_test=6)
+    victim = pd.read_csv(tmp_path / "data/tiny/train.csv", dtype=str)["image_id"][4]
+    bomb_png(tmp_path / "data/tiny/train" / f"{victim}.png")
+    assert (tmp_path / "data/tiny/train" / f"{victim}.png").stat().st_size < 1_000_000
+    proc = subprocess.run([sys.executable, "-c", PEAK, sys.executable, "-m", "pipeline", stage, "-c",
+                           "competition.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    rc, peak_mb = map(int, proc.stdout.split())
+    assert rc == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{victim}.png: declares 30000x30000 = 900,000,000 pixels, over the limit of 89,478,485" in proc.stderr
+    assert "max_image_pixels" in proc.stderr
+    assert peak_mb <= 700, f"{stage} peaked at {peak_mb} MB"
+
+
+def test_the_pixel_limit_is_a_competition_key(tmp_path):
+    from tests.conftest import make_competition, run_cli
+
+    make_competition(tmp_path, n_train=30, n_test=6, max_image_pixels=50)  # 8x8 = 64 pixels > 50
+    proc = run_cli("check", "-c", "competition.yaml", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "declares 8x8 = 64 pixels, over the limit of 50" in proc.stdout + proc.stderr
+    assert run_cli("check", "-c", "competition.yaml", "--comp-args", "max_image_pixels=null", cwd=tmp_path).returncode == 0
+
+
+def test_a_large_jpeg_is_decoded_reduced_to_the_short_side(tmp_path):
+    from pipeline.core.images import jpeg_reduction
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    big = cv2.resize(small, (2000, 1500), interpolation=cv2.INTER_CUBIC)  # smooth, like a photo
+    path = tmp_path / "photo.jpg"
+    cv2.imwrite(str(path), big, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert jpeg_reduction((2000, 1500), 200) == 4 and jpeg_reduction((2000, 1500), 1500) == 1
+    assert jpeg_reduction((2000, 1500), 100) == 8 and jpeg_reduction(None, 100) == 1
+    reduced = read_image(path, 3, short_side=200)
+    assert reduced.shape == (200, 267, 3)
+    full = reduce_short_side(read_image(path, 3), 200)  # decoded whole, then reduced
+    assert full.shape == reduced.shape
+    assert np.abs(full.astype(int) - reduced.astype(int)).mean() < 3  # the same picture
+    assert read_image(path, 1, short_side=200).shape == (200, 267)

@@ -38,3 +38,27 @@ def test_make_folds_in_a_fresh_folder(tmp_path):
     assert (tmp_path / "folds" / "folds.csv").is_file()
     bad = subprocess.run([*MAKE, "folds", "COMP_ARGS=n_folds=x"], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode != 0 and "n_folds" in bad.stderr
+
+
+def test_make_variables_reach_commands_as_one_quoted_word(tmp_path):
+    """A value with shell syntax in it is passed as the value it is: nothing runs, nothing is dropped."""
+    from tests.conftest import make_competition
+
+    make_competition(tmp_path, models_dir="models")
+    (tmp_path / "models").mkdir()
+    cases = [
+        ["submit", "DRY_RUN=1", "COMPETITION_SLUG=x; touch pwned"],  # the real submit must not run either
+        ["lr-find", "MODEL=tiny; touch pwned"],
+        ["show-batch", 'MODEL=a"; touch pwned; "'],
+        ["train", "MODEL=tiny", "FOLD=0", "ARGS=lr=1e-3;touch pwned"],
+        ["validate", "FILE=$(touch pwned).csv"],
+    ]
+    for args in cases:
+        proc = subprocess.run([*MAKE, *args, "COMPETITION=competition.yaml"], cwd=tmp_path, capture_output=True,
+                              text=True)
+        assert proc.returncode != 0, args
+        assert not (tmp_path / "pwned").exists(), f"make {' '.join(args)} ran a command from a variable"
+        assert "Traceback" not in proc.stderr, proc.stderr
+    proc = subprocess.run([*MAKE, "submit", "DRY_RUN=1", "COMPETITION_SLUG=x; touch pwned",
+                           "COMPETITION=competition.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert "--dry-run" in proc.stdout and "'x; touch pwned'" in proc.stdout

@@ -3,8 +3,8 @@ that the pipeline did not make, clear messages instead of tracebacks. Through th
 
 from __future__ import annotations
 
-import ast
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from pipeline.core.data import MISSING_TEXT
-from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml
+from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml, read_table_file
 
 MAKE = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITION=competition.yaml"]
 LABELS = {"c0": "01", "c1": "02", "c2": "1e3"}  # pandas would read these as the floats 1.0, 2.0, 1000.0
@@ -131,9 +131,9 @@ def test_hollow_labels_are_refused_naming_the_rows(tmp_path, label, needle):
 ])
 def test_impossible_probabilities_are_refused(copy, change, needle):
     path = copy / "stacking" / "mine.oof.csv"
-    table = pd.read_csv(copy / "stacking" / "tiny.oof.csv", dtype={"image_id": str}, keep_default_na=False)
+    table = read_table_file(copy / "stacking" / "tiny.oof.parquet")
     change(table).to_csv(path, index=False)
-    shutil.copy(copy / "stacking" / "tiny.test.csv", copy / "stacking" / "mine.test.csv")
+    read_table_file(copy / "stacking" / "tiny.test.parquet").to_csv(copy / "stacking" / "mine.test.csv", index=False)
     err = clean_error(run_cli("ensemble", "-c", "competition.yaml", cwd=copy, check=False), "mine.oof.csv", needle)
     assert "row" in err or "column" in err
 
@@ -201,7 +201,7 @@ def test_an_interrupted_predict_is_caught(copy):
     for name, data in old.items():  # as if predict had been killed between the OOF and the test table
         (copy / "stacking" / name).write_bytes(data)
     clean_error(run_cli("ensemble", "-c", "competition.yaml", cwd=copy, check=False),
-                "tiny.oof.csv", "tiny.test.csv", "different predict runs")
+                "stacking/tiny.oof and .test tables: not as `predict` wrote them", "tiny.test.parquet changed since written")
     assert "up to date" not in run_cli("predict", "-c", "competition.yaml", cwd=copy).stdout
     run_cli("ensemble", "-c", "competition.yaml", "--method", "mean", cwd=copy)
 
@@ -212,7 +212,7 @@ def test_stages_called_directly_see_a_changed_or_deleted_config(copy):
     clean_error(run_cli("predict", "-c", "competition.yaml", cwd=copy, check=False),
                 "fold0 (config changed)", "make train-all")
     clean_error(run_cli("ensemble", "-c", "competition.yaml", cwd=copy, check=False),
-                "stacking/tiny.oof.csv", "not current", "config changed")
+                "stacking/tiny.oof and .test tables", "not current", "config changed")
     cfg.unlink()
     clean_error(run_cli("predict", "-c", "competition.yaml", cwd=copy, check=False), "models/tiny.yaml is gone")
     clean_error(run_cli("ensemble", "-c", "competition.yaml", cwd=copy, check=False), "models/tiny.yaml is gone")
@@ -251,7 +251,7 @@ def test_args_overrides_are_kept_by_a_later_plain_target(copy):
 
 def test_a_killed_rerun_keeps_the_finished_fold(copy):
     fold = copy / "runs" / "tiny" / "fold0"
-    before = {name: (fold / name).read_bytes() for name in ("done.json", "best.pt", "oof.csv")}
+    before = {name: (fold / name).read_bytes() for name in ("done.json", "best.pt", "oof.parquet")}
     cmd = [sys.executable, "-m", "pipeline", "train", "-c", "competition.yaml", "--model", "tiny", "--fold", "0",
            "--rerun", "epochs=40"]
     proc = subprocess.Popen(cmd, cwd=copy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -276,9 +276,19 @@ def test_a_killed_rerun_keeps_the_finished_fold(copy):
 
 
 def test_a_corrupt_best_checkpoint_is_named(copy):
-    (copy / "runs" / "tiny" / "fold2" / "best.pt").write_bytes(b"\x00" * 10)
+    """The fold's record catches it before any checkpoint is opened; a checkpoint damaged behind the record's
+    back (same size and time) is named when it is loaded."""
+    best = copy / "runs" / "tiny" / "fold2" / "best.pt"
+    original, stat = best.read_bytes(), best.stat()
+    best.write_bytes(b"\x00" * 10)
+    clean_error(run_cli("predict", "-c", "competition.yaml", "--force", cwd=copy, check=False),
+                "tiny: fold2 (best.pt changed since written)", "make train-all MODELS=tiny")
+    best.write_bytes(b"\x00" * len(original))
+    os.utime(best, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     clean_error(run_cli("predict", "-c", "competition.yaml", "--force", cwd=copy, check=False),
                 "runs/tiny/fold2/best.pt: checkpoint cannot be read", "make train MODEL=tiny FOLD=2")
+    best.write_bytes(original)
+    os.utime(best, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 # --- 10: package never deletes a folder it did not make --------------------------------------------------------
@@ -350,10 +360,10 @@ def test_slugs_are_checked_and_the_kernel_script_quotes_its_values(copy):
                         cwd=copy, check=False), "Kaggle user 'a b'")
     run_cli("package", "-c", "evil.yaml", "--competition-slug", "tiny-comp", "--wheels", "", "--out", "dist/ok",
             cwd=copy)
-    script = next((copy / "dist/ok/kernel").glob("*.py"))
-    defaults = [node.value.value for node in ast.walk(ast.parse(script.read_text()))
-                if isinstance(node, ast.keyword) and node.arg == "default" and isinstance(node.value, ast.Constant)]
-    assert "/kaggle/input/tiny-comp" in defaults and not (copy / "pwned").exists()
+    script = next((copy / "dist/ok/kernel").glob("*.py"))  # the kernel's code holds no value: bundle.json does
+    assert script.read_bytes() == (REPO / "pipeline" / "kaggle" / "notebook.py").read_bytes()
+    settings = json.loads((copy / "dist/ok/dataset/bundle.json").read_text())["kernel"]
+    assert settings["data_dir"] == "/kaggle/input/tiny-comp" and not (copy / "pwned").exists()
 
 
 def test_missing_markers_cover_pandas_defaults():

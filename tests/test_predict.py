@@ -14,7 +14,7 @@ from pipeline.core.config import ConfigError
 from pipeline.core.data import DataError
 from pipeline.artifacts.tables import TableError, read_table, write_table
 from pipeline.nn.tta import PRESETS, VIEWS, expand, get_view, merge
-from tests.conftest import REPO, make_competition, run_cli, train_tiny
+from tests.conftest import REPO, make_competition, run_cli, train_tiny, read_table_file
 
 # --- TTA views ------------------------------------------------------------------------------------
 
@@ -138,8 +138,8 @@ def test_oof_covers_every_id_once_and_test_is_fold_mean(trained):
     root, proc = trained
     train = pd.read_csv(root / "data/tiny/train.csv", dtype=str)
     sample = pd.read_csv(root / "data/tiny/sample_submission.csv", dtype=str)
-    oof = pd.read_csv(root / "stacking/tiny.oof.csv", dtype={"image_id": str})
-    test = pd.read_csv(root / "stacking/tiny.test.csv", dtype={"image_id": str})
+    oof = read_table_file(root / "stacking/tiny.oof.parquet")
+    test = read_table_file(root / "stacking/tiny.test.parquet")
     assert oof.image_id.is_unique and sorted(oof.image_id) == sorted(train.image_id)
     assert test.image_id.tolist() == sample.image_id.tolist()
     assert list(oof.columns) == ["image_id", "c0", "c1", "c2"]
@@ -175,8 +175,8 @@ def test_predict_without_tta_under_another_name(trained):
     run_cli("predict", "-c", "competition.yaml", "--models", "tiny", "--name", "tiny-notta", "tta=none", cwd=root)
     meta = json.loads((root / "stacking/tiny-notta.oof.json").read_text())
     assert meta["tta"] == ["none"]
-    a = pd.read_csv(root / "stacking/tiny.oof.csv").iloc[:, 1:].to_numpy()
-    b = pd.read_csv(root / "stacking/tiny-notta.oof.csv").iloc[:, 1:].to_numpy()
+    a = read_table_file(root / "stacking/tiny.oof.parquet").iloc[:, 1:].to_numpy()
+    b = read_table_file(root / "stacking/tiny-notta.oof.parquet").iloc[:, 1:].to_numpy()
     assert not np.allclose(a, b)
 
 
@@ -203,7 +203,7 @@ def test_select_pseudo_threshold_caps_and_top_frac_balances():
 def test_pseudo_rows_train_only(tmp_path):
     from pipeline.core.config import load_competition
     from pipeline.artifacts.folds import read_folds
-    from pipeline.train.train import fold_data
+    from pipeline.train.folddata import fold_data
 
     make_competition(tmp_path, n_train=30, n_test=10)
     run_cli("folds", "-c", "competition.yaml", cwd=tmp_path)
@@ -235,10 +235,10 @@ def test_pseudo_round_end_to_end_with_make(trained):
     proc = subprocess.run([*make, "predict", "PSEUDO=folds/pseudo.csv"], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert all((root / f"runs/tiny-pseudo/fold{k}/done.json").is_file() for k in range(3))
-    oof = pd.read_csv(root / "stacking/tiny-pseudo.oof.csv", dtype={"image_id": str})
+    oof = read_table_file(root / "stacking/tiny-pseudo.oof.parquet")
     train = pd.read_csv(root / "data/tiny/train.csv", dtype=str)
     assert sorted(oof.image_id) == sorted(train.image_id)  # OOF rows stay the original training rows
-    assert (root / "stacking/tiny.oof.csv").is_file()  # round 0 kept beside it
+    assert (root / "stacking/tiny.oof.parquet").is_file()  # round 0 kept beside it
 
 
 def test_pseudo_refusals(trained):
@@ -246,7 +246,7 @@ def test_pseudo_refusals(trained):
     make = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITION=competition.yaml"]
     proc = subprocess.run([*make, "pseudo", "MODEL=tiny", "THRESHOLD=1.01"], cwd=root, capture_output=True, text=True)
     assert proc.returncode != 0 and "no test row" in proc.stderr
-    table = pd.read_csv(root / "stacking/tiny.test.csv", dtype={"image_id": str})
+    table = read_table_file(root / "stacking/tiny.test.parquet")
     table.to_csv(root / "ranked.csv", index=False)
     (root / "ranked.json").write_text(json.dumps({"method": "rank"}))
     proc = run_cli("pseudo", "-c", "competition.yaml", "--source", "ranked.csv", "--threshold", "0.5",

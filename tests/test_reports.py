@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from pipeline.cli import main
-from tests.conftest import REPO, TINY_MODEL, edit_train, make_competition, write_yaml
+from tests.conftest import REPO, TINY_MODEL, edit_train, make_competition, write_yaml, read_table_file
 
 
 @contextlib.contextmanager
@@ -76,7 +76,7 @@ def test_report_files(report):
                  "per_class.csv", "mistakes.csv", "mistakes.png", "gradcam.png"):
         assert (report / name).is_file(), name
     index = (report / "index.md").read_text()
-    assert "blend.oof.csv" in index and "chosen blend `mean`" in index
+    assert "blend.oof.parquet" in index and "chosen blend `mean`" in index
     for png in ("curves_tiny.png", "confusion.png", "mistakes.png", "gradcam.png"):
         assert f"({png})" in index
     assert not (report / "roc.png").exists()  # multiclass: no ROC/PR
@@ -97,7 +97,7 @@ def test_report_numbers(report, trained):
     pc = pd.read_csv(report / "per_class.csv")
     assert pc["support"].sum() == 60 and pc[["precision", "recall", "f1"]].stack().between(0, 1).all()
     # the matrix is the blend's OOF argmax
-    oof = pd.read_csv(trained / "submissions" / "blend.oof.csv", dtype={"image_id": str}).set_index("image_id")
+    oof = read_table_file(trained / "submissions" / "blend.oof.parquet").set_index("image_id")
     pred = oof.loc[train["image_id"], ["c0", "c1", "c2"]].to_numpy().argmax(axis=1)
     assert np.trace(cm.to_numpy()) == int((np.array(["c0", "c1", "c2"])[pred] == train["label"].to_numpy()).sum())
     board = pd.read_csv(report / "leaderboard.csv")

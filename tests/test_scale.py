@@ -21,7 +21,7 @@ import pytest
 
 from pipeline.core.config import ConfigError
 from pipeline.launch.launch import device_slots, resolve_gpus
-from tests.conftest import REPO, TINY_MODEL, make_competition, write_yaml
+from tests.conftest import REPO, TINY_MODEL, make_competition, write_yaml, read_table_file
 
 MAKE = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITION=competition.yaml"]
 
@@ -141,7 +141,7 @@ def demo_sized(root: Path, epochs: int) -> Path:
 
 
 def oof_tables(root: Path) -> dict[int, pd.DataFrame]:
-    return {k: pd.read_csv(root / "runs" / "tiny" / f"fold{k}" / "oof.csv", dtype=str, keep_default_na=False)
+    return {k: read_table_file(root / "runs" / "tiny" / f"fold{k}" / "oof.parquet")
             for k in range(3)}
 
 
@@ -257,11 +257,11 @@ def test_two_nodes_match_one_node_two_processes(tmp_path):
     assert node0.returncode == 0 and node1.returncode == 0, node0.stdout[-2000:] + node0.stderr[-2000:] + out1[-2000:]
     assert f"--nnodes=2 --node_rank=0 --rdzv_endpoint={fold[-1].split('=')[1]}" in node0.stdout
     assert "epoch 2/2" in node0.stdout and "epoch 2/2" not in out1  # only global rank 0 reports
-    two_nodes = pd.read_csv(tmp_path / "runs/tiny/fold0/oof.csv")
+    two_nodes = read_table_file(tmp_path / "runs/tiny/fold0/oof.parquet")
     one_node = make("train", "MODEL=tiny", "FOLD=0", "NPROC=2", cwd=tmp_path, timeout=300)
     assert one_node.returncode == 0, one_node.stderr[-2000:]
     assert "--standalone" in one_node.stdout
-    single = pd.read_csv(tmp_path / "runs/tiny/fold0/oof.csv")
+    single = read_table_file(tmp_path / "runs/tiny/fold0/oof.parquet")
     assert list(single.image_id) == list(two_nodes.image_id)
     diff = np.abs(single.iloc[:, 1:].to_numpy() - two_nodes.iloc[:, 1:].to_numpy()).max()
     print(f"\nmulti-node vs single-node DDP: largest OOF difference {diff:.3g}")

@@ -40,7 +40,7 @@ def test_mlflow_logs_each_fold_and_the_ensemble_into_sqlite(tmp_path):
         history = [m.value for m in sorted(client.get_metric_history(fold0.info.run_id, column), key=lambda m: m.step)]
         assert history == pytest.approx(log[column].tolist()), column
     artifacts = {a.path for a in client.list_artifacts(fold0.info.run_id)}
-    assert {"done.json", "log.csv", "config.yaml", "oof.csv"} <= artifacts
+    assert {"done.json", "log.csv", "config.yaml", "oof.parquet"} <= artifacts
     cv = json.loads((tmp_path / "submissions" / "cv.json").read_text())
     logged = runs["ensemble"].data.metrics
     assert logged["cv/chosen"] == pytest.approx(cv["blends"][cv["chosen"]]["cv"])
@@ -61,7 +61,7 @@ def test_wandb_offline_writes_a_run_with_the_metrics(tmp_path):
     assert all(key.encode() in data for key in ("val_loss", "accuracy", "train_loss", "tiny/fold0"))
     files = offline[0] / "files"
     assert (files / "done.json").read_text() == (tmp_path / "runs" / "tiny" / "fold0" / "done.json").read_text()
-    assert {"log.csv", "config.yaml", "oof.csv"} <= {p.name for p in files.iterdir()}
+    assert {"log.csv", "config.yaml", "oof.parquet"} <= {p.name for p in files.iterdir()}
 
 
 def test_a_broken_tracking_store_warns_and_training_finishes(tmp_path):

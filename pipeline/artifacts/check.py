@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import Competition, ConfigError
-from pipeline.core.data import DataError, class_names, examples, read_answers, read_csv_text, read_sample, read_train
+from pipeline.core.config import Competition
+from pipeline.core.data import class_names, examples, read_answers, read_csv_text, read_sample, read_train
+from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.images import decode_image, read_bytes, read_image
 from pipeline.nn.models import ModelConfig, check_backbone, load_model, model_config_path, model_names
 
@@ -72,8 +73,9 @@ def run_check(comp: Competition, models_dir: str | Path | None = None, source: s
     try:
         train, classes, test_ids = check_tables(comp, report)
         train_ids = None if train is None else list(train[comp.id_col])
-        samples = (check_split(comp, "train", train_ids, n_train_sample, report)
-                   + check_split(comp, "test", test_ids, n_test_sample, report))
+        train_found, test_found = check_split(comp, "train", train_ids, report), check_split(comp, "test", test_ids, report)
+        check_headers(train_found + test_found, report)
+        samples = sample_paths(train_found, n_train_sample) + sample_paths(test_found, n_test_sample)
         check_decoding(samples, models.in_chans(), report)
         if test_ids is not None:
             check_answers(comp, classes, test_ids, report)
@@ -161,12 +163,22 @@ class PathScan:
         return [p for i, p in enumerate(self.paths) if i not in gone]
 
 
-def check_split(comp: Competition, split: str, ids: list[str] | None, n_sample: int, report: Report) -> list[str]:
-    """Check that every image of a split exists; `n_sample` of those found, evenly spaced, for decoding."""
+def check_split(comp: Competition, split: str, ids: list[str] | None, report: Report) -> list[str]:
+    """Check that every image of a split exists; -> the paths found."""
     if ids is None:
         report.line(f"{split} images: not checked (its table failed)")
         return []
-    return sample_paths(check_paths(comp, split, ids, report).found_paths(), n_sample)
+    return check_paths(comp, split, ids, report).found_paths()
+
+
+def check_headers(paths: list[str], report: Report) -> None:
+    """Every image's header against the pixel limit, in parallel threads (I/O-bound: a few bytes a file)."""
+    from pipeline.core.images import check_header
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        refused = [why for why in pool.map(check_header, paths, chunksize=64) if why]
+    if refused:
+        report.problem(f"{len(refused)} image(s) over the pixel limit:\n" + "\n".join(f"  {w}" for w in refused[:10]))
 
 
 def image_paths(comp: Competition, split: str, ids: list[str]) -> list[str]:

@@ -22,9 +22,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import NEUTRAL_KEYS, Competition, config_hash
-from pipeline.core.data import (DataError, class_names, encode_targets, examples, lines, numbers, read_csv_text,
-                           read_sample, read_train)
-from pipeline.core.io import file_md5, write_csv, write_json
+from pipeline.core.data import (class_names, encode_targets, examples, lines, numbers, read_csv_text, read_sample,
+                                read_train)
+from pipeline.core.errors import DataError
+from pipeline.artifacts.record import changes, file_md5, record_path, write_record
+from pipeline.core.io import write_csv, write_json
 
 ORDINAL_MAX_STRATA = 20
 
@@ -49,8 +51,8 @@ def _scan_one(path: Path, decode: bool) -> tuple[str | None, str | None]:
     if decode:
         try:
             decode_image(data, path)
-        except BadImage:
-            return None, "unreadable"
+        except BadImage as e:
+            return None, str(e)
     return hashlib.md5(data).hexdigest(), None
 
 
@@ -65,8 +67,8 @@ def scan_images(paths: list[Path], decode: bool = True, desc: str = "scanning im
     for p, (_, problem) in zip(paths, results):
         if problem == "missing":
             scan.missing.append(str(p))
-        elif problem == "unreadable":
-            scan.unreadable.append(str(p))
+        elif problem is not None:  # "unreadable", or why the image cannot be decoded
+            scan.unreadable.append(problem if problem.startswith(str(p)) else str(p))
     return scan
 
 
@@ -188,28 +190,24 @@ def fold_table(comp: Competition, train: pd.DataFrame, fold: np.ndarray) -> pd.D
     return counts
 
 
-def _stamp(comp: Competition, decode: bool) -> dict:
-    return {
-        "competition": config_hash(comp, NEUTRAL_KEYS),
-        "train_csv_md5": file_md5(comp.train_csv_path),
-        "decode": decode,
-    }
+def _params(comp: Competition, decode: bool) -> dict:
+    return {"competition": config_hash(comp, NEUTRAL_KEYS), "decode": decode}
 
 
 def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = False, decode: bool = True) -> Path:
-    """Write out_dir/folds.csv (+ folds.json with hashes and duplicate counts); return its path."""
+    """Write out_dir/folds.csv (+ folds.json with hashes and duplicate counts, and the stage record
+    folds.record.json); return its path. Up to date (same competition config and train.csv, folds.csv as
+    written): nothing is read beyond the record."""
     out_dir = Path(out_dir)
     csv_path, meta_path = out_dir / "folds.csv", out_dir / "folds.json"
+    record, params = record_path(out_dir, "folds"), _params(comp, decode)
+    if not force and csv_path.is_file() and not changes(record, params, [comp.train_csv_path]):
+        print(f"{csv_path} is up to date (same competition config and train.csv); --force rebuilds it")
+        return csv_path
     train = read_train(comp)
     classes = class_names(comp, train)  # a binary task with 3 classes, or `classes` missing a label, fails here
-    stamp = _stamp(comp, decode)
     if not force and csv_path.is_file():  # never replace another competition's folds
         check_same_competition(meta_path, comp, train[comp.id_col].tolist(), csv_path)
-    if not force and csv_path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("stamp") == stamp and meta.get("folds_md5") == file_md5(csv_path):
-            print(f"{csv_path} is up to date (same competition config and train.csv); --force rebuilds it")
-            return csv_path
 
     ids = train[comp.id_col].tolist()
     scan = scan_images([comp.image_path("train", i) for i in ids], decode=decode, desc="scanning train images")
@@ -257,7 +255,6 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
     if not (csv_path.is_file() and csv_path.read_text() == new_csv):
         write_csv(csv_path, folds)
     write_json(meta_path, {
-        "stamp": stamp,
         "folds_md5": file_md5(csv_path),
         "competition": competition_identity(comp, ids),
         "n_folds": comp.n_folds,
@@ -268,6 +265,7 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
         "train_in_test": in_test,
         "test_missing": len(test_scan.missing),
     })
+    write_record(record, "folds", params, [comp.train_csv_path], [csv_path, meta_path])
     print(f"wrote {csv_path}")
     return csv_path
 

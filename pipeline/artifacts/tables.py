@@ -1,11 +1,13 @@
 """Level-1 prediction tables: the contract between stages and with the outside world.
 
-A table is a CSV with the id column and one probability column per class, named after the class (or
-the target column for multilabel 0/1 columns), in the competition's class order; for regression, one
-predicted value per target column (any finite number). Beside `<name>.csv` a sidecar
-`<name>.json` records what made it (the folds hash above all). A table is refused when it misses ids,
-repeats ids, holds NaN, Inf or a value outside [0, 1], has single-label rows that do not sum to 1, lacks
-class columns or has unknown ones, or was made against another folds.csv.
+A table holds the id column and one probability column per class, named after the class (or the target
+column for multilabel 0/1 columns), in the competition's class order; for regression, one predicted value
+per target column (any finite number). The pipeline writes its own tables as Parquet, float32
+(`<name>.parquet`: 12k rows x 1,000 classes read in well under a second); a table of your own may be a
+CSV (`<name>.csv`) and joins the same way. Beside a table a sidecar `<name>.json` records what made it
+(the folds hash above all). A table is refused when it misses ids, repeats ids, holds NaN, Inf or a value
+outside [0, 1], has single-label rows that do not sum to 1, lacks class columns or has unknown ones, or was
+made against another folds.csv. This module is the only one that reads or writes table files.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import pandas as pd
 
 from pipeline.core.config import Competition
 from pipeline.core.data import (
-    DataError,
     class_names,
     encode_targets,
     examples,
@@ -28,21 +29,46 @@ from pipeline.core.data import (
     read_sample,
     read_train,
 )
+from pipeline.core.errors import DataError
 from pipeline.artifacts.folds import check_same_competition, fold_of
-from pipeline.core.io import file_md5, write_csv, write_json
+from pipeline.artifacts.record import changed_files, file_md5, record_path
+from pipeline.core.io import atomic_path, write_csv, write_json
 
 
 PROBABILITY_TOLERANCE = 1e-6  # a probability may stray this far outside [0, 1] (float rounding)
 ROW_SUM_TOLERANCE = 1e-3  # single-label rows must sum to 1 within this (tables and submissions alike)
+TABLE = ".parquet"  # the pipeline's own tables
+FORMATS = (TABLE, ".csv")  # what a table may be: ours, or a CSV of your own
 
 
 class TableError(DataError):
     """A prediction table that must not be trusted."""
 
 
+def table_path(folder: str | Path, name: str) -> Path:
+    """Where the pipeline writes the table `name` (e.g. `stacking/<model>.oof`): `<folder>/<name>.parquet`."""
+    return Path(folder) / f"{name}{TABLE}"
+
+
+def find_table(folder: str | Path, name: str) -> Path:
+    """The table `name` in `folder`, ours (.parquet) or your own (.csv); both at once is refused (which one
+    counts?); neither gives the path the pipeline would write, for a 'not found' message."""
+    found = [Path(folder) / f"{name}{ext}" for ext in FORMATS if (Path(folder) / f"{name}{ext}").is_file()]
+    if len(found) > 1:
+        raise TableError(f"{found[0]} and {found[1]}: two tables for {name}; remove the one that should not count")
+    return found[0] if found else table_path(folder, name)
+
+
+def stem(path: str | Path) -> str:
+    """`stacking/tiny.oof.parquet` -> `tiny.oof`."""
+    name = Path(path).name
+    for ext in FORMATS:
+        name = name.removesuffix(ext)
+    return name
+
+
 def sidecar(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name.removesuffix(".csv") + ".json")
+    return Path(path).with_name(stem(path) + ".json")
 
 
 def write_table(
@@ -53,34 +79,36 @@ def write_table(
     id_col: str,
     meta: dict | None = None,
 ) -> Path:
-    proba = np.asarray(proba, dtype=np.float64)
+    """Write a table, atomically: Parquet float32 for a `.parquet` path, CSV (7 significant digits) else."""
+    path = Path(path)
     if proba.shape != (len(ids), len(classes)):
         raise ValueError(f"proba shape {proba.shape} does not match {len(ids)} ids x {len(classes)} classes")
-    df = pd.DataFrame(proba, columns=classes)
-    df.insert(0, id_col, list(map(str, ids)))
-    write_csv(path, df, float_format="%.7g")
+    if path.suffix == TABLE:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        values = np.asarray(proba, dtype=np.float32)
+        columns = [pa.array(list(map(str, ids)), pa.string())] + [pa.array(values[:, j]) for j in range(len(classes))]
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.Table.from_arrays(columns, names=[id_col, *map(str, classes)]), tmp)
+    else:
+        df = pd.DataFrame(np.asarray(proba, dtype=np.float64), columns=classes)
+        df.insert(0, id_col, list(map(str, ids)))
+        write_csv(path, df, float_format="%.7g")
     if meta is not None:  # the sidecar also records the table's own md5: a table changed afterwards is caught
         write_json(sidecar(path), {**meta, "md5": file_md5(path)})
-    return Path(path)
+    return path
 
 
-def unchanged_since_written(path: str | Path) -> bool:
-    """The table is the one its sidecar describes (same md5); True for a table without a recorded md5."""
-    recorded = read_meta(path).get("md5")
-    return recorded is None or (Path(path).is_file() and file_md5(path) == recorded)
-
-
-def check_pair(oof_path: Path, test_path: Path) -> None:
-    """A model's OOF and test tables must come from one predict run (the same stamp: checkpoints, folds,
-    TTA) and be the files it wrote; otherwise a killed or partial predict, or a hand edit, shows here."""
-    for path in (oof_path, test_path):
-        if not unchanged_since_written(path):
-            raise TableError(f"{path}: changed since it was written (its md5 is not the one in {sidecar(path)}); "
-                             "rerun `make predict`, or remove its .json to take it as your own table")
-    a, b = read_meta(oof_path).get("stamp"), read_meta(test_path).get("stamp")
-    if (a is not None or b is not None) and a != b:
-        raise TableError(f"{oof_path} and {test_path} come from different predict runs (other checkpoints, folds "
-                         "or TTA: an interrupted predict?); rerun `make predict`")
+def check_pair(stacking: Path, name: str) -> None:
+    """A model's OOF and test tables that `predict` made must be the files its record describes (one predict
+    run, nothing edited or half-written since); tables of your own (no record) pass."""
+    record = record_path(stacking, name)
+    changed = changed_files(record)
+    if changed:
+        raise TableError(f"{stacking / name}.oof and .test tables: not as `predict` wrote them "
+                         f"({'; '.join(changed[:3])}); rerun `make predict`, or remove {record} to take them as your "
+                         "own tables")
 
 
 def read_meta(path: str | Path) -> dict:
@@ -100,39 +128,30 @@ def read_table(
 ) -> pd.DataFrame:
     """Read and check a table; returns it indexed by id, columns in `classes` order, rows in expected order.
 
-    Cells are read as text and converted on purpose. Refused, naming the file and rows: a missing or
-    unknown column, an empty or repeated id, a value that is not a finite number in [0, 1] (regression: any
-    finite number), and (single-label tasks, when `task` is given) a row whose probabilities do not sum to 1."""
+    Parquet: ids as text, values as stored; CSV: cells read as text and converted on purpose. Refused,
+    naming the file and rows: a missing or unknown column, an empty or repeated id, a value that is not a
+    finite number in [0, 1] (regression: any finite number), and (single-label tasks, when `task` is given)
+    a row whose probabilities do not sum to 1. Values come back as float32."""
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: not found")
-    df = read_csv_text(path)
-    if id_col not in df.columns:
-        raise TableError(f"{path}: id column '{id_col}' missing; columns are {list(df.columns)}")
-    missing_cols = [c for c in classes if c not in df.columns]
+    columns, read_ids, read_values = (_parquet if path.suffix == TABLE else _csv)(path, id_col)
+    if id_col not in columns:
+        raise TableError(f"{path}: id column '{id_col}' missing; columns are {columns}")
+    missing_cols = [c for c in classes if c not in columns]
     if missing_cols:
         raise TableError(f"{path}: class column(s) {missing_cols} missing; expected {[id_col, *classes]}")
-    unknown = [c for c in df.columns if c not in (id_col, *classes)]
+    unknown = [c for c in columns if c not in (id_col, *classes)]
     if unknown:
         raise TableError(f"{path}: unknown column(s) {unknown}; a table holds exactly {[id_col, *classes]}")
-    ids = df[id_col]
+    ids = read_ids()
     if (ids.str.strip() == "").any():
         raise TableError(f"{path}: empty id in line(s) {lines(ids.str.strip() == '')}")
     dup = ids[ids.duplicated()].unique()
     if len(dup):
         raise TableError(f"{path}: {len(dup)} repeated id(s): {examples(dup)}")
-    values = numbers(df[classes])
-    bad = ~np.isfinite(values).all(axis=1)
-    if bad.any():
-        raise TableError(f"{path}: NaN, Inf or non-numeric values in {bad.sum()} row(s), ids {examples(ids[bad])}")
-    outside = ((values < -PROBABILITY_TOLERANCE) | (values > 1 + PROBABILITY_TOLERANCE)).any(axis=1)
-    if task != "regression" and outside.any():
-        raise TableError(f"{path}: probabilities outside [0, 1] in {outside.sum()} row(s), ids {examples(ids[outside])}")
-    if task is not None and task not in ("multilabel", "regression"):
-        off = np.abs(values.sum(axis=1) - 1.0) > ROW_SUM_TOLERANCE
-        if off.any():
-            raise TableError(f"{path}: {off.sum()} row(s) whose class probabilities do not sum to 1 (tolerance "
-                             f"{ROW_SUM_TOLERANCE}), ids {examples(ids[off])}")
+    values = read_values(classes)
+    check_values(path, values, ids, task)
     if expected_ids is not None:
         expected = pd.Index(list(map(str, expected_ids)))
         lacking = expected.difference(ids)
@@ -149,10 +168,61 @@ def read_table(
                 f"{path}: made against another folds.csv (hash {made_with[:8]}, now {folds_md5[:8]}); "
                 "rerun its predictions or remove it"
             )
-    out = pd.DataFrame(values, columns=classes, index=pd.Index(ids, name=id_col))
+    out = pd.DataFrame(values, columns=classes, index=pd.Index(ids, name=id_col), copy=False)
     if expected_ids is not None:
         out = out.loc[expected]
     return out
+
+
+def check_values(path: Path, values: np.ndarray, ids: pd.Series, task: str | None) -> None:
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        raise TableError(f"{path}: NaN, Inf or non-numeric values in {bad.sum()} row(s), ids {examples(ids[bad])}")
+    outside = ((values < -PROBABILITY_TOLERANCE) | (values > 1 + PROBABILITY_TOLERANCE)).any(axis=1)
+    if task != "regression" and outside.any():
+        raise TableError(f"{path}: probabilities outside [0, 1] in {outside.sum()} row(s), ids {examples(ids[outside])}")
+    if task is not None and task not in ("multilabel", "regression"):
+        off = np.abs(values.sum(axis=1, dtype=np.float64) - 1.0) > ROW_SUM_TOLERANCE
+        if off.any():
+            raise TableError(f"{path}: {off.sum()} row(s) whose class probabilities do not sum to 1 (tolerance "
+                             f"{ROW_SUM_TOLERANCE}), ids {examples(ids[off])}")
+
+
+def _parquet(path: Path, id_col: str):
+    """(column names, () -> ids as text, (classes) -> float32 values) of a Parquet table."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - a damaged file fails inside pyarrow in several ways
+        raise TableError(f"{path}: cannot be read as Parquet ({type(e).__name__}: {e})") from None
+
+    def values(classes: list[str]) -> np.ndarray:
+        out = np.empty((table.num_rows, len(classes)), dtype=np.float32)
+        for j, c in enumerate(classes):
+            try:
+                out[:, j] = table.column(c).to_numpy()
+            except (TypeError, ValueError):
+                raise TableError(f"{path}: column {c!r} is not numeric") from None
+        return out
+
+    return table.column_names, lambda: pd.Series(table.column(id_col).to_pylist(), dtype=str), values
+
+
+def _csv(path: Path, id_col: str):
+    """(column names, () -> ids as text, (classes) -> float32 values) of a CSV table: the class columns are
+    parsed as numbers on purpose; a file where that fails is read again as text to say which cells."""
+    try:
+        columns = list(pd.read_csv(path, dtype=str, keep_default_na=False, nrows=0).columns)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise TableError(f"{path}: cannot be read as CSV ({e})") from None
+    try:
+        frame = pd.read_csv(path, dtype={c: (str if c == id_col else np.float32) for c in columns},
+                            keep_default_na=False, na_filter=False)
+        return columns, lambda: frame[id_col], lambda classes: frame[classes].to_numpy(np.float32)
+    except ValueError:
+        text = read_csv_text(path)
+        return columns, lambda: text[id_col], lambda classes: numbers(text[classes]).astype(np.float32)
 
 
 # --- level 1: every model's tables side by side --------------------------------------------------------
@@ -177,17 +247,20 @@ class Level1:
 
 
 def find_models(stacking: str | Path) -> tuple[list[str], list[str]]:
-    """Names with both <name>.oof.csv and <name>.test.csv; and the files that lack their partner."""
+    """Names with both an OOF table (<name>.oof.parquet or .csv) and a test table; and the files that lack
+    their partner."""
     stacking = Path(stacking)
-    oof = {p.name.removesuffix(".oof.csv") for p in stacking.glob("*.oof.csv")}
-    test = {p.name.removesuffix(".test.csv") for p in stacking.glob("*.test.csv")}
-    lonely = [f"{n}.oof.csv (no {n}.test.csv)" for n in sorted(oof - test)]
-    lonely += [f"{n}.test.csv (no {n}.oof.csv)" for n in sorted(test - oof)]
+    found = {part: {stem(p).removesuffix(f".{part}") for ext in FORMATS for p in stacking.glob(f"*.{part}{ext}")}
+             for part in ("oof", "test")}
+    oof, test = found["oof"], found["test"]
+    lonely = [f"{n}.oof table (no {n}.test table)" for n in sorted(oof - test)]
+    lonely += [f"{n}.test table (no {n}.oof table)" for n in sorted(test - oof)]
     return sorted(oof & test), lonely
 
 
 def load_level1(comp: Competition, stacking: str | Path = "stacking", folds_path: str | Path = "folds/folds.csv") -> Level1:
-    """Every model's OOF and test tables, checked against train ids, sample ids and folds.csv."""
+    """Every model's OOF and test tables (float32, filled in place: no second copy), checked against train
+    ids, sample ids and folds.csv."""
     train = read_train(comp)
     classes = class_names(comp, train)
     y = encode_targets(comp, train, classes)
@@ -197,19 +270,18 @@ def load_level1(comp: Competition, stacking: str | Path = "stacking", folds_path
     folds_md5 = file_md5(folds_path)
     stacking = Path(stacking)
     if not stacking.is_dir():
-        raise TableError(f"{stacking}: folder not found; run `make predict` or put <model>.oof.csv/.test.csv there")
+        raise TableError(f"{stacking}: folder not found; run `make predict` or put <model>.oof/.test tables there")
     models, lonely = find_models(stacking)
     for name in lonely:
         print(f"note: ignoring {stacking / name}")
     if not models:
-        raise TableError(f"{stacking}: no model with both <model>.oof.csv and <model>.test.csv")
-    oof, test = [], []
-    for m in models:
-        for path in (stacking / f"{m}.oof.csv", stacking / f"{m}.test.csv"):
+        raise TableError(f"{stacking}: no model with both <model>.oof and <model>.test tables (.parquet or .csv)")
+    oof = np.empty((len(models), len(train_ids), len(classes)), dtype=np.float32)
+    test = np.empty((len(models), len(test_ids), len(classes)), dtype=np.float32)
+    for m, name in enumerate(models):
+        check_pair(stacking, name)
+        for out, part, ids in ((oof, "oof", train_ids), (test, "test", test_ids)):
+            path = find_table(stacking, f"{name}.{part}")
             check_same_competition(sidecar(path), comp, train_ids, path)
-        oof.append(read_table(stacking / f"{m}.oof.csv", comp.id_col, classes, train_ids, folds_md5, comp.task)
-                   .to_numpy())
-        test.append(read_table(stacking / f"{m}.test.csv", comp.id_col, classes, test_ids, folds_md5, comp.task)
-                    .to_numpy())
-        check_pair(stacking / f"{m}.oof.csv", stacking / f"{m}.test.csv")
-    return Level1(models, classes, train_ids, test_ids, y, fold, np.stack(oof), np.stack(test))
+            out[m] = read_table(path, comp.id_col, classes, ids, folds_md5, comp.task).to_numpy()
+    return Level1(models, classes, train_ids, test_ids, y, fold, oof, test)

@@ -1,6 +1,6 @@
 """`ensemble`: blend the level-1 tables in stacking/ into submissions/submission.csv and a CV report.
 
-Inputs: `stacking/<model>.oof.csv` and `stacking/<model>.test.csv` (id + one probability column per
+Inputs: `stacking/<model>.oof.parquet` and `stacking/<model>.test.parquet` (or a CSV of your own: id + one probability column per
 class, in class order; pipeline.artifacts.tables reads and checks them). A model is any name with both files.
 
 The blends themselves are pipeline.blend.blends' estimators. This stage scores each honestly, picks one,
@@ -19,7 +19,7 @@ same nested rule, and moves it to 0.5 (blends.LabelThresholded).
 
 `auto` (default) evaluates every blend and picks the best CV (ties: the first in registry order).
 Outputs: submission.csv (validated), cv.md and cv.json (every model's and blend's CV), blend.test.csv
-and blend.oof.csv (the chosen blend's tables), and blend.json: the chosen blend's fitted state, which
+and blend.oof.parquet (the chosen blend's tables), and blend.json: the chosen blend's fitted state, which
 `package` ships as it is instead of fitting it again.
 """
 
@@ -34,14 +34,18 @@ import numpy as np
 from sklearn.base import clone
 from tqdm import tqdm
 
-from pipeline.blend.blends import FittedBlend, blend_test_prediction, candidate_names, make_blend, stack
+from pipeline.blend.base import BLEND_BUDGET_S, as_float
+from pipeline.blend.blends import (FittedBlend, blend_output, blend_test_prediction, candidate_names, make_blend,
+                                   plan_blend, stack)
 from pipeline.core.config import NEUTRAL_KEYS, Competition, config_hash
-from pipeline.core.data import DataError, read_answers, read_sample
+from pipeline.core.data import read_answers, read_sample
+from pipeline.core.errors import DataError
 from pipeline.artifacts.folds import competition_identity
-from pipeline.core.io import file_md5, write_json, write_text
+from pipeline.artifacts.record import changes, choose, file_md5, read_record, record_path, write_record
+from pipeline.core.io import write_json, write_text
 from pipeline.core.metrics import Metric
 from pipeline.artifacts.runs import DISTILL_SUFFIX
-from pipeline.artifacts.tables import Level1, load_level1
+from pipeline.artifacts.tables import Level1, find_table, load_level1, table_path
 
 TEST_PREDICTION_RULE = (
     "blends that learn: mean of the fold-wise learners' test predictions (nested CV); "
@@ -74,15 +78,16 @@ def fold_scores(metric: Metric, y: np.ndarray, proba: np.ndarray, fold: np.ndarr
 
 
 def nested_cv(estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray):
-    """Fit on the other folds, predict each held-out fold; -> (oof (n, C), the fold-wise learners)."""
-    X, y, fold = np.asarray(X, dtype=np.float64), np.asarray(y), np.asarray(fold)
+    """Fit on the other folds, predict each held-out fold; -> (oof (n, C) probabilities, or (n, T) values for
+    a regressor, the fold-wise learners)."""
+    X, y, fold = as_float(X), np.asarray(y), np.asarray(fold)  # float32 stays float32: no float64 copy of X
     oof, learners = None, []
     for k in np.unique(fold):
         held = fold == k
         est = clone(estimator).fit(X[~held], y[~held])
-        p = est.predict_proba(X[held])
+        p = blend_output(est, X[held])
         if oof is None:
-            oof = np.zeros((len(X), p.shape[1]))
+            oof = np.zeros((len(X), p.shape[1]), dtype=p.dtype)
         oof[held] = p
         learners.append(est)
     return oof, learners
@@ -95,9 +100,65 @@ def evaluate_blend(name: str, estimator, X, y, fold, X_test, metric: Metric) -> 
         oof, learners = nested_cv(estimator, X, y, fold)
     else:
         est = clone(estimator).fit(X, y)
-        oof, learners = est.predict_proba(X), [est]
+        oof, learners = blend_output(est, X), [est]
     test = blend_test_prediction(learned, learners, X_test, metric.task)
     return BlendResult(name, learned, oof, test, metric.score(y, oof), fold_scores(metric, y, oof, fold), learners)
+
+
+class Skipped(str):
+    """Why a blend was not scored: its estimated time is over the budget (cv.md and cv.json say so)."""
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:,.0f} min" if seconds < 5400 else f"{seconds / 3600:,.0f} h"
+
+
+def score_blends(names: list[str], method: str, comp: Competition, n_classes: int, X, y, fold, X_test,
+                 y_test) -> tuple[list[BlendResult], dict[str, str]]:
+    """Every candidate blend scored by (nested) CV, in order -> (results, {name: why it failed or was skipped}).
+
+    A blend whose (nested) CV is estimated over BLEND_BUDGET_S (plan_blend) is skipped in `auto`, with the
+    reason (a `Skipped`); one named by --method runs anyway. In `auto` a failing blend is reported, not
+    raised. Only the blend the stage will choose (best CV, the first on a tie) keeps its oof and test
+    arrays; the others' are dropped as they are scored, so memory holds two blends' outputs at most."""
+    metric, task, seed = comp.scoring(), comp.task, comp.seed
+    n, n_folds = len(y), len(np.unique(fold))
+    n_models = X.shape[1] // n_classes
+    blends, errors, best = [], {}, None
+    for name in tqdm(names, desc="blends", leave=False, disable=None):  # None: off outside a terminal
+        est = make_blend(name, task, n_classes, metric, seed)
+        seconds = plan_blend(est, n, n_classes, n_models, n_folds)
+        if seconds > BLEND_BUDGET_S:
+            why = (f"{n:,} rows x {n_classes:,} classes x {n_models} models: est. {_duration(seconds)} > budget "
+                   f"{_duration(BLEND_BUDGET_S)}")
+            if method == "auto":
+                errors[name] = Skipped(f"skipped, {why}")
+                print(f"note: blend {name} {errors[name]}")
+                continue
+            print(f"note: blend {name}: {why}; running it as --method names it")
+        try:
+            b = evaluate_blend(name, est, X, y, fold, X_test, metric)
+        except Exception as e:  # in auto, one failing blend must not sink the others
+            if method != "auto":
+                raise
+            errors[name] = f"{type(e).__name__}: {e}"
+            print(f"warning: blend {name} failed: {errors[name]}")
+            continue
+        if y_test is not None:
+            b.test_score = metric.score(y_test, b.test)
+        if best is None or metric.is_better(b.cv, best.cv):  # the stage's own choice rule
+            if best is not None:
+                best.oof = best.test = None
+            best = b
+        else:
+            b.oof = b.test = None
+        blends.append(b)
+    if not blends:
+        raise EnsembleError("every blend failed or was skipped: "
+                            + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+    return blends, errors
 
 
 # --- the stage ---------------------------------------------------------------------------------
@@ -149,7 +210,7 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
             entry["weights"] = dict(zip(level1.models, np.round(np.mean(weights, axis=0), 4).tolist()))
         report["blends"][b.name] = entry
     for name, err in errors.items():
-        report["blends"][name] = {"cv": None, "error": err}
+        report["blends"][name] = {"cv": None, "skipped" if isinstance(err, Skipped) else "error": str(err)}
 
     arrow = "higher" if comp.scoring().greater_is_better else "lower"
     head = ["", "name", "kind", f"CV {comp.metric}"] + [f"fold {k}" for k in folds] + (["test"] if has_answers else [])
@@ -171,7 +232,8 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
         lines.append(row("**chosen**" if b.name == chosen else "", b.name, "blend, nested CV" if b.learned else "blend",
                          b.cv, b.fold_scores, b.test_score))
     for name, err in errors.items():
-        lines.append(row("", name, f"failed: {err}"[:80], None, {}, None))
+        lines.append(row("", name, str(err)[:120] if isinstance(err, Skipped) else f"failed: {err}"[:80], None, {},
+                         None))
     lines += ["", f"Test prediction: {TEST_PREDICTION_RULE}.",
               f"Submission: {submission.get('submission')} ({submission.get('format')}); "
               f"archived as {submission.get('history')}.", ""]
@@ -191,60 +253,58 @@ def track(comp: Competition, report: dict, files: list[Path]) -> None:
     tracker.end()
 
 
-def ensemble_inputs(comp: Competition, method: str, stacking: str | Path, folds_path: str | Path) -> dict:
-    """What a blend depends on: the method, the competition config, and the md5 of every input file."""
+def ensemble_inputs(comp: Competition, stacking: str | Path, folds_path: str | Path) -> list[Path]:
+    """The files a blend depends on: folds.csv, the train, sample and answers tables, and every file in
+    stacking/ (tables, sidecars and predict's records: a new or removed model changes the blend)."""
     stacking = Path(stacking)
     files = sorted(p for p in stacking.iterdir() if p.is_file()) if stacking.is_dir() else []
-    answers = Path(comp.answers) if comp.answers is not None else None
-    md5 = {str(p): file_md5(p) for p in [Path(folds_path), comp.train_csv_path, comp.sample_submission_path,
-                                         *([answers] if answers and answers.is_file() else []), *files]
-           if p.is_file()}
-    return {"method": method, "competition": config_hash(comp, NEUTRAL_KEYS), "md5": md5}
+    answers = [Path(comp.answers)] if comp.answers is not None and Path(comp.answers).is_file() else []
+    return [p for p in [Path(folds_path), comp.train_csv_path, comp.sample_submission_path, *answers, *files]
+            if p.is_file()]
 
 
-OUTPUTS = ("submission.csv", "blend.test.csv", "blend.oof.csv", BLEND_STATE, "cv.md")
-
-
-def outputs_md5(out: Path) -> dict[str, str]:
-    """md5 of the files a run of the stage leaves in `out` (cv.json records them)."""
-    return {name: file_md5(out / name) for name in OUTPUTS if (out / name).is_file()}
+OUTPUTS = ("submission.csv", "blend.test.parquet", "blend.oof.parquet", "blend.test.json", "blend.oof.json", BLEND_STATE,
+           "cv.md", "cv.json")
 
 
 def check_provenance(comp: Competition, stacking: str | Path, runs: str | Path, folds_path: str | Path) -> None:
     """Tables that `predict` made from runs/ must still describe those runs: the run's config file is
-    there and unchanged (with the overrides its folds were trained with), and its checkpoints are the
-    ones the tables came from. Tables of your own (no predict stamp) and runs not on this machine pass."""
+    there and unchanged (with the overrides its folds were trained with), and its folds' done.json and the
+    tables are the ones predict's record holds (no checkpoint is read). Tables of your own (no record) and
+    runs not on this machine pass."""
+    from pipeline.artifacts.record import changed_files, read_record, record_path
+    from pipeline.artifacts.runs import fold_runs
+    from pipeline.artifacts.tables import find_models
     from pipeline.core.data import class_names, read_train
     from pipeline.artifacts.folds import fold_numbers
-    from pipeline.artifacts.runs import fold_runs
-    from pipeline.artifacts.tables import find_models, read_meta
 
     stacking, classes, folds = Path(stacking), None, None
     for name in find_models(stacking)[0]:
-        meta = read_meta(stacking / f"{name}.oof.csv")
-        stamp = meta.get("stamp") or {}
-        run = meta.get("model", name)
-        if "checkpoints" not in stamp:
+        record = read_record(record_path(stacking, name))
+        if record is None or record.stage != "predict":
             continue
+        run = record.params.get("model", name)
         if not (Path(runs) / run).is_dir():
             print(f"note: {stacking / name}.*.csv: made by predict from {runs}/{run}, which is not here; not checked")
             continue
         if classes is None:  # read once, and only when some table needs checking
             classes, folds = class_names(comp, read_train(comp)), fold_numbers(folds_path)
         try:
-            dirs = fold_runs(comp, run, folds, runs, folds_path, classes)
+            fold_runs(comp, run, folds, runs, folds_path, classes)
         except DataError as e:
-            raise EnsembleError(f"{stacking / name}.oof.csv and .test.csv were made from {runs}/{run}, which is not "
+            raise EnsembleError(f"{stacking / name}.oof and .test tables were made from {runs}/{run}, which is not "
                                 f"current any more: {e}") from None
-        if [file_md5(d / "best.pt") for d in dirs] != stamp["checkpoints"]:
-            raise EnsembleError(f"{stacking / name}.oof.csv and .test.csv were made from other checkpoints than "
-                                f"{runs}/{run} holds now; run `make predict`")
+        changed = changed_files(record_path(stacking, name))
+        if changed:
+            raise EnsembleError(f"{stacking / name}.oof and .test tables: made by predict from other runs or files "
+                                f"than are here now ({'; '.join(changed[:3])}); run `make predict`")
 
 
 def level1_md5(stacking: str | Path, models: list[str]) -> dict[str, str]:
     """md5 of every stacking table a blend was fitted on (its OOF and test tables)."""
     stacking = Path(stacking)
-    return {f"{m}.{part}.csv": file_md5(stacking / f"{m}.{part}.csv") for m in models for part in ("oof", "test")}
+    return {path.name: file_md5(path) for m in models for part in ("oof", "test")
+            for path in [find_table(stacking, f"{m}.{part}")]}
 
 
 def write_blend_state(path: Path, blend: FittedBlend, level1: Level1, stacking: str | Path, cv: float) -> None:
@@ -260,44 +320,43 @@ def read_blend_state(path: str | Path, stacking: str | Path) -> tuple[FittedBlen
     if not path.is_file():
         raise EnsembleError(f"{path}: not found; run `make ensemble` (it saves the chosen blend there)")
     data = json.loads(path.read_text())
-    now = level1_md5(stacking, data["models"]) if all(
-        (Path(stacking) / name).is_file() for name in data["tables"]) else {}
-    changed = sorted(name for name, md5 in data["tables"].items() if now.get(name) != md5)
+    stacking = Path(stacking)
+    changed = sorted(name for name, md5 in data["tables"].items()
+                     if not (stacking / name).is_file() or file_md5(stacking / name) != md5)
     if changed:
         raise EnsembleError(f"{path}: {len(changed)} stacking table(s) changed or missing since the blend was "
                             f"fitted ({', '.join(changed[:4])}); rerun `make ensemble`")
     return FittedBlend.from_export(data), data
 
 
-def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path = "stacking",
+def run_ensemble(comp: Competition, method: str | None = None, stacking: str | Path = "stacking",
                  folds_path: str | Path = "folds/folds.csv", out: str | Path = "submissions",
                  force: bool = False, runs: str | Path = "runs") -> dict:
     """The stage: blend, score honestly, pick, validate and write the submission and cv.md/cv.json.
 
-    Tables made by `predict` are first checked against their runs (check_provenance). When cv.json
-    records the same inputs (method, config, md5 of every table) and the outputs are the files it wrote,
-    nothing is redone (no new history file); `force` reruns."""
+    `method` None: the one given before (recorded in out/ensemble.record.json), else auto. Tables made by
+    `predict` are first checked against their runs (check_provenance). When the record holds the same
+    method, competition config and input files, and the outputs are the files it wrote, nothing is redone
+    (no new history file); `force` reruns."""
     from pipeline.blend.submission import archive_submission, infer_format, make_submission, write_submission
     from pipeline.artifacts.tables import write_table
 
+    out = Path(out)
+    record = record_path(out, "ensemble")
+    method = choose(record, "method", method, "auto", "METHOD")
     metric = comp.scoring()
     names = candidate_names(method, metric)
-    out = Path(out)
     check_provenance(comp, stacking, runs, folds_path)
-    inputs = ensemble_inputs(comp, method, stacking, folds_path)
-    if not force and all((out / f).is_file() for f in ("cv.json", "submission.csv", BLEND_STATE)):
-        try:
-            previous = json.loads((out / "cv.json").read_text())
-        except json.JSONDecodeError:
-            previous = {}
-        now = outputs_md5(out)
-        changed = sorted(k for k, v in previous.get("outputs", {}).items() if now.get(k) != v)
-        if previous.get("inputs") == inputs and previous.get("outputs") and not changed:
-            print(f"{out / 'submission.csv'}: inputs unchanged since the last ensemble (chosen: "
-                  f"{previous.get('chosen')}); skipping. `--force` (make ensemble FORCE=1) reruns it")
-            return previous
-        if previous.get("inputs") == inputs:
-            print(f"{out}: {', '.join(changed) or 'cv.json'} changed since the last ensemble wrote it; rerunning")
+    params = {"method": method, "competition": config_hash(comp, NEUTRAL_KEYS)}
+    inputs = ensemble_inputs(comp, stacking, folds_path)
+    reasons = changes(record, params, inputs)
+    if not force and not reasons:
+        previous = json.loads((out / "cv.json").read_text())
+        print(f"{out / 'submission.csv'}: inputs unchanged since the last ensemble (chosen: "
+              f"{previous.get('chosen')}); skipping. `--force` (make ensemble FORCE=1) reruns it")
+        return previous
+    if read_record(record) is not None and not force:
+        print(f"ensemble: rerunning ({'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})")
     everything = load_level1(comp, stacking, folds_path)
     level1 = blend_inputs(everything)
     task, C = comp.task, len(level1.classes)
@@ -314,22 +373,7 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
             r["test"] = metric.score(y_test, everything.test[m])
         model_rows.append(r)
 
-    blends, errors = [], {}
-    for name in tqdm(names, desc="blends", leave=False, disable=None):  # None: off outside a terminal
-        est = make_blend(name, task, C, metric, comp.seed)
-        try:
-            b = evaluate_blend(name, est, X, y, fold, X_test, metric)
-        except Exception as e:  # in auto, one failing blend must not sink the others
-            if method != "auto":
-                raise
-            errors[name] = f"{type(e).__name__}: {e}"
-            print(f"warning: blend {name} failed: {errors[name]}")
-            continue
-        if y_test is not None:
-            b.test_score = metric.score(y_test, b.test)
-        blends.append(b)
-    if not blends:
-        raise EnsembleError("every blend failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+    blends, errors = score_blends(names, method, comp, C, X, y, fold, X_test, y_test)
 
     best = None
     for b in blends:
@@ -340,19 +384,19 @@ def run_ensemble(comp: Competition, method: str = "auto", stacking: str | Path =
     history = archive_submission(path, out / "history", best.name, best.cv)
     meta = {"method": best.name, "cv": _num(best.cv), "metric": comp.metric, "folds_md5": file_md5(folds_path),
             "competition": competition_identity(comp, level1.train_ids)}
-    blend_table = write_table(out / "blend.test.csv", level1.test_ids, best.test, level1.classes, comp.id_col,
+    blend_table = write_table(table_path(out, "blend.test"), level1.test_ids, best.test, level1.classes, comp.id_col,
                               meta={**meta, "models": level1.models})
-    write_table(out / "blend.oof.csv", level1.train_ids, best.oof, level1.classes, comp.id_col,  # for `make report`
+    write_table(table_path(out, "blend.oof"), level1.train_ids, best.oof, level1.classes, comp.id_col,  # for `make report`
                 meta=meta)
     write_blend_state(out / BLEND_STATE, FittedBlend(best.name, best.learned, best.learners), level1, stacking,
                       best.cv)
     submission = {"submission": str(path), "history": str(history), "format": fmt.kind,
                   "blend_test_table": str(blend_table), "submission_test": _num(best.test_score)}
     text, report = build_report(comp, level1, model_rows, blends, errors, best.name, y_test is not None, submission)
-    report["inputs"] = inputs
     write_text(out / "cv.md", text)
-    report["outputs"] = outputs_md5(out)
     write_json(out / "cv.json", report)
+    write_record(record, "ensemble", params, inputs, [out / name for name in OUTPUTS],
+                 choices={"method": method} if method != "auto" else None)
     track(comp, report, [out / "cv.md", out / "cv.json", path])
     print(text)
     print(f"chosen: {best.name} (CV {_fmt(best.cv)}"

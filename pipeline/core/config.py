@@ -75,6 +75,9 @@ class Competition(StrictModel):
         None, description="write the competition on demand when data_dir is missing (the embedded demo)"
     )
     models_dir: Path = Field(Path("configs/models"), description="folder of model configs that train-all trains")
+    max_image_pixels: int | None = Field(
+        89_478_485, gt=0, description="refuse, before decoding, an image whose header declares more pixels "
+        "(a decompression bomb); null: no limit")
     tracking: Literal["none", "mlflow", "wandb"] = Field(
         "none", description="log every fold and ensemble to MLflow (sqlite:///mlruns.db by default) or W&B"
     )
@@ -290,7 +293,12 @@ def load(model: type[M], path: str | Path, overrides: list[str] | None = None) -
 
 
 def load_competition(path: str | Path, overrides: list[str] | None = None) -> Competition:
-    return load(Competition, path, overrides)
+    """The competition config; its pixel limit holds for every image this process reads from then on."""
+    from pipeline.core.images import set_pixel_limit
+
+    comp = load(Competition, path, overrides)
+    set_pixel_limit(comp.max_image_pixels)
+    return comp
 
 
 def open_competition(path: str | Path, overrides: list[str] | None = None) -> Competition:
@@ -306,7 +314,7 @@ def open_competition(path: str | Path, overrides: list[str] | None = None) -> Co
 
 # Keys that change no result (where results are logged, how a submission is sent): left out of the
 # competition's hash, so setting them makes nothing stale.
-NEUTRAL_KEYS = frozenset({"tracking", "tracking_uri", "code_competition"})
+NEUTRAL_KEYS = frozenset({"tracking", "tracking_uri", "code_competition", "max_image_pixels"})
 
 
 def config_hash(cfg: BaseModel, exclude: set[str] | frozenset[str] = frozenset()) -> str:

@@ -14,7 +14,12 @@ What `read_image` reads, always giving HxW uint8 (in_chans 1) or HxWx3 RGB uint8
   (`pip install -e '.[dicom]'`; `make install` installs it): see `decode_dicom`.
 
 `read_image(..., short_side=s)` shrinks an image whose shorter side is longer than s to exactly s
-(cv2.INTER_AREA, aspect kept); it never enlarges.
+(cv2.INTER_AREA, aspect kept); it never enlarges. A JPEG at least twice that size is decoded reduced by
+libjpeg itself (1/2, 1/4 or 1/8: `cv2.IMREAD_REDUCED_*`), so a 4,000 px photo is never decoded whole.
+
+Nothing is decoded whose header declares more than the pixel limit (competition key
+`max_image_pixels`, default Pillow's 89,478,485; `set_pixel_limit`): a small file that declares a huge
+image (a decompression bomb) is a BadImage naming the file and its size, read from the header alone.
 
 `decode_image` turns file bytes into an array in OpenCV's channel order or raises BadImage (an empty
 file, bytes no codec reads, an error inside OpenCV or pydicom); `read_bytes` gives the raw bytes for
@@ -33,10 +38,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.core.data import DataError
+from pipeline.core.errors import DataError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default decompression-bomb limit (1024 x 1024 x 1024 // 4 // 3)
+_pixel_limit: int | None = MAX_IMAGE_PIXELS
+REDUCED = {2: (cv2.IMREAD_REDUCED_GRAYSCALE_2, cv2.IMREAD_REDUCED_COLOR_2),
+           4: (cv2.IMREAD_REDUCED_GRAYSCALE_4, cv2.IMREAD_REDUCED_COLOR_4),
+           8: (cv2.IMREAD_REDUCED_GRAYSCALE_8, cv2.IMREAD_REDUCED_COLOR_8)}
 
 
 class BadImage(DataError):
@@ -56,6 +66,51 @@ def read_bytes(path: str | Path) -> bytes:
         raise BadImage(f"{path}: image file unreadable ({e.strerror or e})") from None
 
 
+def set_pixel_limit(pixels: int | None) -> None:
+    """The most pixels an image may declare before it is decoded (None: no limit); the competition sets it."""
+    global _pixel_limit
+    _pixel_limit = pixels
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as the file's header declares it, read without decoding the pixels (Pillow parses
+    headers lazily); None for a format or header Pillow does not know (OpenCV then decides)."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # the limit is ours (check_pixels), with a message that names the file
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - any header Pillow cannot parse: no size known, OpenCV decides
+        return None
+
+
+HEADER_BYTES = 1 << 18  # enough for any header Pillow reads (a JPEG's SOF after EXIF and a thumbnail)
+
+
+def check_header(path: str | Path) -> str | None:
+    """Why the image at `path` must not be decoded (over the pixel limit), from its first bytes alone."""
+    try:
+        with open(path, "rb") as f:
+            check_pixels(f.read(HEADER_BYTES), path)
+    except BadImage as e:
+        return str(e)
+    except OSError:
+        return None  # missing or unreadable files are reported where they are read
+    return None
+
+
+def check_pixels(data: bytes, path: str | Path) -> tuple[int, int] | None:
+    """The declared (width, height); BadImage naming the file when it is over the pixel limit."""
+    size = declared_size(data)
+    if size is not None and _pixel_limit is not None and size[0] * size[1] > _pixel_limit:
+        w, h = size
+        raise BadImage(f"{path}: declares {w}x{h} = {w * h:,} pixels, over the limit of {_pixel_limit:,} "
+                       "(competition key max_image_pixels); nothing was decoded. "
+                       "A file this small claiming that much is a decompression bomb; raise the limit if it is real")
+    return size
+
+
 def is_dicom(data: bytes, path: str | Path) -> bool:
     """A `.dcm` file, or one with the DICOM magic `DICM` after its 128-byte preamble."""
     return Path(path).suffix.lower() == ".dcm" or data[128:132] == b"DICM"
@@ -72,6 +127,7 @@ def decode_image(data: bytes, path: str | Path, flags: int = cv2.IMREAD_UNCHANGE
     if is_dicom(data, path):
         img = decode_dicom(data, path)
         return cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
+    check_pixels(data, path)
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as e:
@@ -88,8 +144,11 @@ def read_image(path: str | Path, in_chans: int, short_side: int | None = None) -
     data = read_bytes(path)
     if data[:3] == JPEG_MAGIC and not is_dicom(data, path):
         # No alpha or 16 bits in a JPEG: let libjpeg give the channels asked for (luminance straight from
-        # its Y plane for grayscale); OpenCV applies the EXIF orientation with these flags.
-        img = decode_image(data, path, cv2.IMREAD_GRAYSCALE if in_chans == 1 else cv2.IMREAD_COLOR)
+        # its Y plane for grayscale), reduced by 2, 4 or 8 while that keeps the short side; OpenCV applies
+        # the EXIF orientation with these flags.
+        factor = jpeg_reduction(check_pixels(data, path), short_side)
+        flags = REDUCED[factor] if factor > 1 else (cv2.IMREAD_GRAYSCALE, cv2.IMREAD_COLOR)
+        img = decode_image(data, path, flags[0] if in_chans == 1 else flags[1])
     else:
         # IMREAD_UNCHANGED keeps 16 bits and alpha, but skips OpenCV's EXIF orientation for PNG and WebP
         # (its TIFF decoder orients by itself), so that is applied here.
@@ -98,6 +157,13 @@ def read_image(path: str | Path, in_chans: int, short_side: int | None = None) -
             img = apply_orientation(img, exif_orientation(data))
         img = to_uint8(img, path)
     return to_channels(reduce_short_side(img, short_side), in_chans)
+
+
+def jpeg_reduction(size: tuple[int, int] | None, short_side: int | None) -> int:
+    """The largest of 1, 2, 4, 8 that keeps the declared shorter side at least `short_side`."""
+    if size is None or short_side is None:
+        return 1
+    return max([f for f in (1, 2, 4, 8) if min(size) // f >= short_side])
 
 
 def to_uint8(img: np.ndarray, path: str | Path) -> np.ndarray:

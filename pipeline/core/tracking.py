@@ -7,7 +7,7 @@
   offline` (or WANDB_MODE=offline) writes them under ./wandb for a later `wandb sync`.
 
 A fold logs its resolved config as parameters, each epoch's log.csv row as metrics, and done.json,
-log.csv, config.yaml and oof.csv as artifacts; an ensemble logs every model's and blend's CV, the chosen
+log.csv, config.yaml and oof.parquet as artifacts; an ensemble logs every model's and blend's CV, the chosen
 blend, and cv.md, cv.json and the submission. Tracking never costs a training: after the first failure
 of the tracking service a tracker warns once and does nothing more. A missing package is an error before
 any work, naming the extra (`pip install -e '.[tracking]'`).

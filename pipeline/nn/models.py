@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.core.config import ConfigError, StrictModel, deep_merge, parse_overrides, read_yaml, validate
+from pipeline.core.config import StrictModel, deep_merge, parse_overrides, read_yaml, validate
+from pipeline.core.errors import ConfigError
 
 
 class ModelConfig(StrictModel):
@@ -139,7 +140,7 @@ class ModelConfig(StrictModel):
     tta_merge: Literal["mean", "gmean", "logit_mean", "max"] = "mean"
     pseudo: str | None = Field(None, description="path to folds/pseudo.csv: pseudo-labelled test rows join training")
     distill: str | None = Field(
-        None, description="teacher table (`make distill` writes folds/distill.csv, the blend's OOF): each training "
+        None, description="teacher table (`make distill` writes folds/distill.parquet, the blend's OOF): each training "
         "row's target mixes its true label with the teacher's probabilities; trains runs/<model>-distilled/"
     )
     distill_alpha: float = Field(0.5, ge=0, le=1, description="distillation: the true label's weight in a target "

@@ -1,31 +1,34 @@
 """Test-time augmentation: exact views of a normalised batch, and merges that are safe on raw logits.
 
 Views act on tensors (B, C, H, W) after normalisation, so each one is exact (hflip twice is the
-identity). Merges work in log space in float64: no NaN or Inf comes out of finite logits, however large.
+identity). Merges work in log space in float64 (numpy): no NaN or Inf comes out of finite logits, however
+large. Names are checked without torch, so a stage can decide it is up to date without importing it.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from pipeline.core.config import ConfigError
+from pipeline.core.errors import ConfigError
 
-View = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+View = Callable[["torch.Tensor"], "torch.Tensor"]
 
 VIEWS: dict[str, View] = {
     "none": lambda x: x,
     "hflip": lambda x: x.flip(-1),
     "vflip": lambda x: x.flip(-2),
     "transpose": lambda x: x.transpose(-1, -2),
-    "rot90": lambda x: torch.rot90(x, 1, (-2, -1)),
-    "rot180": lambda x: torch.rot90(x, 2, (-2, -1)),
-    "rot270": lambda x: torch.rot90(x, 3, (-2, -1)),
-    "antitranspose": lambda x: torch.rot90(x, 1, (-2, -1)).flip(-1),
+    "rot90": lambda x: x.rot90(1, (-2, -1)),
+    "rot180": lambda x: x.rot90(2, (-2, -1)),
+    "rot270": lambda x: x.rot90(3, (-2, -1)),
+    "antitranspose": lambda x: x.rot90(1, (-2, -1)).flip(-1),
 }
+MERGES = ("mean", "gmean", "logit_mean", "max")
 PRESETS: dict[str, list[str]] = {
     "none": ["none"],
     "flips": ["none", "hflip"],
@@ -39,6 +42,8 @@ def _scale(factor: float) -> View:
     pads the shrunk one by edge replication. Same size in, same size out, so any model accepts it."""
 
     def view(x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
         h, w = x.shape[-2:]
         sh, sw = max(1, round(h * factor)), max(1, round(w * factor))
         y = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False)
@@ -79,32 +84,36 @@ def get_view(name: str) -> View:
     )
 
 
+def check_merge(how: str) -> str:
+    if how not in MERGES:
+        raise ConfigError(f"key 'tta_merge': unknown merge {how!r}; use {', '.join(MERGES[:-1])} or {MERGES[-1]}")
+    return how
+
+
 def _log_proba(logits: np.ndarray, task: str) -> np.ndarray:
-    t = torch.as_tensor(logits, dtype=torch.float64)
-    return (F.logsigmoid(t) if task == "multilabel" else F.log_softmax(t, dim=-1)).numpy()
+    if task == "multilabel":  # log sigmoid
+        return -np.logaddexp(0.0, -logits)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def merge(logits: np.ndarray, how: str, task: str) -> np.ndarray:
     """Merge views' logits (V, n, C) into probabilities (n, C); regression values by their mean, whatever `how`."""
     logits = np.asarray(logits, dtype=np.float64)
+    check_merge(how)
     if task == "regression":
-        if how not in ("mean", "gmean", "logit_mean", "max"):
-            raise ConfigError(f"key 'tta_merge': unknown merge {how!r}; use mean, gmean, logit_mean or max")
         return logits.mean(axis=0)
     if how == "logit_mean":
-        mean = torch.as_tensor(logits.mean(axis=0))
-        return (torch.sigmoid(mean) if task == "multilabel" else torch.softmax(mean, dim=-1)).numpy()
+        return np.exp(_log_proba(logits.mean(axis=0), task))
     logp = _log_proba(logits, task)
     if how == "mean":
         return np.exp(logp).mean(axis=0)
     if how == "max":
         p = np.exp(logp).max(axis=0)
-    elif how == "gmean":
+    else:  # gmean
         if task == "multilabel":  # geometric mean of p against that of 1 - p, per label
             log1m = _log_proba(-logits, task)
             a, b = logp.mean(axis=0), log1m.mean(axis=0)
             return np.exp(a - np.logaddexp(a, b))
         p = np.exp(logp.mean(axis=0) - logp.mean(axis=0).max(axis=-1, keepdims=True))
-    else:
-        raise ConfigError(f"key 'tta_merge': unknown merge {how!r}; use mean, gmean, logit_mean or max")
     return p if task == "multilabel" else p / p.sum(axis=-1, keepdims=True)

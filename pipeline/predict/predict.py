@@ -1,4 +1,4 @@
-"""`predict`: trained folds -> stacking/<model>.oof.csv and stacking/<model>.test.csv, with TTA.
+"""`predict`: trained folds -> stacking/<model>.oof.parquet and stacking/<model>.test.parquet, with TTA.
 
 Each fold's best checkpoint predicts its own validation rows (OOF) and the whole test set; the test
 table is the mean of the folds' probabilities. Test images are read once per model: every batch goes
@@ -8,20 +8,36 @@ folds and TTA is skipped.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from pipeline.core.config import Competition, ConfigError
-from pipeline.core.data import DataError, class_names, encode_targets, read_sample, read_train
+from pipeline.core.config import NEUTRAL_KEYS, Competition, config_hash
+from pipeline.core.data import class_names, encode_targets, read_sample, read_train
+from pipeline.core.errors import ConfigError, DataError
 from pipeline.artifacts.folds import competition_identity, fold_numbers, fold_of
-from pipeline.nn.infer import EvalSpec, device, image_logits, load_fold_model
-from pipeline.core.io import file_md5
+from pipeline.artifacts.record import changes, choose, file_md5, record_path, write_record
 from pipeline.artifacts.runs import fold_runs, trained_models
-from pipeline.artifacts.tables import read_meta, unchanged_since_written, write_table
-from pipeline.nn.tta import expand, merge
+from pipeline.artifacts.tables import read_meta, sidecar, table_path, write_table
+from pipeline.nn.tta import check_merge, expand, merge
+
+
+def predict_record(stacking: str | Path, name: str) -> Path:
+    """The record `predict` writes beside a model's tables: stacking/<name>.record.json."""
+    return record_path(stacking, name)
+
+
+def set_aside_csv(path: Path, model: str) -> None:
+    """A CSV table that an earlier version of `predict` wrote for this model (its sidecar says so) moves to
+    stacking/stale/ before the Parquet table replaces it; a CSV of your own stays and is refused beside it."""
+    old = path.with_suffix(".csv")
+    if old.is_file() and read_meta(old).get("model") == model and "tta" in read_meta(path.with_name(
+            path.name.replace(".test", ".oof"))):
+        (old.parent / "stale").mkdir(exist_ok=True)
+        old.replace(old.parent / "stale" / old.name)
+        print(f"note: {old} (written by an earlier predict as CSV) moved to {old.parent / 'stale'}/")
 
 
 def predict_model(
@@ -35,36 +51,38 @@ def predict_model(
     out_name: str | None = None,
     force: bool = False,
 ) -> dict:
-    """Write the model's OOF and test tables; return {'cv': ..., 'per_fold': [...]}."""
+    """Write the model's OOF and test tables; return {'cv': ..., 'per_fold': [...]}.
+
+    Up to date (its record: the same folds' done.json, folds.csv, train and sample tables, TTA, and the
+    tables as written): nothing is loaded. TTA= given once sticks for this model's later predicts."""
     folds_path, stacking = Path(folds_path), Path(stacking)
-    folds_md5 = file_md5(folds_path)
     fold_ids = fold_numbers(folds_path)
     train = read_train(comp)
     classes = class_names(comp, train)
     dirs = fold_runs(comp, name, fold_ids, runs, folds_path, classes)
     out_name = out_name or name
-    oof_path, test_path = stacking / f"{out_name}.oof.csv", stacking / f"{out_name}.test.csv"
-
-    dev = device()
-    loaded = [load_fold_model(d, "best", dev) for d in dirs]
-    cfg, ckpt = loaded[0][1], loaded[0][2]
-    views = expand(tta if tta is not None else cfg.tta)
-    how = tta_merge or cfg.tta_merge
-    merge(np.zeros((1, 1, 2)), how, comp.task)  # an unknown merge fails before any work
-    stamp = {
-        "folds_md5": folds_md5,
-        "runs": [json.loads((d / "done.json").read_text())["finished"] for d in dirs],
-        "checkpoints": [file_md5(d / "best.pt") for d in dirs],
-        "tta": views,
-        "tta_merge": how,
-    }
-    current = all(p.is_file() and read_meta(p).get("stamp") == stamp and unchanged_since_written(p)
-                  for p in (oof_path, test_path))
-    if not force and current:  # both tables, from these very checkpoints, as written
+    oof_path, test_path = table_path(stacking, f"{out_name}.oof"), table_path(stacking, f"{out_name}.test")
+    record = predict_record(stacking, out_name)
+    chosen = {"tta": choose(record, "tta", tta, None, "TTA"),  # TTA=config: back to the config's own
+              "tta_merge": choose(record, "tta_merge", tta_merge, None, "tta_merge")}
+    chosen = {k: v for k, v in chosen.items() if v is not None and v != "config"}
+    tta, tta_merge = chosen.get("tta"), chosen.get("tta_merge")
+    trained = yaml.safe_load((dirs[0] / "config.yaml").read_text())  # the fold's resolved config: no torch
+    views = expand(tta if tta is not None else trained["tta"])
+    how = tta_merge or trained["tta_merge"]
+    check_merge(how)  # an unknown merge fails before any work
+    params = {"model": name, "tta": views, "tta_merge": how, "competition": config_hash(comp, NEUTRAL_KEYS)}
+    inputs = [folds_path, comp.train_csv_path, comp.sample_submission_path, *(d / "done.json" for d in dirs)]
+    if not force and not changes(record, params, inputs):  # both tables, from these very folds, as written
         meta = read_meta(oof_path)
         print(f"{out_name}: tables up to date ({comp.metric} {meta['cv']:.4f}); --force remakes them")
         return meta
 
+    from pipeline.nn.infer import EvalSpec, device, image_logits, load_fold_model  # torch: only with work to do
+
+    dev = device()
+    loaded = [load_fold_model(d, "best", dev) for d in dirs]
+    cfg, ckpt = loaded[0][1], loaded[0][2]
     if ckpt["classes"] != classes:
         raise DataError(f"{name}: trained on classes {ckpt['classes']}, the competition now has {classes}")
     y = encode_targets(comp, train, classes)
@@ -90,12 +108,16 @@ def predict_model(
                                views, dev, desc=f"{out_name} test")
     test = np.mean([merge(fold_logits, how, comp.task) for fold_logits in test_logits], axis=0)
 
-    identity = competition_identity(comp, ids)
-    meta = {"stamp": stamp, "folds_md5": folds_md5, "competition": identity, "model": name,
+    identity, folds_md5 = competition_identity(comp, ids), file_md5(folds_path)
+    set_aside_csv(oof_path, name)
+    set_aside_csv(test_path, name)
+    meta = {"folds_md5": folds_md5, "competition": identity, "model": name,
             "metric": comp.metric, "cv": cv, "per_fold": per_fold, "tta": views, "tta_merge": how, "classes": classes}
     write_table(oof_path, ids, oof, classes, comp.id_col, meta=meta)
-    write_table(test_path, test_ids, test, classes, comp.id_col, meta={"stamp": stamp, "folds_md5": folds_md5,
+    write_table(test_path, test_ids, test, classes, comp.id_col, meta={"folds_md5": folds_md5,
                                                                        "competition": identity, "model": name})
+    write_record(record, "predict", params, inputs, [oof_path, test_path, sidecar(oof_path), sidecar(test_path)],
+                 choices=chosen)
     folds_txt = " ".join(f"{s:.4f}" for s in per_fold)
     print(f"{out_name}: {comp.metric} {cv:.4f} (folds {folds_txt}; TTA {'+'.join(views)}, {how}) -> {oof_path}, {test_path}")
     return meta

@@ -1,7 +1,7 @@
 """`report`: what the trained models did -> submissions/report/ (index.md + PNG plots + CSV tables).
 
 Reads only what earlier stages wrote: submissions/cv.json (leaderboard), runs/<model>/fold<k>/log.csv
-(training curves), submissions/blend.oof.csv (the chosen blend's out-of-fold probabilities; when an
+(training curves), submissions/blend.oof.parquet (the chosen blend's out-of-fold probabilities; when an
 older ensemble did not write it, the mean of the stacking/ OOF tables stands in and the report says
 so), folds/folds.csv and the best single model's checkpoints (Grad-CAM on its worst mistakes).
 
@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import Competition
-from pipeline.core.data import DataError, class_names, encode_targets, read_train
+from pipeline.core.data import class_names, encode_targets, read_train
+from pipeline.core.errors import DataError
 from pipeline.tools.htmlreport import write_html
 from pipeline.core.io import write_csv, write_text
 
@@ -151,18 +152,18 @@ def plot_curves(runs: Path, model: str, metric: str, out: Path, task: str = "mul
 def blend_oof(comp: Competition, cv: dict, train_ids: list[str], classes: list[str], submissions: Path,
               stacking: Path) -> tuple[np.ndarray, str]:
     """(OOF probabilities in train_ids order, a sentence saying where they come from)."""
-    from pipeline.artifacts.tables import read_table
+    from pipeline.artifacts.tables import find_table, read_table
 
-    path = submissions / "blend.oof.csv"
+    path = find_table(submissions, "blend.oof")
     if path.is_file():
         p = read_table(path, comp.id_col, classes, train_ids, task=comp.task).to_numpy()
         return p, f"the chosen blend `{cv.get('chosen')}` (`{path}`)"
-    models = [m for m in cv.get("models", {}) if (stacking / f"{m}.oof.csv").is_file()]
+    models = [m for m in cv.get("models", {}) if find_table(stacking, f"{m}.oof").is_file()]
     if not models:
         raise DataError(f"{path} is missing and {stacking} holds no OOF table of the models in cv.json; "
                         "run `make ensemble` first")
-    p = np.mean([read_table(stacking / f"{m}.oof.csv", comp.id_col, classes, train_ids, task=comp.task).to_numpy() for m in models],
-                axis=0)
+    p = np.mean([read_table(find_table(stacking, f"{m}.oof"), comp.id_col, classes, train_ids, task=comp.task)
+                 .to_numpy() for m in models], axis=0)
     return p, f"the mean of the models' OOF tables ({', '.join(models)}); `{path}` was not found"
 
 
