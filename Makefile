@@ -14,12 +14,22 @@ PYTEST_ARGS ?=
 
 RUN := $(PY) -m pipeline
 
+# A value pasted into a recipe is single-quoted, its own quotes escaped: `make X="a; touch f"` runs nothing.
+q = '$(subst ','\'',$(1))'
+qwords = $(foreach w,$(1),$(call q,$(w)))
+# COMP_ARGS given to make (even empty: `COMP_ARGS=` clears them) reach every stage that reads the
+# competition config and are recorded in folds/choices.json; not given, every stage uses the recorded ones.
+COMP_FLAG = $(if $(filter command line environment override,$(origin COMP_ARGS)),--comp-args $(call q,$(COMP_ARGS)))
+# Targets that read no competition config refuse COMP_ARGS rather than ignore them.
+NO_COMP_ARGS = @if [ -n $(call q,$(strip $(COMP_ARGS))) ]; then echo "make $@: COMP_ARGS has no effect here \
+  (it overrides keys of $(COMPETITION) for the stages that read it)" >&2; exit 2; fi
+
 .DEFAULT_GOAL := help
-.PHONY: help install test demo data-fashion-mnist check folds weights models tune distill train train-all predict pseudo ensemble validate report eda lr-find show-batch package submit bench clean clean-all FORCE
+.PHONY: help install test test-fast demo data-fashion-mnist check folds weights models tune distill train train-all predict pseudo ensemble validate report eda lr-find show-batch package submit bench clean clean-all FORCE
 
 # `make help` lists the targets in pipeline order, by group (a test checks every described target is here).
 HELP_GROUPS := data:demo,data-fashion-mnist,check,eda,folds training:models,weights,train-all,train,tune,lr-find,show-batch \
-  prediction:predict,pseudo,distill blending:ensemble,validate,report kaggle:package,submit tools:install,test,bench,clean,clean-all,help
+  prediction:predict,pseudo,distill blending:ensemble,validate,report kaggle:package,submit tools:install,test,test-fast,bench,bench-scale,gpu-check,clean,clean-all,help
 
 help: ## list every target with a one-line description, in pipeline order
 	@echo "usage: make <target> [COMPETITION=configs/competition.yaml] [COMP_ARGS='competition key=value ...'] [ARGS='model key=value ...']"
@@ -38,32 +48,38 @@ install: $(STAMP) ## create .venv and install the project with its dev, tensorbo
 test: $(STAMP) ## run the test suite (sets itself up)
 	cd $(ROOT) && $(PY) -m pytest $(PYTEST_ARGS)
 
+test-fast: $(STAMP) ## the quick loop, minutes on 2 cores: every module, no end-to-end Make runs, Ray or package round trips (-m "not slow")
+	cd $(ROOT) && $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
 demo: $(STAMP) ## write the embedded demo competition (scikit-learn digits) to data/demo
+	$(NO_COMP_ARGS)
 	$(RUN) demo
 
 N_TRAIN ?=
 N_TEST  ?=
 data-fashion-mnist: $(STAMP) ## write Fashion-MNIST to data/fashion-mnist (N_TRAIN=/N_TEST= subsample)
-	$(RUN) fashion-mnist $(if $(N_TRAIN),--n-train $(N_TRAIN)) $(if $(N_TEST),--n-test $(N_TEST))
+	$(NO_COMP_ARGS)
+	$(RUN) fashion-mnist $(if $(N_TRAIN),--n-train $(call q,$(N_TRAIN))) $(if $(N_TEST),--n-test $(call q,$(N_TEST)))
 
 check: $(STAMP) ## in seconds, before training: config, tables, every image path, a decoded sample, answers, model configs
-	$(RUN) check -c $(COMPETITION) $(COMP_ARGS)
+	$(RUN) check -c $(call q,$(COMPETITION)) $(COMP_FLAG)
 
 folds: $(STAMP) ## assign every training row to a validation fold -> folds/folds.csv
-	$(RUN) folds -c $(COMPETITION) $(COMP_ARGS)
+	$(RUN) folds -c $(call q,$(COMPETITION)) $(COMP_FLAG)
 
 # --- backbones and their pretrained weights ------------------------------------------------------------
 PATTERN ?= *
 models: $(STAMP) ## timm model names matching PATTERN='convnext*' with their pretrained tags (no network)
-	$(RUN) models '$(PATTERN)'
+	$(NO_COMP_ARGS)
+	$(RUN) models $(call q,$(PATTERN))
 
 weights: $(STAMP) ## online, once: pretrained weights of every `pretrained: true` model config -> weights/ (offline runs then use them)
-	$(RUN) weights -c $(COMPETITION) $(if $(MODELS),--models "$(MODELS)")
+	$(RUN) weights -c $(call q,$(COMPETITION)) $(COMP_FLAG) $(if $(MODELS),--models $(call q,$(MODELS)))
 
 # --- training -----------------------------------------------------------------------------------
-# One target per model x fold: runs/<model>/fold<k>/done.json. `plan` (one Python process, no torch)
-# lists the folds whose done.json does not hold the stamp the current config, ARGS and folds.csv give,
-# and says why; only those are trained (FORCE: the stamp, not a file date, decides). When every fold is
+# One target per model x fold: runs/<model>/fold<k>/done.json, the fold's record. `plan` (one Python
+# process, no torch) lists the folds whose record does not hold what the current config, ARGS and
+# folds.csv give, and says why; only those are trained (FORCE: the record, not a file date, decides). When every fold is
 # done nothing else starts. A fold trained with other ARGS whose config file is unchanged is kept (and
 # said so) unless RETRAIN=1. Where the planned folds run:
 # - no GPU (or GPUS=none): Make trains them itself, `-j` running folds in parallel, as always;
@@ -89,56 +105,63 @@ RETRIES ?= 2
 TORCHRUN = $(VENV)/bin/torchrun $(if $(filter-out 1,$(NNODES)),--nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
   --rdzv_endpoint=$(or $(RDZV),$(error NNODES=$(NNODES) needs RDZV=host:port, the address of the node with NODE_RANK=0)),--standalone) \
   --nproc_per_node=$(NPROC)
-TRAIN  = $(if $(filter-out 1,$(NPROC) $(NNODES)),$(TORCHRUN) -m pipeline,$(RUN)) train -c $(COMPETITION)
-LAUNCH = $(RUN) launch -c $(COMPETITION) --train-cmd '$(TRAIN)' --gpus '$(GPUS)' --jobs-per-gpu $(JOBS_PER_GPU) \
-  --nproc $(NPROC) $(if $(PSEUDO),--pseudo $(PSEUDO)) $(if $(CLUSTER),--cluster $(CLUSTER)) \
+TRAIN  = $(if $(filter-out 1,$(NPROC) $(NNODES)),$(TORCHRUN) -m pipeline,$(RUN)) train -c $(call q,$(COMPETITION))
+LAUNCH = $(RUN) launch -c $(call q,$(COMPETITION)) --train-cmd $(call q,$(TRAIN)) --gpus $(call q,$(GPUS)) --jobs-per-gpu $(JOBS_PER_GPU) \
+  --nproc $(NPROC) $(if $(PSEUDO),--pseudo $(call q,$(PSEUDO))) $(if $(CLUSTER),--cluster $(CLUSTER)) \
   $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(if $(JOB_GPUS),--job-gpus $(JOB_GPUS)) \
   $(if $(JOB_CPUS),--job-cpus $(JOB_CPUS)) --retries $(RETRIES)
 
 PSEUDO ?=
 RETRAIN ?=
 train-all: folds ## train every model x fold not done yet (MODELS="a b" limits, GPUS=0,1 one fold per GPU, JOBS_PER_GPU=2, NPROC=n DDP, CLUSTER=ray, -j parallel folds on CPU, PSEUDO=folds/pseudo.csv a pseudo round, RETRAIN=1 also folds trained with other ARGS)
-	@gpus=$$($(RUN) gpus '$(GPUS)') || exit 1; \
-	targets=$$($(RUN) plan -c $(COMPETITION) --models "$(MODELS)" $(if $(PSEUDO),--pseudo $(PSEUDO)) $(if $(RETRAIN),--retrain) $(ARGS)) || exit 1; \
+	@gpus=$$($(RUN) gpus $(call q,$(GPUS))) || exit 1; \
+	targets=$$($(RUN) plan -c $(call q,$(COMPETITION)) $(COMP_FLAG) --models $(call q,$(MODELS)) $(if $(PSEUDO),--pseudo $(call q,$(PSEUDO))) $(if $(RETRAIN),--retrain) $(call qwords,$(ARGS))) || exit 1; \
 	if [ -z "$$targets" ]; then exit 0; fi; \
 	if [ -n "$(CLUSTER)" ] || [ -n "$$gpus" ]; then \
-	  $(LAUNCH) --targets "$$targets" $(ARGS); \
+	  $(LAUNCH) --targets "$$targets" $(call qwords,$(ARGS)); \
 	else \
-	  $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $$targets COMPETITION=$(COMPETITION) ARGS="$(ARGS)" NPROC=$(NPROC) PSEUDO=$(PSEUDO); \
+	  $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $$targets COMPETITION=$(call q,$(COMPETITION)) ARGS=$(call q,$(ARGS)) NPROC=$(NPROC) PSEUDO=$(call q,$(PSEUDO)); \
 	fi
 
 runs/%/done.json: FORCE
-	$(TRAIN) --target $@ $(if $(PSEUDO),--pseudo $(PSEUDO)) $(ARGS)
+	$(TRAIN) $(COMP_FLAG) --target $@ $(if $(PSEUDO),--pseudo $(call q,$(PSEUDO))) $(call qwords,$(ARGS))
 
 train: $(STAMP) ## rerun exactly one fold: make train MODEL=name FOLD=k [ARGS="epochs=3 lr=1e-3"]
-	@test -n "$(MODEL)" -a -n "$(FOLD)" || { echo "usage: make train MODEL=<name> FOLD=<k>"; exit 2; }
-	$(TRAIN) --model $(MODEL) --fold $(FOLD) --rerun $(ARGS)
+	@test -n $(call q,$(MODEL)) -a -n $(call q,$(FOLD)) || { echo "usage: make train MODEL=<name> FOLD=<k>"; exit 2; }
+	$(TRAIN) $(COMP_FLAG) --model $(call q,$(MODEL)) --fold $(call q,$(FOLD)) --rerun $(call qwords,$(ARGS))
 
 FORCE:
 
 # --- predictions ----------------------------------------------------------------------------------
 TTA ?=
 predict: train-all ## OOF + test tables with TTA for every trained model -> stacking/ (TTA="[none,hflip]" overrides; with GPUs one model per GPU)
-	$(RUN) predict -c $(COMPETITION) $(if $(MODELS),--models "$(MODELS)") --gpus '$(GPUS)' \
-	  --jobs-per-gpu $(JOBS_PER_GPU) $(if $(TTA),tta=$(TTA))
+	$(RUN) predict -c $(call q,$(COMPETITION)) $(COMP_FLAG) $(if $(MODELS),--models $(call q,$(MODELS))) --gpus $(call q,$(GPUS)) \
+	  --jobs-per-gpu $(JOBS_PER_GPU) $(if $(TTA),$(call q,tta=$(TTA)))
 
 # --- distillation: the ensemble into one model -------------------------------------------------------
 STUDENT ?=
 DISTILL_ALPHA ?=
 TEMPERATURE ?=
-DISTILL_ARGS = distill=folds/distill.csv $(if $(DISTILL_ALPHA),distill_alpha=$(DISTILL_ALPHA)) $(if $(TEMPERATURE),temperature=$(TEMPERATURE))
-distill: ensemble ## the blend distilled into one model: make distill STUDENT=name [DISTILL_ALPHA=0.5 TEMPERATURE=2] -> runs/ and stacking/<name>-distilled
-	@test -n "$(STUDENT)" || { echo "usage: make distill STUDENT=<model> [DISTILL_ALPHA=0.5] [TEMPERATURE=2]" >&2; exit 2; }
-	$(RUN) distill -c $(COMPETITION) --student $(STUDENT)
-	$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) train-all COMPETITION=$(COMPETITION) MODELS=$(STUDENT) \
-	  ARGS="$(DISTILL_ARGS)" GPUS=$(GPUS) JOBS_PER_GPU=$(JOBS_PER_GPU) NPROC=$(NPROC) CLUSTER=$(CLUSTER)
-	$(RUN) predict -c $(COMPETITION) --models "$(STUDENT) $(STUDENT)-distilled"
-	$(RUN) distill -c $(COMPETITION) --student $(STUDENT) --compare
+# The student given before (folds/distill.record.json) when STUDENT= is not given; none: usage, before any work.
+DISTILL_STUDENT = $(or $(STUDENT),$(shell $(RUN) distill --recorded-student 2>/dev/null))
+ifneq ($(filter distill,$(MAKECMDGOALS)),)
+ifeq ($(strip $(DISTILL_STUDENT)),)
+$(error usage: make distill STUDENT=<model> [DISTILL_ALPHA=0.5] [TEMPERATURE=2] (no student was given before))
+endif
+endif
+DISTILL_ARGS = distill=folds/distill.parquet $(if $(DISTILL_ALPHA),distill_alpha=$(DISTILL_ALPHA)) $(if $(TEMPERATURE),temperature=$(TEMPERATURE))
+distill: ensemble ## the blend distilled into one model: make distill STUDENT=name [DISTILL_ALPHA=0.5 TEMPERATURE=2] -> runs/ and stacking/<name>-distilled (STUDENT sticks)
+	@$(if $(STUDENT),:,echo "note: STUDENT=$(DISTILL_STUDENT) as given before (folds/distill.record.json); give STUDENT= to change it")
+	$(RUN) distill -c $(call q,$(COMPETITION)) $(COMP_FLAG) --student $(call q,$(DISTILL_STUDENT))
+	$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) train-all COMPETITION=$(call q,$(COMPETITION)) MODELS=$(call q,$(DISTILL_STUDENT)) \
+	  ARGS=$(call q,$(DISTILL_ARGS)) GPUS=$(call q,$(GPUS)) JOBS_PER_GPU=$(JOBS_PER_GPU) NPROC=$(NPROC) CLUSTER=$(CLUSTER)
+	$(RUN) predict -c $(call q,$(COMPETITION)) $(COMP_FLAG) --models $(call q,$(DISTILL_STUDENT) $(DISTILL_STUDENT)-distilled)
+	$(RUN) distill -c $(call q,$(COMPETITION)) $(COMP_FLAG) --student $(call q,$(DISTILL_STUDENT)) --compare
 
 # --- blend and submission -------------------------------------------------------------------------
-METHOD ?= auto
-ensemble: predict ## blend every model honestly -> submissions/submission.csv, cv.md, cv.json (METHOD=auto|vote|mean|..., FORCE=1 reruns unchanged inputs)
-	$(RUN) ensemble -c $(COMPETITION) --method $(METHOD) $(if $(FORCE),--force) $(COMP_ARGS)
+METHOD ?=
+ensemble: predict ## blend every model honestly -> submissions/submission.csv, cv.md, cv.json (METHOD=auto|vote|mean|... sticks until given again, FORCE=1 reruns unchanged inputs)
+	$(RUN) ensemble -c $(call q,$(COMPETITION)) $(COMP_FLAG) $(if $(METHOD),--method $(call q,$(METHOD))) $(if $(FORCE),--force)
 
 # --- Kaggle bundle ----------------------------------------------------------------------------------
 KAGGLE_USER ?=
@@ -149,55 +172,67 @@ TEST_SIZE   ?=
 GPU_FACTOR  ?=
 FP16        ?=
 BUNDLE      ?= dist/kaggle
-package: ensemble ## offline Kaggle kernel + dataset of the chosen blend (STUDENT=name: the distilled student alone) -> dist/kaggle/ (KAGGLE_USER=, COMPETITION_SLUG=, MACHINE_SHAPE=NvidiaTeslaT4, WHEELS=, TEST_SIZE=, GPU_FACTOR=, FP16=1, BUNDLE=)
-	$(RUN) package -c $(COMPETITION) --out $(BUNDLE) $(if $(STUDENT),--student $(STUDENT)-distilled) \
-	  $(if $(KAGGLE_USER),--kaggle-user $(KAGGLE_USER)) \
-	  $(if $(COMPETITION_SLUG),--competition-slug $(COMPETITION_SLUG)) $(if $(MACHINE_SHAPE),--machine-shape $(MACHINE_SHAPE)) \
-	  $(if $(WHEELS),--wheels "$(WHEELS)") $(if $(TEST_SIZE),--test-size $(TEST_SIZE)) \
-	  $(if $(GPU_FACTOR),--gpu-factor $(GPU_FACTOR)) $(if $(FP16),--fp16) $(COMP_ARGS)
+package: ensemble ## offline Kaggle kernel + dataset of the chosen blend (STUDENT=name: the distilled student alone, sticks until STUDENT=none) -> dist/kaggle/ (KAGGLE_USER=, COMPETITION_SLUG=, MACHINE_SHAPE=NvidiaTeslaT4, WHEELS=, TEST_SIZE=, GPU_FACTOR=, FP16=1, BUNDLE=)
+	$(RUN) package -c $(call q,$(COMPETITION)) --out $(call q,$(BUNDLE)) $(if $(STUDENT),--student $(call q,$(STUDENT))) \
+	  $(if $(KAGGLE_USER),--kaggle-user $(call q,$(KAGGLE_USER))) \
+	  $(if $(COMPETITION_SLUG),--competition-slug $(call q,$(COMPETITION_SLUG))) $(if $(MACHINE_SHAPE),--machine-shape $(call q,$(MACHINE_SHAPE))) \
+	  $(if $(WHEELS),--wheels $(call q,$(WHEELS))) $(if $(TEST_SIZE),--test-size $(call q,$(TEST_SIZE))) \
+	  $(if $(GPU_FACTOR),--gpu-factor $(call q,$(GPU_FACTOR))) $(if $(FP16),--fp16) $(COMP_FLAG)
 
 DRY_RUN ?=
 KERNEL_VERSION ?=
 submit: $(STAMP) ## send it to Kaggle: the CSV, or on a code competition the bundle's dataset version + kernel push, then KERNEL_VERSION=n submits that run (COMPETITION_SLUG=, DRY_RUN=1 prints only)
-	$(RUN) submit -c $(COMPETITION) --bundle $(BUNDLE) $(if $(COMPETITION_SLUG),--competition-slug $(COMPETITION_SLUG)) \
-	  $(if $(KERNEL_VERSION),--kernel-version $(KERNEL_VERSION)) $(if $(DRY_RUN),--dry-run) $(COMP_ARGS)
+	$(RUN) submit -c $(call q,$(COMPETITION)) --bundle $(call q,$(BUNDLE)) $(if $(COMPETITION_SLUG),--competition-slug $(call q,$(COMPETITION_SLUG))) \
+	  $(if $(KERNEL_VERSION),--kernel-version $(call q,$(KERNEL_VERSION))) $(if $(DRY_RUN),--dry-run) $(COMP_FLAG)
 
 FILE ?= submissions/submission.csv
 validate: $(STAMP) ## check a CSV against the sample submission (FILE=path.csv)
-	$(RUN) validate $(FILE) -c $(COMPETITION)
+	$(RUN) validate $(call q,$(FILE)) -c $(call q,$(COMPETITION)) $(COMP_FLAG)
 
 THRESHOLD ?=
 TOP_FRAC  ?=
 SOFT      ?=
 pseudo: $(STAMP) ## confident blend (or MODEL=) test rows -> folds/pseudo.csv (THRESHOLD=0.95 | TOP_FRAC=0.3, SOFT=1)
-	$(RUN) pseudo -c $(COMPETITION) $(if $(MODEL),--model $(MODEL)) $(if $(THRESHOLD),--threshold $(THRESHOLD)) \
-	  $(if $(TOP_FRAC),--top-frac $(TOP_FRAC)) $(if $(SOFT),--soft)
+	$(RUN) pseudo -c $(call q,$(COMPETITION)) $(COMP_FLAG) $(if $(MODEL),--model $(call q,$(MODEL))) $(if $(THRESHOLD),--threshold $(call q,$(THRESHOLD))) \
+	  $(if $(TOP_FRAC),--top-frac $(call q,$(TOP_FRAC))) $(if $(SOFT),--soft)
 
 # --- reports and tools -----------------------------------------------------------------------------
 report: $(STAMP) ## leaderboard, curves, confusion, per-class scores, mistakes, Grad-CAM -> submissions/report/ (after make ensemble)
 	@test -f submissions/cv.json || { echo "make report: submissions/cv.json not found; run 'make ensemble' first" >&2; exit 2; }
-	$(RUN) report -c $(COMPETITION) $(COMP_ARGS)
+	$(RUN) report -c $(call q,$(COMPETITION)) $(COMP_FLAG)
 
 eda: $(STAMP) ## classes, image statistics, duplicates, adversarial train/test shift -> submissions/eda/
-	$(RUN) eda -c $(COMPETITION) $(COMP_ARGS)
+	$(RUN) eda -c $(call q,$(COMPETITION)) $(COMP_FLAG)
 
 TRIALS ?= 20
 FOLDS  ?= 0
 tune: folds ## Optuna over a model's `search` space: make tune MODEL=name TRIALS=30 [FOLDS="0 1"] -> configs/models/<name>-tuned.yaml (resumable)
-	@test -n "$(MODEL)" || { echo "usage: make tune MODEL=<name> [TRIALS=20] [FOLDS=0]" >&2; exit 2; }
-	$(RUN) tune -c $(COMPETITION) --model $(MODEL) --trials $(TRIALS) --folds-to-tune "$(FOLDS)"
+	@test -n $(call q,$(MODEL)) || { echo "usage: make tune MODEL=<name> [TRIALS=20] [FOLDS=0]" >&2; exit 2; }
+	$(RUN) tune -c $(call q,$(COMPETITION)) $(COMP_FLAG) --model $(call q,$(MODEL)) --trials $(call q,$(TRIALS)) --folds-to-tune $(call q,$(FOLDS))
 
 lr-find: $(STAMP) ## LR range test: make lr-find MODEL=name [ARGS="batch_size=32"] -> runs/<model>/lr_find.png, suggested lr
-	@test -n "$(MODEL)" || { echo "usage: make lr-find MODEL=<name> [ARGS='key=value ...']" >&2; exit 2; }
-	$(RUN) lr-find -c $(COMPETITION) --model $(MODEL) $(ARGS)
+	@test -n $(call q,$(MODEL)) || { echo "usage: make lr-find MODEL=<name> [ARGS='key=value ...']" >&2; exit 2; }
+	$(RUN) lr-find -c $(call q,$(COMPETITION)) $(COMP_FLAG) --model $(call q,$(MODEL)) $(call qwords,$(ARGS))
 
 show-batch: $(STAMP) ## what the model sees: make show-batch MODEL=name [ARGS="augment=heavy"] -> runs/<model>/show_batch/{train,eval,tta}.png
-	@test -n "$(MODEL)" || { echo "usage: make show-batch MODEL=<name> [ARGS='key=value ...']" >&2; exit 2; }
-	$(RUN) show-batch -c $(COMPETITION) --model $(MODEL) $(ARGS)
+	@test -n $(call q,$(MODEL)) || { echo "usage: make show-batch MODEL=<name> [ARGS='key=value ...']" >&2; exit 2; }
+	$(RUN) show-batch -c $(call q,$(COMPETITION)) $(COMP_FLAG) --model $(call q,$(MODEL)) $(call qwords,$(ARGS))
 
 BENCH_ARGS ?=
 bench: $(STAMP) ## benchmark table: data-path efficiency, TTA img/s, Fashion-MNIST quality, blend times -> docs/benchmarks.md
-	$(RUN) bench $(BENCH_ARGS)
+	$(NO_COMP_ARGS)
+	$(RUN) bench $(call qwords,$(BENCH_ARGS))
+
+.PHONY: bench-scale gpu-check
+BENCH_SCALE_ARGS ?=
+bench-scale: $(STAMP) ## wall time and peak memory of every stage but training, 10k->100k rows and 10->1,000 classes (synthetic, about 30 min) -> docs/benchmarks.md (BENCH_SCALE_ARGS="--rows 10000 --skip-auto")
+	$(NO_COMP_ARGS)
+	$(RUN) bench-scale $(BENCH_SCALE_ARGS)
+
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP) ## on one GPU, under 8 min: AMP bf16/fp16, channels_last, compile, fused-optimizer NaN skip, GPUS=0 JOBS_PER_GPU=2, torchrun DDP, img/s vs timm -> docs/benchmarks.md (no GPU: says so, exits 0)
+	$(NO_COMP_ARGS)
+	$(RUN) gpu-check $(GPU_CHECK_ARGS)
 
 clean: ## remove stage outputs (folds, runs, stacking, submissions, dist); keeps data and .venv
 	rm -rf runs dist

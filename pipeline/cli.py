@@ -13,11 +13,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.core.config import ConfigError, load_competition, open_competition
-from pipeline.core.data import DataError
-from pipeline.core.io import CheckpointError
+from pipeline.core.config import load_competition, open_competition
+from pipeline.blend.registry import methods_help
+from pipeline.core.errors import ConfigError, DataError, PipelineError
 
 DEFAULT_COMPETITION = "configs/competition.yaml"
+
+
+def competition(path: str, comp_args: str | None, positional: list[str] | None = None, demo: bool = False):
+    """The competition config with its overrides: COMP_ARGS (`--comp-args`) and key=value words where a
+    command takes them. Given, they are recorded for every later stage; not given, the recorded ones hold."""
+    from pipeline.artifacts.record import competition_overrides
+
+    overrides = competition_overrides(comp_args, positional)
+    return (open_competition if demo else load_competition)(path, overrides)
 
 
 # --- data and folds --------------------------------------------------------------------------------
@@ -39,20 +48,20 @@ def cmd_fashion_mnist(args: argparse.Namespace) -> None:
 def cmd_check(args: argparse.Namespace) -> None:
     from pipeline.artifacts.check import run_check
 
-    run_check(open_competition(args.competition, args.overrides), models_dir=args.models_dir, source=args.competition)
+    run_check(competition(args.competition, args.comp_args, args.overrides, demo=True), models_dir=args.models_dir, source=args.competition)
 
 
 def cmd_folds(args: argparse.Namespace) -> None:
     from pipeline.artifacts.folds import make_folds
 
-    make_folds(open_competition(args.competition, args.overrides), out_dir=args.out, force=args.force,
+    make_folds(competition(args.competition, args.comp_args, args.overrides, demo=True), out_dir=args.out, force=args.force,
                decode=not args.no_decode)
 
 
 def cmd_eda(args: argparse.Namespace) -> None:
     from pipeline.tools.eda import run_eda
 
-    run_eda(open_competition(args.competition, args.overrides), out=args.out, seed=args.seed, sample=args.sample)
+    run_eda(competition(args.competition, args.comp_args, args.overrides, demo=True), out=args.out, seed=args.seed, sample=args.sample)
 
 
 # --- training ------------------------------------------------------------------------------------------
@@ -65,7 +74,7 @@ def model_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> None:
     from pipeline.nn.models import load_model
     from pipeline.artifacts.runs import DISTILL_SUFFIX, DISTILL_TABLE, PSEUDO_SUFFIX, PSEUDO_TABLE, config_name, parse_target, run_name
-    from pipeline.train.train import TrainingError, train_fold
+    from pipeline.train.train import train_fold
 
     if args.target:  # the Make target names the fold; a -pseudo run trains on the pseudo-label table
         if args.model is not None or args.fold is not None:
@@ -77,13 +86,10 @@ def cmd_train(args: argparse.Namespace) -> None:
             args.overrides = [*args.overrides, f"distill={DISTILL_TABLE}"]  # a distilled student's teacher
     elif args.model is None or args.fold is None:
         raise ConfigError("train: give --model and --fold (or --target runs/<model>/fold<k>/done.json)")
-    comp = load_competition(args.competition)
+    comp = competition(args.competition, args.comp_args)
     cfg, source = load_model(comp.models_dir, args.model, model_overrides(args))
-    try:
-        train_fold(comp, cfg, run_name(args.model, cfg), args.fold, folds_path=args.folds, runs=args.runs,
-                   rerun=args.rerun, source=source, overrides=model_overrides(args))
-    except TrainingError as e:
-        raise DataError(f"training {args.model} fold {args.fold} stopped: {e}") from None
+    train_fold(comp, cfg, run_name(args.model, cfg), args.fold, folds_path=args.folds, runs=args.runs,
+               rerun=args.rerun, source=source, overrides=model_overrides(args))  # TrainingError names the fold
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -91,7 +97,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from pipeline.nn.models import model_names
     from pipeline.artifacts.runs import plan_training, start_job
 
-    comp = load_competition(args.competition)
+    comp = competition(args.competition, args.comp_args)
     models = args.models.split() if args.models else model_names(comp.models_dir)
     if not models:
         raise ConfigError(f"no model configs in {comp.models_dir} (competition key 'models_dir')")
@@ -147,7 +153,7 @@ def cmd_weights(args: argparse.Namespace) -> None:
     """Store timm's pretrained weights of every model config with `pretrained: true` (online, once)."""
     from pipeline.nn.models import load_model, model_names, store_weights, stored_weights
 
-    comp = load_competition(args.competition)
+    comp = competition(args.competition, args.comp_args)
     names = args.models.split() if args.models else model_names(comp.models_dir)
     backbones = {}
     for name in names:
@@ -188,20 +194,25 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from pipeline.train.distill import compare, write_teacher
+    from pipeline.train.distill import compare, recorded_student, write_teacher
 
-    comp = load_competition(args.competition)
+    if args.recorded_student:  # for Make: the student given before, if any
+        print(recorded_student() or "")
+        return
+    if not args.student:
+        raise ConfigError("distill: give --student (make distill STUDENT=<model>)")
+    comp = competition(args.competition, args.comp_args)
     if args.compare:
         print(compare(comp, args.student, args.stacking, args.folds, args.submissions))
     else:
-        write_teacher(comp, args.submissions)
+        write_teacher(comp, args.student, args.submissions)
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
     from pipeline.train.tune import tune
 
     folds = [int(f) for f in args.folds_to_tune.replace(",", " ").split()]
-    tune(load_competition(args.competition), args.model, args.trials, folds, folds_path=args.folds, runs=args.runs,
+    tune(competition(args.competition, args.comp_args), args.model, args.trials, folds, folds_path=args.folds, runs=args.runs,
          seed=args.seed)
 
 
@@ -209,7 +220,7 @@ def cmd_show_batch(args: argparse.Namespace) -> None:
     from pipeline.nn.models import load_model
     from pipeline.tools.show_batch import show_batch
 
-    comp = open_competition(args.competition)
+    comp = competition(args.competition, args.comp_args, demo=True)
     cfg, _ = load_model(comp.models_dir, args.model, args.overrides)
     show_batch(comp, cfg, args.model, out=args.out, n=args.n, seed=args.seed, runs=args.runs)
 
@@ -218,7 +229,7 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
     from pipeline.tools.lr_find import lr_range_test
     from pipeline.nn.models import load_model
 
-    comp = open_competition(args.competition)
+    comp = competition(args.competition, args.comp_args, demo=True)
     cfg, _ = load_model(comp.models_dir, args.model, args.overrides)
     lr_range_test(comp, cfg, args.model, runs=args.runs, start=args.start, end=args.end, steps=args.steps,
                   epochs=args.epochs, diverge=args.diverge)
@@ -250,7 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     names = models or trained_models(args.runs)
     if len(slots) > 1 and len(names) > 1:  # one model per GPU slot, each its own process
         return spread_predict(args, names, slots)
-    predict_all(load_competition(args.competition), models, runs=args.runs, folds_path=args.folds,
+    predict_all(competition(args.competition, args.comp_args), models, runs=args.runs, folds_path=args.folds,
                 stacking=args.stacking, tta=values.get("tta"), tta_merge=values.get("tta_merge"),
                 out_name=args.name, force=args.force)
 
@@ -271,33 +282,34 @@ def spread_predict(args: argparse.Namespace, names: list[str], slots: list[tuple
 
 
 def cmd_pseudo(args: argparse.Namespace) -> None:
+    from pipeline.artifacts.tables import find_table
     from pipeline.predict.predict import write_pseudo
 
     source = Path(args.source) if args.source else (
-        Path(args.stacking) / f"{args.model}.test.csv" if args.model else Path("submissions/blend.test.csv"))
+        find_table(args.stacking, f"{args.model}.test") if args.model else find_table("submissions", "blend.test"))
     if not source.is_file():
         raise DataError(f"{source}: not found; run `make ensemble` first, or name a model with MODEL=")
-    write_pseudo(load_competition(args.competition), source, args.out, args.threshold, args.top_frac, args.soft)
+    write_pseudo(competition(args.competition, args.comp_args), source, args.out, args.threshold, args.top_frac, args.soft)
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
     from pipeline.blend.ensemble import run_ensemble
 
-    run_ensemble(open_competition(args.competition, args.overrides), method=args.method, stacking=args.stacking,
+    run_ensemble(competition(args.competition, args.comp_args, args.overrides, demo=True), method=args.method, stacking=args.stacking,
                  folds_path=args.folds, out=args.out, force=args.force, runs=args.runs)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
     from pipeline.blend.submission import validate_file
 
-    fmt = validate_file(args.path, open_competition(args.competition, args.overrides))
+    fmt = validate_file(args.path, competition(args.competition, args.comp_args, args.overrides, demo=True))
     print(f"{args.path}: valid ({fmt.kind}, header {list(fmt.columns)})")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from pipeline.tools.report import make_report
 
-    make_report(open_competition(args.competition, args.overrides), submissions=args.submissions, runs=args.runs,
+    make_report(competition(args.competition, args.comp_args, args.overrides, demo=True), submissions=args.submissions, runs=args.runs,
                 stacking=args.stacking, folds_path=args.folds, out=args.out, n_mistakes=args.mistakes,
                 n_cam=args.cam)
 
@@ -305,8 +317,24 @@ def cmd_report(args: argparse.Namespace) -> None:
 # --- Kaggle bundle and bench -------------------------------------------------------------------------------
 
 
+def package_student(out: str, given: str | None) -> str | None:
+    """STUDENT= sticks for later packages (recorded in <bundle>.record.json); STUDENT=none: the blend again."""
+    from pipeline.artifacts.record import choose, read_record, write_record
+    from pipeline.artifacts.runs import DISTILL_SUFFIX
+
+    record = Path(out).with_name(Path(out).name + ".record.json")
+    given = None if given is None else given.removesuffix(DISTILL_SUFFIX)
+    student = choose(record, "student", given, "none", "STUDENT")
+    if given is not None:
+        previous = read_record(record)
+        write_record(record, "package", previous.params if previous else {}, [], [],
+                     choices={"student": given} if given != "none" else None)
+    return None if student == "none" else student
+
+
 def cmd_package(args: argparse.Namespace) -> None:
-    from pipeline.kaggle.package import MACHINE_SHAPE, BundleOptions, build_package
+    from pipeline.kaggle.bundle import BundleOptions, build_package
+    from pipeline.kaggle.ids import MACHINE_SHAPE
 
     if args.machine_shape and not MACHINE_SHAPE.fullmatch(args.machine_shape):
         raise ConfigError(f"MACHINE_SHAPE={args.machine_shape!r}: a Kaggle accelerator name such as NvidiaTeslaT4 or TpuV5E8")
@@ -315,16 +343,20 @@ def cmd_package(args: argparse.Namespace) -> None:
                             find_links=tuple(args.find_links), project=Path(args.project) if args.project else None,
                             private=not args.public, test_size=args.test_size, test_factor=args.test_factor,
                             gpu_factor=args.gpu_factor, machine_shape=args.machine_shape or None)
-    comp = open_competition(args.competition, args.overrides)
+    comp = competition(args.competition, args.comp_args, args.overrides, demo=True)
     ids = {"user": args.kaggle_user, "competition_slug": args.competition_slug, "dataset_slug": args.dataset_slug,
            "kernel_slug": args.kernel_slug}
-    if args.student:  # the student alone, as a one-model blend
+    student = package_student(args.out, args.student)
+    if student:  # the distilled student alone, as a one-model blend, if it learned from the blend there is now
         import tempfile
 
-        from pipeline.kaggle.package import student_blend
+        from pipeline.artifacts.runs import DISTILL_SUFFIX
+        from pipeline.kaggle.sources import student_blend
+        from pipeline.train.distill import check_teacher
 
+        check_teacher(student, args.submissions)
         with tempfile.TemporaryDirectory(prefix=".student-", dir=".") as work:
-            stacking, submissions = student_blend(comp, args.student, Path(args.stacking), Path(args.folds),
+            stacking, submissions = student_blend(comp, student + DISTILL_SUFFIX, Path(args.stacking), Path(args.folds),
                                                   Path(args.runs), Path(work))
             build_package(comp, out=args.out, runs=args.runs, stacking=stacking, folds=args.folds,
                           submissions=submissions, options=options, **ids)
@@ -334,10 +366,10 @@ def cmd_package(args: argparse.Namespace) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
-    from pipeline.kaggle.package import SLUG, check_id, warn
+    from pipeline.kaggle.ids import SLUG, check_id, warn
     from pipeline.kaggle.submit import submit
 
-    comp = open_competition(args.competition, args.overrides)
+    comp = competition(args.competition, args.comp_args, args.overrides, demo=True)
     slug = args.competition_slug  # a code competition's bundle names its own
     if not slug and not comp.code_competition:
         slug = comp.data_dir.resolve().name
@@ -362,11 +394,26 @@ def cmd_bench(args: argparse.Namespace) -> None:
               Path(args.docs) if args.docs else None, args.epoch_images)
 
 
+def cmd_bench_scale(args: argparse.Namespace) -> None:
+    from pipeline.tools.bench_scale import run_bench_scale
+
+    run_bench_scale(args.out, args.rows, args.classes, args.jpegs, args.jpeg_size, args.skip_auto, args.timeout,
+                    args.max_mem_gib, args.models, args.docs)
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> None:
+    from pipeline.tools.gpu_check import run_gpu_check
+
+    raise SystemExit(run_gpu_check(Path(args.out), args.allow_cpu, args.only, args.budget, args.docs))
+
+
 # --- the parser -------------------------------------------------------------------------------------------
 
 
 def _competition_args(p: argparse.ArgumentParser, overrides: str = "override competition keys") -> None:
     p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION, help="competition config (YAML)")
+    p.add_argument("--comp-args", default=None, metavar="'key=value ...'",
+                   help="competition overrides (COMP_ARGS); they stick for later stages until given again ('' clears)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=overrides)
 
 
@@ -446,10 +493,11 @@ def _training_commands(command) -> None:
     p.add_argument("--job-cpus", type=float, default=None, help="Ray: CPUs per fold")
     p.add_argument("--retries", type=int, default=2, help="Ray: retries of a fold whose worker or node dies")
 
-    p = command("distill", cmd_distill, "the chosen blend's OOF -> folds/distill.csv, the teacher of `make distill` "
+    p = command("distill", cmd_distill, "the chosen blend's OOF -> folds/distill.parquet, the teacher of `make distill` "
                 "(--compare: teacher vs plain vs distilled student)")
     _competition_args(p)
-    p.add_argument("--student", required=True, help="the student's model config name")
+    p.add_argument("--student", default=None, help="the student's model config name")
+    p.add_argument("--recorded-student", action="store_true", help="print the student given before (for Make)")
     _stage_paths(p, "folds", "stacking", "submissions")
     p.add_argument("--compare", action="store_true", help="print teacher, student and distilled student scores")
 
@@ -494,7 +542,7 @@ def _training_commands(command) -> None:
 
 
 def _prediction_commands(command) -> None:
-    p = command("predict", cmd_predict, "OOF and test predictions with TTA -> stacking/<model>.{oof,test}.csv")
+    p = command("predict", cmd_predict, "OOF and test predictions with TTA -> stacking/<model>.{oof,test}.parquet")
     _competition_args(p, "tta=[none,hflip] tta_merge=gmean")
     p.add_argument("--models", default="", help="space-separated run names (default: every trained model)")
     p.add_argument("--name", default=None, help="write the tables under this name (one model only)")
@@ -506,7 +554,8 @@ def _prediction_commands(command) -> None:
 
     p = command("pseudo", cmd_pseudo, "confident test predictions -> folds/pseudo.csv")
     p.add_argument("--competition", "-c", default=DEFAULT_COMPETITION)
-    p.add_argument("--model", default=None, help="use stacking/<model>.test.csv instead of the blend")
+    p.add_argument("--comp-args", default=None, help="competition overrides (COMP_ARGS)")
+    p.add_argument("--model", default=None, help="use stacking/<model>.test instead of the blend")
     p.add_argument("--source", default=None, help="any test probability table (overrides --model)")
     _stage_paths(p, "stacking")
     p.add_argument("--out", default="folds/pseudo.csv")
@@ -517,8 +566,7 @@ def _prediction_commands(command) -> None:
 
     p = command("ensemble", cmd_ensemble, "blend stacking/ tables -> submissions/submission.csv, cv.md, cv.json")
     _competition_args(p)
-    p.add_argument("--method", default="auto", help="auto (the best honest CV) or one blend: vote, mean, gmean, "
-                   "rank, weights, weights_scipy, lgbm, logreg")
+    p.add_argument("--method", default=None, help="when not given, the one given before (else auto). " + methods_help())
     _stage_paths(p, "stacking", "folds", "runs")
     p.add_argument("--out", default="submissions", help="output folder")
     p.add_argument("--force", action="store_true", help="rerun even when the inputs are unchanged")
@@ -556,7 +604,8 @@ def _kaggle_commands(command) -> None:
     p.add_argument("--test-factor", type=float, default=1.0, help="else: public test size x this")
     p.add_argument("--gpu-factor", type=float, default=1.0, help="Kaggle speed / this machine's speed")
     p.add_argument("--machine-shape", default=None, help="Kaggle accelerator for the kernel, e.g. NvidiaTeslaT4, TpuV5E8")
-    p.add_argument("--student", default=None, help="ship this model alone (e.g. <model>-distilled) instead of the blend")
+    p.add_argument("--student", default=None, help="ship this model's distilled student alone instead of the blend "
+                   "(sticks for later packages; 'none': the blend)")
 
     p = command("submit", cmd_submit, "submit to Kaggle: the CSV (kaggle competitions submit), or for a code "
                 "competition the bundle (kaggle datasets version + kaggle kernels push)")
@@ -587,6 +636,27 @@ def _kaggle_commands(command) -> None:
     p.add_argument("--skip-quality", action="store_true", help="only the speed measurements")
     p.add_argument("--docs", default="docs/benchmarks.md", help="where the latest table goes ('' for nowhere)")
 
+    p = command("bench-scale", cmd_bench_scale, "wall time and peak memory of every stage but training, 10k to 100k "
+                "rows and 10 to 1,000 classes (synthetic competitions) -> docs/benchmarks.md")
+    for flag, default, help in (("--out", "bench-scale", "working folder (its data is reused)"),
+                                ("--rows", "10000,100000", "training rows"), ("--classes", "10,1000", "classes"),
+                                ("--jpegs", "200", "large JPEGs for check and folds (0: none)"),
+                                ("--jpeg-size", "2000x1500", "their width x height"),
+                                ("--timeout", "300", "seconds before a stage is killed"),
+                                ("--max-mem-gib", "8", "resident GiB at which a stage is killed"),
+                                ("--models", "3", "models whose level-1 tables are fabricated"),
+                                ("--docs", "docs/benchmarks.md", "where the table goes ('' for nowhere)")):
+        p.add_argument(flag, default=default, help=help)
+    p.add_argument("--skip-auto", action="store_true", help="leave out ensemble --method auto")
+
+    p = command("gpu-check", cmd_gpu_check, "the GPU paths no CPU test reaches, under 8 minutes on one GPU: AMP, "
+                "channels_last, compile, NaN-step skip, GPUS=0 JOBS_PER_GPU=2, torchrun DDP, img/s vs timm")
+    p.add_argument("--out", default="bench-scale/gpu-check", help="working folder")
+    p.add_argument("--allow-cpu", action="store_true", help="run it on the CPU, CUDA-only parts left out (tests)")
+    p.add_argument("--only", default="", help="comma-separated check names (default: all)")
+    p.add_argument("--budget", type=float, default=450, help="seconds; checks not started by then are skipped")
+    p.add_argument("--docs", default=None, help="default: docs/benchmarks.md on a GPU, nowhere on the CPU")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
@@ -606,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
+    except (PipelineError, FileNotFoundError) as e:  # every error a user can fix: one line, status 2
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
