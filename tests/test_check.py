@@ -149,3 +149,46 @@ def test_a_table_problem_does_not_hide_the_others(tmp_path):
     proc = check(tmp_path, "classes=null")
     failed(proc, "check found 2 problem(s)", "column(s) ['label']", "1 of 6 test image(s) not found")
     assert "train images: not checked (its table failed)" in proc.stdout
+
+
+def regression(root: Path, scores: list[str]) -> None:
+    """The tiny competition as a regression on a column `score` holding `scores` (repeated to fill it)."""
+    competition(root, answers=None, target="score", task="regression", metric="rmse")
+    edit_csv(root / DATA / "train.csv", lambda df: df.assign(score=(scores * len(df))[: len(df)]))
+
+
+def test_regression_targets_beyond_float32_are_named_by_check_and_folds(tmp_path):
+    """1e308 is a finite float64 but infinite as the float32 training uses: it used to reach sklearn's
+    'Input contains infinity' mid-training, naming nothing."""
+    regression(tmp_path, ["1.5", "2", "3"])
+    edit_csv(tmp_path / DATA / "train.csv", lambda df: df.assign(score=df.score.where(df.index != 4, "1e308")))
+    needles = [str(DATA / "train.csv"), "regression target column 'score' holds value(s) beyond the float32 range",
+               "1e308 in line(s) 6"]
+    failed(check(tmp_path), *needles)
+    failed(run_cli("folds", "-c", "competition.yaml", cwd=tmp_path, check=False), *needles)
+    # values inside the range whose float32 spread overflows: named too
+    edit_csv(tmp_path / DATA / "train.csv", lambda df: df.assign(score=["3e38", "-3e38"] * 15))
+    failed(check(tmp_path), "regression target column 'score' overflows float32 when training scales it")
+
+
+def test_a_constant_regression_target_warns_at_check_and_folds(tmp_path):
+    regression(tmp_path, ["7"])
+    warning = (f"warning: {DATA / 'train.csv'}: regression target column(s) 'score' (always 7) hold one value in "
+               "every row")
+    proc = check(tmp_path)
+    assert proc.returncode == 0 and warning in proc.stdout, proc.stdout + proc.stderr
+    proc = run_cli("folds", "-c", "competition.yaml", cwd=tmp_path)
+    assert warning in proc.stderr
+    regression(tmp_path, ["7", "8"])
+    assert "warning" not in check(tmp_path).stdout
+
+
+def test_unreadable_images_are_warnings_under_bad_images_skip(tmp_path):
+    competition(tmp_path)
+    corrupt = tmp_path / DATA / "train" / f"{train_ids(tmp_path)[7]}.png"
+    corrupt.write_bytes(b"not an image at all")
+    failed(check(tmp_path), "1 of 36 sampled image(s) cannot be read", "bad_images: skip", corrupt.name)
+    proc = check(tmp_path, "bad_images=skip")
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "ok", proc.stdout + proc.stderr
+    assert "warning: 1 of 36 sampled image(s) cannot be read; bad_images: skip skips them" in proc.stdout
+    assert corrupt.name in proc.stdout

@@ -15,7 +15,7 @@ MAKE = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITI
 
 
 def table(path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype=str, keep_default_na=False).set_index("image_id")
+    return read_table_file(path).set_index("image_id")
 
 
 def test_distill_soft_targets_come_from_models_that_held_the_rows_out(tmp_path):

@@ -133,7 +133,20 @@ def test_missing_image(tiny):
 def test_unreadable_image(tiny):
     victim = labels(tiny).image_id[4]
     (tiny / "data" / "tiny" / "train" / f"{victim}.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    fails(tiny, "cannot be decoded", victim)
+    fails(tiny, "1 train image(s) cannot be decoded", victim, "set the competition key bad_images: skip",
+          "COMP_ARGS=bad_images=skip")
+
+
+def test_unreadable_images_get_folds_under_bad_images_skip(tiny):
+    """The competition key bad_images: skip lets folds through: the rows keep their folds (training and
+    prediction skip the images), and a warning names them."""
+    victims = list(labels(tiny).image_id[[4, 9]])
+    for victim in victims:
+        (tiny / "data" / "tiny" / "train" / f"{victim}.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    proc = run_cli("folds", "-c", "competition.yaml", "bad_images=skip", cwd=tiny)
+    assert "warning: 2 train image(s) cannot be decoded; with bad_images: skip their rows still get a fold" in proc.stderr
+    assert all(v in proc.stderr for v in victims)
+    assert sorted(read(tiny).image_id) == sorted(labels(tiny).image_id)
 
 
 def test_duplicate_ids(tiny):

@@ -344,6 +344,52 @@ def test_ids_may_not_leave_data_dir(tmp_path):
     run_cli("folds", "-c", "competition.yaml", "images_outside_data_dir=true", cwd=tmp_path)
 
 
+def test_symlinks_that_leave_data_dir_are_refused_like_ids(tmp_path):
+    """An image (or a folder) under data_dir that is a symbolic link to a file outside it was followed,
+    although an id that leaves data_dir is refused: refused likewise, naming the file."""
+    make_competition(tmp_path, n_train=30)
+    data = tmp_path / "data" / "tiny"
+    victim = pd.read_csv(data / "train.csv", dtype=str).image_id[3]
+    image, outside = data / "train" / f"{victim}.png", tmp_path / "elsewhere.png"
+    image.rename(outside)
+    image.symlink_to(outside)
+    for command in ("folds", "check"):
+        clean_error(run_cli(command, "-c", "competition.yaml", cwd=tmp_path, check=False),
+                    "data/tiny/train.csv: 1 image(s) under data_dir data/tiny are symbolic links", f"{victim}.png",
+                    "images_outside_data_dir: true")
+    run_cli("folds", "-c", "competition.yaml", "images_outside_data_dir=true", cwd=tmp_path)
+    image.unlink()  # a link that stays inside data_dir is fine
+    outside.rename(data / "kept.png")
+    image.symlink_to(data / "kept.png")
+    run_cli("folds", "-c", "competition.yaml", "--force", "--comp-args", "", cwd=tmp_path)  # clears the key
+    (data / "test").rename(tmp_path / "test-elsewhere")  # a linked folder
+    (data / "test").symlink_to(tmp_path / "test-elsewhere")
+    clean_error(run_cli("folds", "-c", "competition.yaml", "--force", cwd=tmp_path, check=False),
+                "sample_submission.csv: 12 image(s) under data_dir data/tiny are symbolic links", "data/tiny/test/")
+
+
+@pytest.mark.slow
+def test_a_few_unreadable_images_run_end_to_end_under_bad_images_skip(tmp_path):
+    """Unreadable train and test images stop `make folds` with an error naming the competition key
+    bad_images; with bad_images: skip, folds, train-all and ensemble run through and the submission
+    covers every test row."""
+    make_competition(tmp_path, n_train=30, n_test=6, models_dir="models")
+    write_yaml(tmp_path / "models" / "tiny.yaml", {**TINY_MODEL, "epochs": 1})
+    data = tmp_path / "data" / "tiny"
+    train_ids = pd.read_csv(data / "train.csv", dtype=str).image_id
+    test_ids = pd.read_csv(data / "sample_submission.csv", dtype=str).image_id
+    for path in (data / "train" / f"{train_ids[2]}.png", data / "train" / f"{train_ids[11]}.png",
+                 data / "test" / f"{test_ids[0]}.png"):
+        path.write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    clean_error(make(tmp_path, "folds"), "2 train image(s) cannot be decoded", f"{train_ids[2]}.png",
+                "set the competition key bad_images: skip")
+    proc = make(tmp_path, "folds", "train-all", "ensemble", "METHOD=mean", "COMP_ARGS=bad_images=skip")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "skipping" in proc.stderr and f"{train_ids[2]}.png" in proc.stderr
+    submission = pd.read_csv(tmp_path / "submissions" / "submission.csv", dtype=str)
+    assert sorted(submission.image_id) == sorted(test_ids)
+
+
 # --- 14: nothing reaches generated code unquoted -----------------------------------------------------------------
 
 
@@ -351,7 +397,7 @@ def test_slugs_are_checked_and_the_kernel_script_quotes_its_values(copy):
     evil = 'x"; open("pwned", "w"); "'
     clean_error(run_cli("package", "-c", "competition.yaml", "--competition-slug", evil, cwd=copy, check=False),
                 "competition slug", "is not valid on Kaggle")
-    shutil.move(copy / "data" / "tiny", copy / "data" / "Bad Name")
+    shutil.copytree(copy / "data" / "tiny", copy / "data" / "Bad Name")  # predict's record still finds its inputs
     config = yaml.safe_load((copy / "competition.yaml").read_text())
     write_yaml(copy / "evil.yaml", {**config, "data_dir": "data/Bad Name"})
     clean_error(run_cli("package", "-c", "evil.yaml", "--wheels", "", cwd=copy, check=False),

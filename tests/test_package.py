@@ -15,8 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.kaggle.package import DATASET_KEYS, KERNEL_KEYS, PackageError, plan_runtime, scrub_credentials
-from tests.conftest import REPO, run_cli, train_tiny
+from pipeline.kaggle import notebook
+from pipeline.kaggle.bundle import scrub_credentials
+from pipeline.kaggle.ids import DATASET_KEYS, KERNEL_KEYS, PackageError
+from pipeline.kaggle.runtime import plan_runtime
+from tests.conftest import REPO, read_table_file, run_cli, train_tiny
 
 pytestmark = pytest.mark.slow
 
@@ -118,15 +121,23 @@ def test_package_ships_the_blend_ensemble_fitted_and_refuses_a_stale_one(demo):
     saved = json.loads((demo / "submissions" / "blend.json").read_text())
     shipped = json.loads((demo / "dist" / "kaggle" / "dataset" / "blend.json").read_text())
     assert shipped == saved and saved["method"] == "mean" and saved["models"] == ["tiny"]
+    assert (demo / "dist" / "kaggle" / "dataset" / "blend.json").read_bytes() == (
+        demo / "submissions" / "blend.json").read_bytes()  # as `ensemble` wrote it, never refitted
+    # a distilled student's tables beside the blend's (`ensemble` never blends it with its teachers) are no change
+    shutil.copytree(demo / "stacking", demo / "stacking_student")
+    for name in ("tiny.oof.parquet", "tiny.oof.json", "tiny.test.parquet", "tiny.test.json"):
+        shutil.copy2(demo / "stacking" / name, demo / "stacking_student" / name.replace("tiny", "tiny-distilled"))
+    run_cli("package", "-c", "competition.yaml", "--stacking", "stacking_student", "--wheels", "", "--out",
+            "dist/student_beside", cwd=demo)
     # a stacking table changed after `ensemble`: the saved blend no longer describes it
     shutil.copytree(demo / "stacking", demo / "stacking_changed")
-    table = pd.read_csv(demo / "stacking_changed" / "tiny.test.csv", dtype={"image_id": str})
+    table = read_table_file(demo / "stacking_changed" / "tiny.test.parquet")
     table.iloc[:, 1:] = table.iloc[:, 1:].to_numpy()[:, ::-1]
-    table.to_csv(demo / "stacking_changed" / "tiny.test.csv", index=False)
+    table.to_parquet(demo / "stacking_changed" / "tiny.test.parquet", index=False)
     proc = run_cli("package", "-c", "competition.yaml", "--stacking", "stacking_changed", "--out", "dist/changed",
                    cwd=demo, check=False)
-    assert proc.returncode == 2 and "tiny.test.csv" in proc.stderr and "rerun `make ensemble`" in proc.stderr
-    # the saved state is what gets shipped: one that does not reproduce blend.test.csv is refused, not refitted
+    assert proc.returncode == 2 and "tiny.test.parquet" in proc.stderr and "rerun `make ensemble`" in proc.stderr
+    # the saved state is what gets shipped: one that does not reproduce the blend.test table is refused, not refitted
     shutil.copytree(demo / "submissions", demo / "sub_edited")
     saved["learners"][0]["class"] = "VoteBlend"
     (demo / "sub_edited" / "blend.json").write_text(json.dumps(saved))
@@ -164,7 +175,7 @@ def kaggle_image_site(dest: Path) -> Path:
     Kaggle's opencv-python gives it (the module, without the headless distribution's metadata)."""
     from importlib import metadata
 
-    from pipeline.kaggle.package import KAGGLE_IMAGE, dependency_closure
+    from pipeline.kaggle.wheelhouse import KAGGLE_IMAGE, dependency_closure
 
     dest.mkdir()
 
@@ -209,21 +220,44 @@ def test_kernel_in_reduced_venv_offline_reproduces_submission(demo, tmp_path):
     assert where.count(str(venv)) == 4, where  # the bundled wheels were installed and used
     same_submission(out, demo / "submissions" / "submission.csv")
     ours = pd.read_csv(tmp_path / "working" / "stacking" / "tiny.test.csv", dtype={"image_id": str})
-    theirs = pd.read_csv(demo / "stacking" / "tiny.test.csv", dtype={"image_id": str})
+    theirs = read_table_file(demo / "stacking" / "tiny.test.parquet")
     np.testing.assert_allclose(ours.iloc[:, 1:].to_numpy(), theirs.iloc[:, 1:].to_numpy(), atol=1e-6)
     assert json.loads((tmp_path / "working" / "kernel_report.json").read_text())["dropped_views"] == []
 
 
-def test_kernel_finds_the_bundle_wherever_kaggle_mounts_it(demo, tmp_path):
-    """The script's default path is /kaggle/input/<dataset>; elsewhere it looks for bundle.json under
-    /kaggle/input, and says so when there is none."""
-    kernel = demo / "dist" / "kaggle" / "kernel"
-    script = (kernel / json.loads((kernel / "kernel-metadata.json").read_text())["code_file"]).read_text()
-    assert "'/kaggle/input/tiny-comp-kfold-bundle'" in script and "'/kaggle/input/tiny-comp'" in script
-    proc = subprocess.run([sys.executable, str(kernel / json.loads((kernel / "kernel-metadata.json").read_text())
-                                               ["code_file"]), "--bundle", str(tmp_path / "nowhere"), "--skip-install"],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode != 0 and "bundle.json not found" in proc.stderr
+def test_kernel_script_is_the_module_and_takes_every_setting_from_bundle_json(demo, tmp_path):
+    """The kernel's code is notebook.py byte for byte (nothing formatted into it, stdlib only at its top);
+    what it needs is in bundle.json, found next to the script, or where --bundle / $KFOLD_BUNDLE point."""
+    out = demo / "dist" / "kaggle"
+    kernel, dataset = out / "kernel", out / "dataset"
+    script = kernel / json.loads((kernel / "kernel-metadata.json").read_text())["code_file"]
+    assert script.read_bytes() == Path(notebook.__file__).read_bytes()
+    settings = json.loads((dataset / "bundle.json").read_text())["kernel"]
+    assert settings["data_dir"] == "/kaggle/input/tiny-comp" and settings["out"] == "/kaggle/working/submission.csv"
+    assert {*settings["wheels"], settings["project_wheel"]} == {w.name for w in dataset.glob("*.whl")}
+    assert settings["project_wheel"].startswith("kaggle_kfold_pipeline-")
+    isolated = subprocess.run([sys.executable, "-I", "-S", str(script), "--help"], capture_output=True, text=True)
+    assert isolated.returncode == 0 and "--bundle" in isolated.stdout  # no site-packages: the stdlib alone
+
+    # a bundle copied elsewhere, its settings pointing at local data: the script beside it needs no argument
+    local = tmp_path / "bundle"
+    shutil.copytree(dataset, local, ignore=shutil.ignore_patterns("*.whl"))
+    info = json.loads((local / "bundle.json").read_text())
+    info["kernel"].update(data_dir=str(demo / "input" / "tiny-comp"), out=str(tmp_path / "working" / "submission.csv"))
+    info["time_budget_s"] = 12345.0
+    (local / "bundle.json").write_text(json.dumps(info))
+    shutil.copy2(script, local / script.name)
+    proc = subprocess.run([sys.executable, str(local / script.name), "--skip-install"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"--bundle {local} --data-dir {demo / 'input' / 'tiny-comp'}" in proc.stdout
+    assert "--time-budget 12345.0" in proc.stdout
+    same_submission(tmp_path / "working" / "submission.csv", demo / "submissions" / "submission.csv")
+
+    for args, env in (([], {"KFOLD_BUNDLE": str(tmp_path / "nowhere")}), (["--bundle", str(tmp_path / "nowhere")], {})):
+        proc = subprocess.run([sys.executable, str(script), *args, "--skip-install"], capture_output=True, text=True,
+                              cwd=tmp_path, env={**os.environ, **env})
+        assert proc.returncode != 0 and f"bundle.json not found in {tmp_path / 'nowhere'}" in proc.stderr
 
 
 def test_kaggle_checks_refuse_bad_metadata(demo, tmp_path):

@@ -8,7 +8,8 @@ One line per check, with its counts, then `ok`, or a CheckFailed listing every p
    template adds (id `a.jpg`, template `train/{id}.jpg`: use `train/{id}`), files with another extension
    (`a.jpg` where the template asks for `a.png`), a folder that is not there;
 3. an evenly spaced sample of images decodes through `images.read_image`, the reader training uses; the
-   sizes and stored channels seen are printed, and every file that fails is named;
+   sizes and stored channels seen are printed, and every file that fails is named (a warning, not a problem,
+   under the competition key `bad_images: skip`); a constant regression target is a warning too;
 4. `answers`, when set: the file, its id and target column(s), an answer for every test id;
 5. every model config in `models_dir` validates (`models.load_model`) and names a backbone timm knows.
 
@@ -32,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import Competition
-from pipeline.core.data import class_names, examples, read_answers, read_csv_text, read_sample, read_train
+from pipeline.core.data import (class_names, constant_target_warning, examples, read_answers, read_csv_text,
+                                read_sample, read_train)
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.images import decode_image, read_bytes, read_image
 from pipeline.nn.models import ModelConfig, check_backbone, load_model, model_config_path, model_names
@@ -76,7 +78,7 @@ def run_check(comp: Competition, models_dir: str | Path | None = None, source: s
         train_found, test_found = check_split(comp, "train", train_ids, report), check_split(comp, "test", test_ids, report)
         check_headers(train_found + test_found, report)
         samples = sample_paths(train_found, n_train_sample) + sample_paths(test_found, n_test_sample)
-        check_decoding(samples, models.in_chans(), report)
+        check_decoding(samples, models.in_chans(), report, skip=comp.bad_images == "skip")
         if test_ids is not None:
             check_answers(comp, classes, test_ids, report)
         models.finish(report)
@@ -100,6 +102,9 @@ def check_tables(comp: Competition, report: Report
         classes = class_names(comp, train)
         what = "target column(s)" if comp.task == "regression" else "classes"
         report.line(f"{comp.train_csv_path}: {len(train)} rows, {len(classes)} {what} ({examples(classes, 8)})")
+        constant = constant_target_warning(comp, train)
+        if constant:
+            report.line(constant)
     except (DataError, ConfigError) as e:
         report.problem(str(e))
         report.line(f"{comp.train_csv_path}: FAILED")
@@ -327,7 +332,8 @@ def decode_one(path: str, in_chans: int) -> tuple[tuple[int, int, int] | None, s
     return (img.shape[0], img.shape[1], 1 if stored.ndim == 2 else stored.shape[2]), None
 
 
-def check_decoding(paths: list[str], in_chans: int, report: Report) -> None:
+def check_decoding(paths: list[str], in_chans: int, report: Report, skip: bool = False) -> None:
+    """Decode the sampled images; those that fail are problems, or warnings under `bad_images: skip`."""
     if not paths:
         report.line("decode: no images to read")
         return
@@ -341,8 +347,12 @@ def check_decoding(paths: list[str], in_chans: int, report: Report) -> None:
         channels = ", ".join(f"{k} ({n})" for k, n in sorted(Counter(c.tolist()).items()))
         text += (f"; height {h.min()}..{h.max()}, width {w.min()}..{w.max()}, stored channels {channels}")
     report.line(text)
-    if failed:
-        report.problem(f"{len(failed)} of {len(paths)} sampled image(s) cannot be read:\n"
+    if failed and skip:
+        report.line(f"warning: {len(failed)} of {len(paths)} sampled image(s) cannot be read; bad_images: skip "
+                    "skips them in folds, training and prediction:\n" + "\n".join(f"  {why}" for why in failed))
+    elif failed:
+        report.problem(f"{len(failed)} of {len(paths)} sampled image(s) cannot be read (replace or remove them, or "
+                       "set the competition key bad_images: skip to skip them):\n"
                        + "\n".join(f"  {why}" for why in failed))
 
 

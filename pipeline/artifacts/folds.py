@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import NEUTRAL_KEYS, Competition, config_hash
-from pipeline.core.data import (class_names, encode_targets, examples, lines, numbers, read_csv_text, read_sample,
-                                read_train)
+from pipeline.core.data import (class_names, constant_target_warning, encode_targets, examples, lines, numbers,
+                                read_csv_text, read_sample, read_train)
 from pipeline.core.errors import DataError
 from pipeline.artifacts.record import changes, file_md5, record_path, write_record
 from pipeline.core.io import write_csv, write_json
@@ -70,6 +71,23 @@ def scan_images(paths: list[Path], decode: bool = True, desc: str = "scanning im
         elif problem is not None:  # "unreadable", or why the image cannot be decoded
             scan.unreadable.append(problem if problem.startswith(str(p)) else str(p))
     return scan
+
+
+def check_unreadable(comp: Competition, scan: ImageScan) -> None:
+    """Train images that cannot be decoded: an error naming them and the competition key `bad_images`, or
+    with `bad_images: skip` a warning (their rows still get folds; training and prediction skip them)."""
+    if not scan.unreadable:
+        return
+    n = len(scan.unreadable)
+    if comp.bad_images == "skip":
+        print(f"warning: {n} train image(s) cannot be decoded; with bad_images: skip their rows still get a fold, "
+              f"and training and prediction skip them (a run stops past its max_bad_images): "
+              f"{examples(scan.unreadable)}", file=sys.stderr)
+        return
+    raise DataError(f"{n} train image(s) cannot be decoded: {examples(scan.unreadable)}. Replace or remove them, "
+                    "or set the competition key bad_images: skip (in the competition config, or `make folds "
+                    "COMP_ARGS=bad_images=skip`) to keep their rows: folds then gives them a fold, and training and "
+                    "prediction skip them")
 
 
 def duplicate_groups(keys: list[list[str | None]]) -> np.ndarray:
@@ -216,8 +234,10 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
             f"{len(scan.missing)} train image(s) missing (competition key 'train_images' = "
             f"{comp.train_images!r}): {examples(scan.missing)}"
         )
-    if scan.unreadable:
-        raise DataError(f"{len(scan.unreadable)} train image(s) cannot be decoded: {examples(scan.unreadable)}")
+    check_unreadable(comp, scan)
+    constant = constant_target_warning(comp, train)
+    if constant:
+        print(constant, file=sys.stderr)
 
     y = strata(comp, train)
     check_rare(comp, y, classes)

@@ -75,6 +75,10 @@ class Competition(StrictModel):
         None, description="write the competition on demand when data_dir is missing (the embedded demo)"
     )
     models_dir: Path = Field(Path("configs/models"), description="folder of model configs that train-all trains")
+    bad_images: Literal["fail", "skip"] = Field(
+        "fail", description="an image that cannot be decoded stops `folds` (fail), or is named in a warning and "
+        "still gets its fold (skip); model configs that do not set their own `bad_images` take this value, so "
+        "training and prediction skip it too (up to max_bad_images per run)")
     max_image_pixels: int | None = Field(
         89_478_485, gt=0, description="refuse, before decoding, an image whose header declares more pixels "
         "(a decompression bomb); null: no limit")
@@ -91,6 +95,10 @@ class Competition(StrictModel):
     )
     time_limit_hours: float = Field(
         9.0, gt=0, description="the competition's notebook run-time limit; `make package` warns when the kernel may pass it"
+    )
+    blend_budget_minutes: float = Field(
+        5.0, gt=0, description="`ensemble --method auto` skips a blend whose (nested) CV is estimated, from the rows, "
+        "classes and models, to take longer than this on a 2-core machine, and says so in cv.md"
     )
 
     @field_validator("train_images", "test_images")
@@ -292,12 +300,24 @@ def load(model: type[M], path: str | Path, overrides: list[str] | None = None) -
     return validate(model, data, source)
 
 
+# Model keys whose default is the competition's: load_competition sets them, and a model config that does
+# not give the key takes the value of the competition loaded before it in this process.
+COMPETITION_DEFAULTS: dict[str, Any] = {"bad_images": "fail"}
+
+
+def competition_default(key: str) -> Any:
+    """The default a model key takes from the competition loaded in this process (see COMPETITION_DEFAULTS)."""
+    return COMPETITION_DEFAULTS[key]
+
+
 def load_competition(path: str | Path, overrides: list[str] | None = None) -> Competition:
-    """The competition config; its pixel limit holds for every image this process reads from then on."""
+    """The competition config; its pixel limit holds for every image this process reads from then on, and
+    its `bad_images` is the default of every model config loaded after it."""
     from pipeline.core.images import set_pixel_limit
 
     comp = load(Competition, path, overrides)
     set_pixel_limit(comp.max_image_pixels)
+    COMPETITION_DEFAULTS["bad_images"] = comp.bad_images
     return comp
 
 
@@ -314,7 +334,9 @@ def open_competition(path: str | Path, overrides: list[str] | None = None) -> Co
 
 # Keys that change no result (where results are logged, how a submission is sent): left out of the
 # competition's hash, so setting them makes nothing stale.
-NEUTRAL_KEYS = frozenset({"tracking", "tracking_uri", "code_competition", "max_image_pixels"})
+# bad_images decides only whether an unreadable image stops a stage; the model configs that inherit it carry
+# it into their own stamps.
+NEUTRAL_KEYS = frozenset({"tracking", "tracking_uri", "code_competition", "max_image_pixels", "bad_images"})
 
 
 def config_hash(cfg: BaseModel, exclude: set[str] | frozenset[str] = frozenset()) -> str:

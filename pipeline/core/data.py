@@ -82,12 +82,35 @@ def check_ids(comp: Competition, path: Path, ids: pd.Series, split: str) -> None
         return
     root = os.path.abspath(comp.data_dir)
     template = comp.train_images if split == "train" else comp.test_images
-    outside = [i for i in ids if os.path.commonpath([os.path.abspath(comp.image_path(split, i)), root]) != root]
+    paths = [os.path.abspath(comp.image_path(split, i)) for i in ids]
+    outside = [i for i, p in zip(ids, paths) if os.path.commonpath([p, root]) != root]
     if outside:
         raise DataError(
             f"{path}: {len(outside)} id(s) point outside data_dir {comp.data_dir} through the path template "
             f"{template!r}: {examples(repr(i) for i in outside)}. Set the competition key "
             "images_outside_data_dir: true if that is intended")
+    linked = [str(comp.image_path(split, ids.iloc[k])) for k in linked_outside(paths, root)]
+    if linked:
+        raise DataError(
+            f"{path}: {len(linked)} image(s) under data_dir {comp.data_dir} are symbolic links (or sit in linked "
+            f"folders) that lead outside it: {examples(linked)}. Set the competition key "
+            "images_outside_data_dir: true if that is intended")
+
+
+def linked_outside(paths: list[str], root: str) -> list[int]:
+    """The indices of the absolute paths under `root` whose real location (symbolic links followed, the
+    file's and its folders') is outside root's real location. One lstat per file, one realpath per folder."""
+    real_root = os.path.realpath(root)
+    folders: dict[str, str] = {}
+    out = []
+    for k, p in enumerate(paths):
+        folder, name = os.path.split(p)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        real = os.path.realpath(p) if os.path.islink(p) else os.path.join(folders[folder], name)
+        if os.path.commonpath([real, real_root]) != real_root:
+            out.append(k)
+    return out
 
 
 def check_labels(comp: Competition, path: Path, df: pd.DataFrame) -> None:
@@ -157,9 +180,54 @@ def check_targets(comp: Competition, path: Path, df: pd.DataFrame) -> pd.DataFra
             raise DataError(f"{path}: {comp.task} target(s) {comp.target_cols} must be finite numbers; line(s) "
                             f"{lines(bad)} are not ({examples(df.loc[bad, comp.target_cols[0]].unique())})")
         if comp.task == "regression":
+            check_regression_range(path, df, comp.target_cols, values)
             return df
     check_labels(comp, path, df)
     return df
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_regression_range(path: Path, df: pd.DataFrame, cols: list[str], values: np.ndarray) -> None:
+    """Regression targets train as float32: a value beyond its range (about 3.4e38), or a column whose
+    float32 mean or spread overflows (values far apart near the range's ends), is refused naming the column
+    and its lines."""
+    fix = "rescale the column (divide it by a constant, or take its log)"
+    for c, col in enumerate(cols):
+        v = values[:, c]
+        beyond = np.abs(v) > FLOAT32_MAX
+        if beyond.any():
+            raise DataError(f"{path}: regression target column '{col}' holds value(s) beyond the float32 range "
+                            f"(|value| <= {FLOAT32_MAX:.4g}) that training uses: "
+                            f"{examples(df[col][beyond].unique())} in line(s) {lines(beyond)}; {fix}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            v32 = v.astype(np.float32)
+            scale_ok = np.isfinite(v32.mean()) and np.isfinite(v32.std())
+        if not scale_ok:
+            largest = np.abs(v) >= np.sort(np.abs(v))[-min(5, len(v))]
+            raise DataError(f"{path}: regression target column '{col}' overflows float32 when training scales it "
+                            f"(its mean or standard deviation is beyond {FLOAT32_MAX:.4g}); its largest values are "
+                            f"{examples(df[col][largest].unique())} in line(s) {lines(largest)}; {fix}")
+
+
+def constant_targets(comp: Competition, train: pd.DataFrame) -> dict[str, str]:
+    """Regression target columns that hold one value in every row -> that value (as written first): a model
+    learns nothing from them. Empty for other tasks."""
+    if comp.task != "regression" or len(train) < 2:
+        return {}
+    values = numbers(train[comp.target_cols])
+    return {col: train[col].iloc[0] for c, col in enumerate(comp.target_cols) if np.all(values[:, c] == values[0, c])}
+
+
+def constant_target_warning(comp: Competition, train: pd.DataFrame) -> str | None:
+    """One warning line naming the constant regression target columns of train.csv; None when there are none."""
+    constant = constant_targets(comp, train)
+    if not constant:
+        return None
+    listing = ", ".join(f"'{col}' (always {value})" for col, value in constant.items())
+    return (f"warning: {comp.train_csv_path}: regression target column(s) {listing} hold one value in every row: "
+            "a model learns nothing from them (it predicts that value; r2 is undefined)")
 
 
 def split_tags(values: pd.Series, sep: str) -> list[list[str]]:

@@ -215,6 +215,53 @@ def collate(batch):
     return torch.stack(xs), torch.stack(ys), torch.as_tensor(idx), n_bad
 
 
+def collate_train(batch):
+    """`collate` for training: a batch left with one good image (the others unreadable, bad_images=skip) is
+    dropped whole, since BatchNorm cannot normalise a single sample (a 1x1 map after pooling)."""
+    x, y, idx, n_bad = collate(batch)
+    if x is not None and len(x) == 1 and len(batch) > 1:
+        print(f"warning: skipping a batch left with one readable image ({n_bad} unreadable): BatchNorm cannot "
+              "train on a batch of one", file=sys.stderr)
+        return None, None, None, n_bad
+    return x, y, idx, n_bad
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """The batches a training loader gives for n samples: ceil(n / batch_size), less one when the last
+    batch would hold a single sample (it joins the batch before it; see NoSingletonBatches)."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+
+
+class NoSingletonBatches(Sampler[list[int]]):
+    """Batches of `batch_size` indices from `sampler`, where a last batch of one sample joins the batch
+    before it (that one holds batch_size + 1). BatchNorm in training fails on a batch of one ("Expected
+    more than 1 value per channel"), and a 17-row fold part with batch_size 16 would end on one every
+    epoch; no sample is dropped. A sampler of one sample still gives its one batch."""
+
+    def __init__(self, sampler: Sampler[int], batch_size: int):
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def __iter__(self):
+        batch: list[int] = []
+        held: list[int] | None = None
+        for i in self.sampler:
+            batch.append(i)
+            if len(batch) == self.batch_size:
+                if held is not None:
+                    yield held
+                held, batch = batch, []
+        if len(batch) == 1 and held is not None:
+            held, batch = held + batch, []
+        if held is not None:
+            yield held
+        if batch:
+            yield batch
+
+    def __len__(self) -> int:
+        return batches_per_epoch(len(self.sampler), self.batch_size)
+
+
 class EpochSampler(Sampler[int]):
     """Indices for one epoch from (seed, epoch): a permutation, or a class-balanced draw with replacement.
 
@@ -276,22 +323,20 @@ def make_loader(
     world: int = 1,
 ) -> DataLoader:
     """A DataLoader for `dataset` on device `dev` (CPU when None): workers from `num_workers` (a number or
-    "auto", see resolve_workers) and pinned memory for CUDA."""
+    "auto", see resolve_workers) and pinned memory for CUDA.
+
+    A training loader (its sampler is an EpochSampler) never gives a batch of one: a last batch of one
+    joins the batch before it (NoSingletonBatches), and a batch left with one readable image is dropped
+    (collate_train). Evaluation loaders (any other sampler, or none) batch every row as it comes."""
     dev = dev or torch.device("cpu")
     workers = resolve_workers(num_workers, dev, world)
     generator = torch.Generator().manual_seed(generator_seed) if generator_seed is not None else None
     if workers == 0 and generator_seed is not None and hasattr(dataset.transform, "set_random_seed"):
         dataset.transform.set_random_seed(generator_seed % 2**32)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate,
-        worker_init_fn=_seed_worker if workers else None,
-        generator=generator,
-        pin_memory=dev.type == "cuda",
-        persistent_workers=False,
-        drop_last=False,
-    )
+    common = dict(num_workers=workers, worker_init_fn=_seed_worker if workers else None, generator=generator,
+                  pin_memory=dev.type == "cuda", persistent_workers=False)
+    if isinstance(sampler, EpochSampler):
+        return DataLoader(dataset, batch_sampler=NoSingletonBatches(sampler, batch_size), collate_fn=collate_train,
+                          **common)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collate,
+                      drop_last=False, **common)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.core.config import StrictModel, deep_merge, parse_overrides, read_yaml, validate
+from pipeline.core.config import StrictModel, competition_default, deep_merge, parse_overrides, read_yaml, validate
 from pipeline.core.errors import ConfigError
 
 
@@ -128,7 +128,9 @@ class ModelConfig(StrictModel):
     cache_images: bool | Literal["auto"] = Field(
         "auto", description="decode train/val images once into RAM; auto: when they fit in 4 GiB and 1/4 of free RAM"
     )
-    bad_images: Literal["fail", "skip"] = Field("fail", description="a corrupt image stops the run, or is skipped")
+    bad_images: Literal["fail", "skip"] = Field(
+        default_factory=lambda: competition_default("bad_images"),
+        description="a corrupt image stops the run, or is skipped; default: the competition's bad_images (fail)")
     max_bad_images: int = Field(10, ge=0, description="with skip: fail past this many bad images")
     nan_policy: Literal["stop", "skip"] = Field("skip", description="a NaN/Inf loss stops the run, or skips the step")
     max_nan_steps: int = Field(20, ge=0, description="with skip: stop past this many skipped steps")

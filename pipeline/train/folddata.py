@@ -27,8 +27,10 @@ class FoldData:
     distilled_ids: list[str] = field(default_factory=list)  # training rows whose target mixes in the teacher
 
     def target_scale(self) -> tuple[np.ndarray, np.ndarray]:
-        """Regression: the training targets' mean and std per column (a constant column gets std 1)."""
-        mean, std = self.train_targets.mean(axis=0), self.train_targets.std(axis=0)
+        """Regression: the training targets' mean and std per column (a constant column gets std 1), computed
+        in float64 so that large targets cannot overflow them (read_train refuses targets beyond float32)."""
+        values = self.train_targets.astype(np.float64)
+        mean, std = values.mean(axis=0), values.std(axis=0)
         return mean, np.where(std > 0, std, 1.0)
 
 
@@ -73,14 +75,27 @@ def read_pseudo(path: str | Path, comp: Competition, classes: list[str]) -> tupl
 
 def soften(p: np.ndarray, task: str, temperature: float) -> np.ndarray:
     """A teacher's probabilities at a temperature: p^(1/T) renormalised (multilabel: sigmoid(logit(p)/T));
-    regression values as they are."""
+    regression values as they are. Computed in log space with the row's largest term taken out first
+    (log-sum-exp), so a small T sharpens towards the teacher's top class instead of underflowing to 0/0;
+    a target that still is not finite is a ConfigError naming the key `temperature`."""
     if task == "regression" or temperature == 1:
         return p
+    from scipy.special import expit
+
     p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    if task == "multilabel":
-        return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
-    q = np.exp(np.log(p) / temperature)
-    return q / q.sum(axis=1, keepdims=True)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        if task == "multilabel":
+            q = expit(np.log(p / (1 - p)) / temperature)
+        else:
+            z = np.log(p) / temperature
+            z = z - z.max(axis=1, keepdims=True)
+            q = np.exp(z)
+            q = q / q.sum(axis=1, keepdims=True)
+    bad = ~np.isfinite(q).all(axis=1)
+    if bad.any():
+        raise ConfigError(f"key 'temperature': {temperature!r} gives non-finite soft targets for {int(bad.sum())} "
+                          "teacher row(s); use a larger temperature (1 leaves the teacher as it is, 2 is usual)")
+    return q
 
 
 def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str | None,
@@ -112,6 +127,7 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
         p_ids, p_targets = read_pseudo(pseudo, comp, classes)
         train_paths += [comp.image_path("test", i) for i in p_ids]
         train_targets = np.concatenate([train_targets, p_targets])
+    comp.scoring().ready(y[va], len(classes))  # a metric from a file: imported and tried now, not after epoch 1
     return FoldData(classes=classes, train_paths=train_paths, train_targets=train_targets.astype(np.float32),
                     val_ids=ids[va].tolist(), val_paths=[comp.image_path("train", i) for i in ids[va]],
                     val_y=y[va], distilled_ids=distilled)

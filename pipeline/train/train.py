@@ -31,7 +31,7 @@ from pipeline.core.config import Competition
 from pipeline.nn.infer import EvalSpec, amp_dtype, autocast, image_logits, load_fold_model, to_proba
 from pipeline.core.io import file_md5, load_checkpoint, save_checkpoint, write_csv, write_json, write_text
 from pipeline.core.errors import CheckpointError, ConfigError, PipelineError
-from pipeline.nn.loader import EpochSampler, ImageDataset, make_loader, maybe_cache, resolve_workers
+from pipeline.nn.loader import EpochSampler, ImageDataset, batches_per_epoch, make_loader, maybe_cache, resolve_workers
 from pipeline.core.metrics import get_metric
 from pipeline.nn.models import ModelConfig, attach_target_scale, build_model, data_config, resolve_stages
 from pipeline.train.recipe import (
@@ -177,7 +177,7 @@ def start_stage(eng: Engine, stages: list[ModelConfig], index: int) -> Stage:
             raise ConfigError("key 'sampler': balanced sampling needs single-label classes")
         sample_weights = 1.0 / counts[data.train_targets.argmax(axis=1)]
     sampler = EpochSampler(len(dataset), cfg.seed, sample_weights, eng.rank, eng.world)
-    steps = -(-(-(-len(sampler) // scfg.batch_size)) // scfg.grad_accum)  # ceil(ceil(n / batch) / accum)
+    steps = -(-batches_per_epoch(len(sampler), scfg.batch_size) // scfg.grad_accum)  # ceil(batches / accum)
     optimizer = make_optimizer(scfg, eng.model, eng.dev)
     mode = "max" if eng.comp.scoring().greater_is_better else "min"
     return Stage(index, scfg, d["img_size"], sum(s.epochs for s in stages[:index]), steps, dataset, sampler, optimizer,
