@@ -1,5 +1,6 @@
 """pipeline.core.metrics: every built-in against a hand computation or scikit-learn, directions, map@k, errors,
-a metric from a file, per-label thresholds, and the legacy helpers."""
+a metric from a file, per-label thresholds and ordinal cut points (pipeline.core.thresholds), log loss per row
+and quadratic kappa."""
 
 from __future__ import annotations
 
@@ -16,24 +17,20 @@ import pytest
 from sklearn.metrics import cohen_kappa_score, f1_score, fbeta_score, matthews_corrcoef
 
 from pipeline.core import metrics as M
+from pipeline.core import thresholds as T
 from pipeline.core.errors import ConfigError
 from pipeline.core.metrics import (
     EPS,
-    GREATER_IS_BETTER,
     METRIC_NAMES,
     Metric,
     MetricError,
-    apply_thresholds,
-    fit_label_thresholds,
-    fit_thresholds,
     get_metric,
-    is_better,
     logloss,
     metric_tasks,
     quadratic_kappa,
     row_logloss,
-    score,
 )
+from pipeline.core.thresholds import apply_thresholds, fit_label_thresholds, fit_thresholds
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,11 +57,15 @@ def s(name, task, y, p, **kw):
     return get_metric(name, task, **kw).score(y, p, thresholds)
 
 
+def s_better(name, task, new, old):
+    return get_metric(name, task).is_better(new, old)
+
+
 # --- import floor -----------------------------------------------------------------------------------
 
 
 def test_import_is_light():
-    code = ("import sys, pipeline.core.metrics; bad = [m for m in ('sklearn', 'torch', 'pandas') if m in sys.modules]; "
+    code = ("import sys, pipeline.core.metrics, pipeline.core.thresholds; bad = [m for m in ('sklearn', 'torch', 'pandas') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
@@ -233,7 +234,6 @@ def test_names_tasks_and_directions():
                                  "mae", "r2"}
     lower = {"logloss", "rmse", "mae"}
     for name in METRIC_NAMES:
-        assert GREATER_IS_BETTER[name] == (name not in lower)
         for task in metric_tasks(name):
             m = get_metric(name, task)
             assert m.greater_is_better == (name not in lower) and m.task == task and m.name == name
@@ -256,8 +256,9 @@ def test_is_better():
     for m in (up, down):
         assert m.is_better(0.5, None) and m.is_better(0.5, float("nan"))
         assert not m.is_better(float("nan"), None) and not m.is_better(float("nan"), 0.5)
-    assert is_better("logloss", 0.3, 0.4) and is_better("accuracy", 0.9, 0.8) and is_better("map@5", 0.5, 0.4)
-    assert is_better("qwk", 0.1, None) and not is_better("rmse", 2.0, 1.0)
+    assert s_better("logloss", "binary", 0.3, 0.4) and s_better("accuracy", "multiclass", 0.9, 0.8)
+    assert s_better("map@5", "multiclass", 0.5, 0.4) and s_better("qwk", "ordinal", 0.1, None)
+    assert not s_better("rmse", "regression", 2.0, 1.0)
 
 
 def test_unknown_and_mismatched_names():
@@ -366,15 +367,18 @@ def test_custom_metric_load_errors(metric_file, tmp_path):
     assert "no function 'neg_mse2'" in msg and str(metric_file) in msg
     assert "did you mean 'neg_mse'" in msg and "boom, nan, neg_mse, one_arg, text, top1" in msg
 
-    with pytest.raises(ConfigError, match="VALUE is a int, not a function"):
-        get_metric(f"{metric_file}:VALUE", "regression", greater_is_better=False)
     with pytest.raises(ConfigError, match="must take two arguments"):
         get_metric(f"{metric_file}:one_arg", "regression", greater_is_better=False)
+    # what only running the file tells comes at the first score, never at config load
+    value = get_metric(f"{metric_file}:VALUE", "regression", greater_is_better=False)
+    with pytest.raises(ConfigError, match="VALUE is a int, not a function"):
+        value.score(YR, PR)
 
     broken = tmp_path / "broken.py"
-    broken.write_text("import numpy as np\nraise RuntimeError('no data here')\n")
+    broken.write_text("import numpy as np\nraise RuntimeError('no data here')\ndef f(y_true, y_pred):\n    return 1\n")
+    m = get_metric(f"{broken}:f", "binary", greater_is_better=True)
     with pytest.raises(ConfigError) as e:
-        get_metric(f"{broken}:f", "binary", greater_is_better=True)
+        m.score(np.array([0, 1]), np.array([[0.4, 0.6], [0.3, 0.7]]))
     assert "cannot import" in str(e.value) and "RuntimeError: no data here" in str(e.value)
     assert "broken.py" in str(e.value) and "'f'" in str(e.value)
 
@@ -382,6 +386,35 @@ def test_custom_metric_load_errors(metric_file, tmp_path):
     syntax.write_text("def f(y_true, y_pred)\n    return 1\n")
     with pytest.raises(ConfigError, match="SyntaxError"):
         get_metric(f"{syntax}:f", "binary", greater_is_better=True)
+
+
+MARKED_METRIC = """
+from pathlib import Path
+Path("imported.marker").write_text("top-level code ran")
+
+def text(y_true, y_pred):
+    return "0.5"
+"""
+
+
+def test_metric_file_runs_only_where_it_scores_and_a_string_stops_training_before_epoch_one(tmp_path):
+    """`check`, `folds` and `plan` read the metric file without running it; training imports it and tries
+    it once on a few validation rows before the first epoch, so a function returning a string is named
+    then, not after an epoch of training."""
+    from tests.conftest import TINY_MODEL, make_competition, run_cli, write_yaml
+
+    make_competition(tmp_path, n_train=30, models_dir="models", metric="my_metric.py:text", greater_is_better=True)
+    write_yaml(tmp_path / "models" / "tiny.yaml", {**TINY_MODEL, "epochs": 1})
+    (tmp_path / "my_metric.py").write_text(MARKED_METRIC)
+    for command in (["check"], ["folds"], ["plan", "--models", "tiny"]):
+        proc = run_cli(command[0], "-c", "competition.yaml", *command[1:], cwd=tmp_path, check=False)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert not (tmp_path / "imported.marker").exists(), command
+    proc = run_cli("train", "-c", "competition.yaml", "--model", "tiny", "--fold", "0", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "my_metric.py:text returned '0.5' (str) on a tiny input" in proc.stderr
+    assert "a metric must return a real number" in proc.stderr
+    assert "epoch 1/1" not in proc.stdout and (tmp_path / "imported.marker").exists()
 
 
 def test_custom_metric_score_errors(metric_file):
@@ -436,7 +469,7 @@ def test_threshold_search_counts_agree_with_score(name):
     y[0] = 0  # a row with no labels
     p = rng.random((50, 4))
     t = rng.uniform(0.2, 0.8, 4)
-    counts, fast = M._Counts(y, p >= t), M._FAST[name]
+    counts, fast = T._Counts(y, p >= t), T._FAST[name]
     assert fast(m, counts, None, None) == pytest.approx(m.score(y, p, t))
     cand = np.array([0.0, 0.1, 0.5, p[7, 2], p[8, 0], 0.9, 1.1])  # two at a probability: >=
     for c in (2, 0):
@@ -455,31 +488,27 @@ def test_thresholds_other_metrics_and_tasks():
         fit_label_thresholds(get_metric("f1_macro", "multiclass"), Y3, P3)
 
 
-# --- legacy helpers -----------------------------------------------------------------------------------------
+# --- scores through get_metric, log loss per row, kappa, ordinal cut points -----------------------------------
 
 
-def test_legacy_score_values():
-    assert score("accuracy", "multiclass", Y3, P3) == pytest.approx(0.5)
-    assert score("logloss", "multiclass", Y3, P3) == pytest.approx(-np.mean(np.log([0.7, 0.6, 0.2, 0.3])))
-    assert score("f1_macro", "multiclass", Y3, P3) == pytest.approx(4 / 9)
-    assert score("auc", "multiclass", Y3, P3) == pytest.approx(2.375 / 3)
-    assert score("auc", "binary", YB, PB) == pytest.approx(7 / 9)
-    assert score("accuracy", "multilabel", YM, PM) == pytest.approx(10 / 12)
-    assert score("f1_macro", "multilabel", YM, PM) == pytest.approx(2.5 / 3)
-    assert score("logloss", "multilabel", YM, PM) == pytest.approx(
+def test_score_values():
+    assert s("accuracy", "multiclass", Y3, P3) == pytest.approx(0.5)
+    assert s("logloss", "multiclass", Y3, P3) == pytest.approx(-np.mean(np.log([0.7, 0.6, 0.2, 0.3])))
+    assert s("f1_macro", "multiclass", Y3, P3) == pytest.approx(4 / 9)
+    assert s("auc", "multiclass", Y3, P3) == pytest.approx(2.375 / 3)
+    assert s("auc", "binary", YB, PB) == pytest.approx(7 / 9)
+    assert s("accuracy", "multilabel", YM, PM) == pytest.approx(10 / 12)
+    assert s("f1_macro", "multilabel", YM, PM) == pytest.approx(2.5 / 3)
+    assert s("logloss", "multilabel", YM, PM) == pytest.approx(
         -(YM * np.log(PM) + (1 - YM) * np.log(1 - PM)).mean())
-    assert score("qwk", "ordinal", np.array([0, 1, 2]), np.eye(3)[[0, 2, 2]]) == pytest.approx(0.8)
-    # as before: qwk is computed for a multiclass table too (argmax over the full class range)
-    assert score("qwk", "multiclass", np.array([0, 1, 2]), np.eye(3)[[0, 2, 2]]) == pytest.approx(0.8)
+    assert s("qwk", "ordinal", np.array([0, 1, 2]), np.eye(3)[[0, 2, 2]]) == pytest.approx(0.8)
     # unnormalised rows: logloss renormalises after clipping, auc renormalises
     raw = P3 * np.array([[0.5], [1.0], [0.25], [0.5]])  # exact in binary: ties stay ties
-    assert score("logloss", "multiclass", Y3, raw) == pytest.approx(score("logloss", "multiclass", Y3, P3))
-    assert score("auc", "multiclass", Y3, raw) == pytest.approx(score("auc", "multiclass", Y3, P3))
-    assert {k: GREATER_IS_BETTER[k] for k in ("accuracy", "logloss", "f1_macro", "auc", "qwk")} == {
-        "accuracy": True, "logloss": False, "f1_macro": True, "auc": True, "qwk": True}
+    assert s("logloss", "multiclass", Y3, raw) == pytest.approx(s("logloss", "multiclass", Y3, P3))
+    assert s("auc", "multiclass", Y3, raw) == pytest.approx(s("auc", "multiclass", Y3, P3))
 
 
-def test_legacy_logloss_and_kappa_helpers():
+def test_logloss_kappa_and_ordinal_cuts():
     p = np.array([[1.0, 0.0], [0.25, 0.75]])
     rows = row_logloss("binary", np.array([1, 1]), p)
     assert rows[0] == pytest.approx(-np.log(EPS / (1.0)), rel=1e-6)  # clipped to EPS, renormalised

@@ -401,6 +401,34 @@ def test_nan_loss_policies_never_save_best(tmp_path):
     assert not (tmp_path / "runs/tiny/fold0/done.json").exists()
 
 
+def test_a_last_batch_of_one_trains(tmp_path):
+    """A 17-row training part with batch_size 16 would end every epoch on a batch of one, which BatchNorm
+    refuses in training ("Expected more than 1 value per channel"): it joins the batch before it."""
+    setup(tmp_path, n_train=26, model={"epochs": 1})
+    sizes = pd.read_csv(tmp_path / "folds/folds.csv", dtype=str).fold.value_counts()
+    fold = next(int(f) for f, n in sizes.items() if 26 - n == 17)
+    proc = train(tmp_path, fold=fold, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = pd.read_csv(tmp_path / f"runs/tiny/fold{fold}/log.csv")
+    assert np.isfinite(log.train_loss).all() and (log.train_loss > 0).all()
+
+
+def test_a_tiny_distillation_temperature_still_teaches(tmp_path):
+    """p^(1/T) for a tiny T underflowed to 0/0: NaN targets, every step skipped, a logged loss of 0.0000 and
+    an untrained student. In log space it is the teacher's top class; a T no arithmetic can use is an error."""
+    setup(tmp_path, model={"epochs": 1})
+    ids = pd.read_csv(tmp_path / "data/tiny/train.csv", dtype=str).image_id
+    p = np.random.default_rng(0).dirichlet(np.ones(3), len(ids))
+    pd.DataFrame({"image_id": ids, "c0": p[:, 0], "c1": p[:, 1], "c2": 1 - p[:, 0] - p[:, 1]}).to_csv(
+        tmp_path / "folds/teacher.csv", index=False)
+    train(tmp_path, "distill=folds/teacher.csv", "distill_alpha=0", "temperature=0.0001")
+    log = pd.read_csv(tmp_path / "runs/tiny-distilled/fold0/log.csv")
+    assert np.isfinite(log.train_loss).all() and (log.train_loss > 0.01).all()
+    proc = train(tmp_path, "distill=folds/teacher.csv", "temperature=5e-324", "--rerun", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: key 'temperature': 5e-324 gives non-finite soft targets" in proc.stderr
+
+
 # --- DDP ------------------------------------------------------------------------------------------
 
 

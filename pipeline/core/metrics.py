@@ -10,7 +10,8 @@ What `y` and `pred` are, by task (the same for built-in metrics and for a metric
   column). Decisions are the argmax class.
 - multilabel: y is the 0/1 matrix (n, C); pred is (n, C) per-label probabilities. Metrics that need
   decisions (accuracy, f1, f1_macro, f1_micro, f1_samples, fbeta) decide `pred >= thresholds`, one per
-  label (default 0.5 each); they have `thresholded=True`, and `fit_label_thresholds` tunes them.
+  label (default 0.5 each); they have `thresholded=True`, and
+  `pipeline.core.thresholds.fit_label_thresholds` tunes them.
 - regression: y is the (n, T) float targets, pred the (n, T) predictions ((n,) is read as T = 1).
 
 Built-in metrics (see METRIC_NAMES and metric_tasks), computed with scikit-learn where it has them;
@@ -52,10 +53,13 @@ with y_true and y_pred shaped as above for the competition's task (y_true int64 
 matrix, float64 targets for regression; y_pred float64 probabilities, or predictions for regression,
 always 2-D), copies it may change. It gets probabilities, never thresholded decisions, and must return a
 finite real number; an exception or anything else stops the run with an error naming file:function.
+Loading the config reads the file without running it (it must parse and define the function with two
+arguments); the file is imported, its top-level code run, only where the metric scores (training,
+predict, ensemble, validate, ...). Training checks once, before the first epoch, that the function
+returns a real number on a few validation rows (`Metric.ready`).
 
-The legacy helpers `score(metric, task, y, proba)`, `is_better(metric, new, old)` and `GREATER_IS_BETTER`
-keep working over the same implementations, as do `row_logloss`, `logloss`, `quadratic_kappa` and the
-ordinal cut points `apply_thresholds` / `fit_thresholds`.
+`row_logloss`, `logloss` and `quadratic_kappa` are the plain functions behind logloss and qwk. Fitting
+thresholds (per-label multilabel thresholds, ordinal cut points) is in pipeline.core.thresholds.
 
 This is a bottom-floor module: numpy at import, scikit-learn only inside the functions that need it.
 """
@@ -63,14 +67,10 @@ This is a bottom-floor module: numpy at import, scikit-learn only inside the fun
 from __future__ import annotations
 
 import difflib
-import hashlib
-import importlib.util
-import inspect
 import itertools
 import math
 import numbers
 import re
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +79,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.metricfile import load_function, read_statically
 
 EPS = 1e-7
 TASKS = ("binary", "multiclass", "multilabel", "ordinal", "regression")
@@ -136,19 +137,53 @@ class Metric:
 
     def _score_custom(self, y: np.ndarray, pred: np.ndarray) -> float:
         where = self.source
+        fn = self._function()
         try:
-            value = self._fn(y.copy(), pred.copy())
+            value = fn(y.copy(), pred.copy())
         except Exception as e:
             raise MetricError(f"metric {self.name!r}: {where} raised {type(e).__name__}: {e}") from e
-        if isinstance(value, np.ndarray) and value.ndim == 0:
-            value = value[()]
-        if isinstance(value, bool) or isinstance(value, np.bool_) or not isinstance(value, numbers.Real):
-            raise MetricError(f"metric {self.name!r}: {where} returned {value!r} ({type(value).__name__}); "
-                              "a metric must return a real number")
-        value = float(value)
+        value = self._real(value)
         if not math.isfinite(value):
             raise MetricError(f"metric {self.name!r}: {where} returned {value}; a metric must return a finite number")
         return value
+
+    def _real(self, value, what: str = "") -> float:
+        """A metric's return value as a float; MetricError when it is not a real number."""
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value[()]
+        if isinstance(value, bool) or isinstance(value, np.bool_) or not isinstance(value, numbers.Real):
+            raise MetricError(f"metric {self.name!r}: {self.source} returned {value!r} ({type(value).__name__})"
+                              f"{what}; a metric must return a real number")
+        return float(value)
+
+    def _function(self) -> Callable:
+        """A metric from a file: its function, imported on first use (never at config load, so a file's
+        top-level code runs only in the stages that score)."""
+        if self._fn is None:
+            path, _, function = self.source.rpartition(":")
+            object.__setattr__(self, "_fn", _imported(self.name, Path(path), function))
+        return self._fn
+
+    def ready(self, y, n_columns: int) -> None:
+        """Before training: import a metric from a file and check once, on a tiny input (up to 8 rows of `y`
+        scored against their own labels as the prediction, `n_columns` columns), that it returns a real
+        number; MetricError naming file:function when it does not. An exception or a NaN on so few rows
+        proves nothing and is left to the real scoring. Built-in metrics: nothing to do."""
+        if self.source is None or self.source in _PROBED:
+            return
+        fn = self._function()
+        y = np.asarray(y)[:8]
+        if self.task in ("regression", "multilabel"):
+            pred = y.astype(np.float64)
+        else:
+            pred = np.eye(n_columns)[y.astype(np.int64)]
+        try:
+            y, pred = _prepare(self.task, y, pred)
+            value = fn(y.copy(), pred.copy())
+        except Exception:
+            return
+        self._real(value, f" on a tiny input ({len(y)} validation rows scored against their own labels)")
+        _PROBED.add(self.source)
 
     # A Metric is immutable: copies (sklearn's clone of an estimator holding one) are itself. A metric from a
     # file pickles as its absolute path and is imported again, since a file module's function cannot be.
@@ -387,7 +422,6 @@ _BUILTINS: dict[str, _Builtin] = {
     "r2": _Builtin(_m_r2, ("regression",), True),
 }
 METRIC_NAMES: tuple[str, ...] = tuple(_BUILTINS)
-GREATER_IS_BETTER: dict[str, bool] = {name: b.greater_is_better for name, b in _BUILTINS.items()}
 
 _MAP_AT = re.compile(r"map@(\d+)")
 
@@ -468,191 +502,32 @@ def get_metric(name: str, task: str, *, beta: float = 2.0, k: int = 5, greater_i
 
 
 _LOADED: dict[tuple, Callable] = {}
+_PROBED: set[str] = set()  # metrics from files whose return type `Metric.ready` has checked
 _COUNTER = itertools.count()
 
 
 def _custom_metric(name: str, task: str, file: Path, function: str, greater_is_better: bool) -> Metric:
+    """A metric from a file, checked without running the file (its syntax, that it defines `function`
+    taking two arguments); it is imported on first use (Metric._function)."""
     where = f"{file}:{function}"
     if not function.isidentifier():
         raise ConfigError(f"metric {name!r}: {function!r} is not a function name (write path/to/file.py:function)")
     if not file.is_file():
         raise ConfigError(f"metric {name!r}: file {file} not found (function {function!r})")
+    read_statically(name, file, function)
+    return Metric(name, task, greater_is_better, False, source=where)
+
+
+def _imported(name: str, file: Path, function: str) -> Callable:
+    """The function, imported once per version of the file."""
     stat = file.stat()
     key = (str(file), stat.st_mtime_ns, stat.st_size, function)
     if key not in _LOADED:
-        _LOADED[key] = _load_function(name, file, function)
-    return Metric(name, task, greater_is_better, False, source=where, _fn=_LOADED[key])
+        _LOADED[key] = load_function(name, file, function, next(_COUNTER))
+    return _LOADED[key]
 
 
-def _load_function(name: str, file: Path, function: str) -> Callable:
-    digest = hashlib.sha1(str(file).encode()).hexdigest()[:10]
-    module_name = f"_kfold_metric_{re.sub(r'[^0-9A-Za-z_]', '_', file.stem)}_{digest}_{next(_COUNTER)}"
-    try:
-        spec = importlib.util.spec_from_file_location(module_name, file)
-        if spec is None or spec.loader is None:
-            raise ImportError("not a Python source file")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module  # dataclasses, pickling by reference and the like look it up
-        spec.loader.exec_module(module)
-    except (Exception, SystemExit) as e:
-        sys.modules.pop(module_name, None)
-        raise ConfigError(f"metric {name!r}: cannot import {file} (for function {function!r}): "
-                          f"{type(e).__name__}: {e}") from None
-    if not hasattr(module, function):
-        callables = sorted(n for n, v in vars(module).items()
-                           if callable(v) and not n.startswith("__") and not inspect.ismodule(v))
-        close = difflib.get_close_matches(function, callables, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else "."
-        raise ConfigError(f"metric {name!r}: {file} has no function {function!r}{hint} "
-                          f"Its callables: {', '.join(callables) or 'none'}")
-    fn = getattr(module, function)
-    if not callable(fn):
-        raise ConfigError(f"metric {name!r}: {file}:{function} is a {type(fn).__name__}, not a function")
-    try:
-        inspect.signature(fn).bind(None, None)
-    except TypeError:
-        raise ConfigError(f"metric {name!r}: {file}:{function} must take two arguments, "
-                          f"(y_true, y_pred), but its signature is {inspect.signature(fn)}") from None
-    except ValueError:  # no signature to read (a builtin): let it be
-        pass
-    return fn
-
-
-# --- per-label thresholds (multilabel) -------------------------------------------------------------------
-
-
-def fit_label_thresholds(metric: Metric, y, proba, grid: int = 41, passes: int = 2) -> np.ndarray:
-    """Per-label thresholds (C,) that maximise (or minimise, by direction) a thresholded multilabel metric
-    on (y, proba).
-
-    Deterministic coordinate search: start at 0.5 for every label; a pass moves each label in turn to its
-    best candidate (`grid` points over 0.05..0.95, plus `grid` quantiles of that label's probabilities),
-    keeping the others fixed, and only for a strict improvement (ties go to the candidate nearest the
-    current threshold); at most `passes` passes. Never worse than all-0.5 on the rows it was fitted on.
-    A metric that does not threshold (auc, logloss, a metric from a file) gets 0.5 everywhere.
-    """
-    if metric.task != "multilabel":
-        raise ValueError(f"per-label thresholds are for multilabel metrics, not task {metric.task}")
-    y, proba = _prepare("multilabel", y, proba)
-    n, C = proba.shape
-    start = np.full(C, DEFAULT_THRESHOLD)
-    if not metric.thresholded or n == 0:
-        return start
-    grid, passes = max(int(grid), 2), max(int(passes), 1)
-    base_grid = np.linspace(0.05, 0.95, grid)
-    cands = [np.unique(np.concatenate([base_grid, np.quantile(proba[:, c], np.linspace(0, 1, grid))]))
-             for c in range(C)]
-    sign = 1.0 if metric.greater_is_better else -1.0
-    fast = _FAST.get(_base_name(metric.name))
-    t = start.copy()
-    counts = _Counts(y, proba >= t)
-    current = metric.score(y, proba, t) if fast is None else fast(metric, counts, None, None)
-    for _ in range(passes):
-        moved = False
-        for c in range(C):
-            cand = cands[c]
-            if fast is not None:
-                scores = fast(metric, counts, c, proba[:, c], cand)
-            else:
-                scores = np.array([metric.score(y, proba, np.where(np.arange(C) == c, v, t)) for v in cand])
-            s = sign * np.where(np.isnan(scores), -np.inf, scores)
-            best = s.max()
-            if best > sign * current + 1e-12 or (np.isnan(current) and np.isfinite(best)):
-                ties = np.flatnonzero(s >= best - 1e-12)
-                pick = ties[np.argmin(np.abs(cand[ties] - t[c]))]
-                t[c], current, moved = cand[pick], scores[pick], True
-                counts.set(c, proba[:, c] >= t[c])
-        if not moved:
-            break
-    if not metric.is_better(metric.score(y, proba, t), metric.score(y, proba, start)):
-        return start  # no gain (or a rounding difference): keep 0.5
-    return t
-
-
-class _Counts:
-    """Multilabel decisions D against y as counts per row and per label, kept up to date as one label's
-    decisions change, so that every candidate threshold of a label is scored in O(n)."""
-
-    def __init__(self, y: np.ndarray, D: np.ndarray):
-        self.y, self.D = np.asarray(y).astype(bool), np.array(D, dtype=bool)
-        hit = self.y & self.D
-        self.row_tp, self.row_pred, self.row_true = hit.sum(axis=1), self.D.sum(axis=1), self.y.sum(axis=1)
-        self.col_tp, self.col_pred, self.col_true = hit.sum(axis=0), self.D.sum(axis=0), self.y.sum(axis=0)
-        self.n = len(self.y)
-
-    def set(self, c: int, column: np.ndarray) -> None:
-        yc, old, column = self.y[:, c], self.D[:, c], np.asarray(column, dtype=bool)
-        self.row_tp += (yc & column).astype(np.int64) - (yc & old)
-        self.row_pred += column.astype(np.int64) - old
-        self.col_tp[c], self.col_pred[c] = (yc & column).sum(), column.sum()
-        self.D[:, c] = column
-
-
-def _divide(num, den) -> np.ndarray:
-    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
-    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
-
-
-def _sum_above(p: np.ndarray, values: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """For each candidate threshold t: the sum of `values` over the rows where p >= t (one sort, no (n, K))."""
-    order = np.argsort(p, kind="stable")
-    prefix = np.concatenate([[0.0], np.cumsum(np.asarray(values, dtype=np.float64)[order])])
-    return prefix[-1] - prefix[np.searchsorted(p[order], cand, side="left")]
-
-
-# Each scores a thresholded multilabel metric from _Counts: the current decisions (c None), or, for label c
-# with probabilities p (n,), every candidate threshold in cand (K,) at once, the other labels fixed -> (K,).
-
-
-def _fast_samples(metric: Metric, k: _Counts, c, p=None, cand=None):
-    b2 = metric.beta**2 if _base_name(metric.name) == "fbeta" else 1.0
-    if c is None:
-        return float(_divide((1 + b2) * k.row_tp, b2 * k.row_true + k.row_pred).mean())
-    yc, old = k.y[:, c], k.D[:, c]
-    tp, pred = k.row_tp - (yc & old), k.row_pred - old  # label c off
-    off = _divide((1 + b2) * tp, b2 * k.row_true + pred)
-    on = _divide((1 + b2) * (tp + yc), b2 * k.row_true + pred + 1)
-    return (off.sum() + _sum_above(p, on - off, cand)) / k.n
-
-
-def _fast_micro(metric: Metric, k: _Counts, c, p=None, cand=None):
-    tp, pred, true = k.col_tp.sum(), k.col_pred.sum(), k.col_true.sum()
-    if c is None:
-        return float(_divide(2 * tp, true + pred))
-    tp_c = tp - k.col_tp[c] + _sum_above(p, k.y[:, c], cand)
-    return _divide(2 * tp_c, true + pred - k.col_pred[c] + _sum_above(p, np.ones(k.n), cand))
-
-
-def _fast_macro(metric: Metric, k: _Counts, c, p=None, cand=None):
-    per = _divide(2 * k.col_tp, k.col_true + k.col_pred)
-    if c is None:
-        return float(per.mean())
-    col = _divide(2 * _sum_above(p, k.y[:, c], cand), k.col_true[c] + _sum_above(p, np.ones(k.n), cand))
-    return (per.sum() - per[c] + col) / len(per)
-
-
-def _fast_accuracy(metric: Metric, k: _Counts, c, p=None, cand=None):
-    wrong = k.col_pred + k.col_true - 2 * k.col_tp  # false positives + false negatives, per label
-    size = k.n * len(wrong)
-    if c is None:
-        return float(1 - wrong.sum() / size)
-    wrong_c = _sum_above(p, 1 - 2 * k.y[:, c].astype(np.int64), cand) + k.col_true[c]
-    return 1 - (wrong.sum() - wrong[c] + wrong_c) / size
-
-
-# The thresholded multilabel metrics, scored from counts for the threshold search only; the tests check
-# them against Metric.score, which uses scikit-learn.
-_FAST: dict[str, Callable] = {
-    "accuracy": _fast_accuracy,
-    "f1": _fast_micro,
-    "f1_micro": _fast_micro,
-    "f1_macro": _fast_macro,
-    "f1_samples": _fast_samples,
-    "fbeta": _fast_samples,
-}
-
-
-# --- legacy helpers ---------------------------------------------------------------------------------------
+# --- log loss per row and quadratic kappa (the report, the blends and the qwk metric use them) ---------------
 
 
 def row_logloss(task: str, y: np.ndarray, proba: np.ndarray) -> np.ndarray:
@@ -669,25 +544,6 @@ def logloss(task: str, y: np.ndarray, proba: np.ndarray) -> float:
     return float(row_logloss(task, y, proba).mean())
 
 
-def score(metric: str, task: str, y: np.ndarray, proba: np.ndarray) -> float:
-    """Legacy: the built-in `metric` for `task` (decisions at 0.5 for multilabel). As before, a built-in is
-    not refused for a task outside its list when its rule still computes (e.g. qwk on multiclass)."""
-    base = _base_name(metric)
-    if base not in _BUILTINS or task in _BUILTINS[base].tasks:
-        return get_metric(metric, task).score(y, proba)
-    spec = _BUILTINS[base]
-    k = int(_MAP_AT.fullmatch(metric).group(1)) if metric != base else 5
-    return Metric(metric, task, spec.greater_is_better, spec.thresholded and task == "multilabel", k=k).score(y, proba)
-
-
-def is_better(metric: str, new: float, old: float | None) -> bool:
-    """Legacy: new beats old for the built-in `metric` (old None/NaN: any new that is not NaN)."""
-    base = _base_name(metric)
-    if base not in _BUILTINS:
-        raise _unknown(metric, None)
-    return _better(_BUILTINS[base].greater_is_better, new, old)
-
-
 def quadratic_kappa(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     """Quadratic weighted kappa over the full class range 0..n_classes-1: a class absent from both y and pred
     still counts in the distances (sklearn's cohen_kappa_score would close the gap). 0 when undefined."""
@@ -698,43 +554,3 @@ def quadratic_kappa(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     weights = (idx[:, None] - idx[None, :]) ** 2
     denominator = (weights * expected).sum()
     return float(1.0 - (weights * observed).sum() / denominator) if denominator > 0 else 0.0
-
-
-# --- ordinal thresholds (used by the ensemble stage for metric qwk) -----------------------------
-
-
-def apply_thresholds(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Class index per value: the number of (sorted) thresholds at or below it."""
-    return np.searchsorted(np.sort(np.asarray(thresholds, dtype=np.float64)), np.asarray(values), side="right")
-
-
-def fit_thresholds(
-    y: np.ndarray, values: np.ndarray, n_classes: int, passes: int = 3, max_candidates: int = 64
-) -> np.ndarray:
-    """Cut points on a continuous score (e.g. the expected class index) that maximise quadratic kappa.
-
-    Coordinate search, deterministic: start at 0.5, 1.5, ...; move one threshold at a time to the best
-    candidate between its neighbours (midpoints of the observed values, at most `max_candidates`).
-    """
-    y, values = np.asarray(y, dtype=int), np.asarray(values, dtype=np.float64)
-    thresholds = np.arange(n_classes - 1, dtype=np.float64) + 0.5
-    uniq = np.unique(values)
-    mids = (uniq[:-1] + uniq[1:]) / 2 if len(uniq) > 1 else uniq
-    best = quadratic_kappa(y, apply_thresholds(values, thresholds), n_classes)
-    for _ in range(passes):
-        moved = False
-        for j in range(n_classes - 1):
-            lo = thresholds[j - 1] if j > 0 else -np.inf
-            hi = thresholds[j + 1] if j < n_classes - 2 else np.inf
-            cands = mids[(mids > lo) & (mids < hi)]
-            if len(cands) > max_candidates:
-                cands = np.quantile(cands, np.linspace(0, 1, max_candidates))
-            for c in cands:
-                trial = thresholds.copy()
-                trial[j] = c
-                s = quadratic_kappa(y, apply_thresholds(values, trial), n_classes)
-                if s > best + 1e-12:
-                    best, thresholds, moved = s, trial, True
-        if not moved:
-            break
-    return thresholds
