@@ -276,8 +276,10 @@ def load_level1(comp: Competition, stacking: str | Path = "stacking", folds_path
         print(f"note: ignoring {stacking / name}")
     if not models:
         raise TableError(f"{stacking}: no model with both <model>.oof and <model>.test tables (.parquet or .csv)")
-    oof = np.empty((len(models), len(train_ids), len(classes)), dtype=np.float32)
-    test = np.empty((len(models), len(test_ids), len(classes)), dtype=np.float32)
+    # (models, rows, classes) views of row-major (rows, models, classes) buffers: the blends' stacked
+    # (rows, models x classes) matrix is then a view too, not a second copy
+    oof = np.empty((len(train_ids), len(models), len(classes)), dtype=np.float32).transpose(1, 0, 2)
+    test = np.empty((len(test_ids), len(models), len(classes)), dtype=np.float32).transpose(1, 0, 2)
     for m, name in enumerate(models):
         check_pair(stacking, name)
         for out, part, ids in ((oof, "oof", train_ids), (test, "test", test_ids)):

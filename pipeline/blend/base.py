@@ -18,12 +18,11 @@ from pipeline.core.metrics import Metric, get_metric
 LOG_EPS = 1e-6
 DEFAULT_METRIC = {"regression": "rmse", "multilabel": "f1_samples"}  # when a blend is made without one
 
-# Time budgets, in estimated seconds on a 2-core machine (`fit_seconds`; pipeline.blend.perclass says how
-# the estimates were calibrated). A stacker whose joint formulation is estimated over FIT_BUDGET_S for one fit
-# uses its per-class one; `ensemble --method auto` skips a blend whose nested CV (every fold's fit) is
-# estimated over BLEND_BUDGET_S, and says so in cv.md (a blend named by --method runs anyway).
+# Estimated seconds on a 2-core machine (`fit_seconds`; pipeline.blend.perclass says how the estimates were
+# calibrated). A stacker whose joint formulation is estimated over FIT_BUDGET_S for one fit uses its
+# per-class one. (`ensemble --method auto` skips a blend whose CV, every fold's fit, is estimated over the
+# competition key `blend_budget_minutes`, default 5, and says so in cv.md.)
 FIT_BUDGET_S = 60.0
-BLEND_BUDGET_S = 300.0
 CELL_S = 5e-9  # one elementwise pass over one (row, model, class) cell of X (numpy; measured as perclass says)
 
 

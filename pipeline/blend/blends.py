@@ -11,7 +11,8 @@ Where they live:
   CLI's `--method` help, `make_blend`, `candidate_names` and `import_blend_state` all read it.
 - `base`: the array layout (`stack`, `unstack`) and the estimator bases (`Blend`, `RegressionBlend`).
 - `simple`: vote, mean, median, gmean, rank, weights, weights_scipy.
-- `stackers`: lgbm, logreg, ridge.
+- `stackers`: lgbm, logreg, ridge; `perclass`: the per-class formulations lgbm and logreg use at many classes
+  (cost linear in C) and the cost estimates that choose them (`plan_blend`).
 - `thresholded`: `<name>+thr`, ordinal (`Thresholded`) class thresholds on the expected class index;
   multilabel (`LabelThresholded`) one threshold per label for the metric, moved to 0.5.
 

@@ -34,7 +34,7 @@ import numpy as np
 from sklearn.base import clone
 from tqdm import tqdm
 
-from pipeline.blend.base import BLEND_BUDGET_S, as_float
+from pipeline.blend.base import as_float
 from pipeline.blend.blends import (FittedBlend, blend_output, blend_test_prediction, candidate_names, make_blend,
                                    plan_blend, stack)
 from pipeline.core.config import NEUTRAL_KEYS, Competition, config_hash
@@ -110,6 +110,8 @@ class Skipped(str):
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.2g} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:,.0f} min" if seconds < 5400 else f"{seconds / 3600:,.0f} h"
@@ -119,20 +121,20 @@ def score_blends(names: list[str], method: str, comp: Competition, n_classes: in
                  y_test) -> tuple[list[BlendResult], dict[str, str]]:
     """Every candidate blend scored by (nested) CV, in order -> (results, {name: why it failed or was skipped}).
 
-    A blend whose (nested) CV is estimated over BLEND_BUDGET_S (plan_blend) is skipped in `auto`, with the
-    reason (a `Skipped`); one named by --method runs anyway. In `auto` a failing blend is reported, not
-    raised. Only the blend the stage will choose (best CV, the first on a tie) keeps its oof and test
-    arrays; the others' are dropped as they are scored, so memory holds two blends' outputs at most."""
-    metric, task, seed = comp.scoring(), comp.task, comp.seed
+    A blend whose (nested) CV is estimated (plan_blend) over the competition's `blend_budget_minutes` is
+    skipped in `auto`, with the reason (a `Skipped`); one named by --method runs anyway. In `auto` a failing
+    blend is reported, not raised. Only the blend the stage will choose (best CV, the first on a tie) keeps
+    its oof and test arrays; the others' are dropped as they are scored: memory holds two blends' outputs."""
+    metric, task, seed, budget = comp.scoring(), comp.task, comp.seed, 60.0 * comp.blend_budget_minutes
     n, n_folds = len(y), len(np.unique(fold))
     n_models = X.shape[1] // n_classes
     blends, errors, best = [], {}, None
     for name in tqdm(names, desc="blends", leave=False, disable=None):  # None: off outside a terminal
         est = make_blend(name, task, n_classes, metric, seed)
         seconds = plan_blend(est, n, n_classes, n_models, n_folds)
-        if seconds > BLEND_BUDGET_S:
+        if seconds > budget:
             why = (f"{n:,} rows x {n_classes:,} classes x {n_models} models: est. {_duration(seconds)} > budget "
-                   f"{_duration(BLEND_BUDGET_S)}")
+                   f"{_duration(budget)}")
             if method == "auto":
                 errors[name] = Skipped(f"skipped, {why}")
                 print(f"note: blend {name} {errors[name]}")

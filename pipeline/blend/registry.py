@@ -91,9 +91,11 @@ for _entry in (
     BlendEntry("weights_scipy", "weighted mean, SLSQP weights minimising log loss or squared error",
                classifier=lambda: _simple().WeightsBlend, regressor=lambda: _simple().WeightsRegressor,
                params={"optimizer": "scipy"}),
-    BlendEntry("lgbm", "LightGBM stacker on the predictions, early-stopped on an inner split",
+    BlendEntry("lgbm", "LightGBM stacker on the predictions, early-stopped on an inner split (at many classes, "
+               "one booster over each row's candidate classes)",
                classifier=lambda: _stackers().LGBMStacker, regressor=lambda: _stackers().LGBMRegressionStacker),
-    BlendEntry("logreg", "logistic regression stacker on log-probabilities",
+    BlendEntry("logreg", "logistic regression stacker on log-probabilities (at many classes, a "
+               "conditional logit, one weight per model)",
                classifier=lambda: _stackers().LogRegStacker),
     BlendEntry("ridge", "ridge regression stacker per target", regressor=lambda: _stackers().RidgeStacker),
 ):
