@@ -95,23 +95,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     """Print the done.json targets of the model x folds still to train (Make runs them), and the plan."""
     from pipeline.nn.models import model_names
-    from pipeline.artifacts.runs import plan_training, start_job
+    from pipeline.artifacts.runs import plan_lines, plan_training, start_job
 
     comp = competition(args.competition, args.comp_args)
     models = args.models.split() if args.models else model_names(comp.models_dir)
     if not models:
         raise ConfigError(f"no model configs in {comp.models_dir} (competition key 'models_dir')")
     jobs = plan_training(comp, comp.models_dir, models, args.folds, args.runs, model_overrides(args))
-    train = {"todo", "stale", "kept"} if args.retrain else {"todo", "stale"}
-    for run in dict.fromkeys(j.run for j in jobs):
-        mine = [j for j in jobs if j.run == run]
-        todo = [f"fold{j.fold} ({j.status.reason})" for j in mine if j.status.state in train]
-        kept = [f"fold{j.fold} ({j.status.reason})" for j in mine if j.status.state == "kept" and not args.retrain]
-        print(f"plan: {run}: {len(mine) - len(todo)}/{len(mine)} folds done"
-              + (f"; to train: {', '.join(todo)}" if todo else "")
-              + (f"; kept as trained: {', '.join(kept)} (RETRAIN=1 trains them as configured now)" if kept else ""),
-              file=sys.stderr)
-    chosen = [j for j in jobs if j.status.state in train or args.all]
+    lines, chosen = plan_lines(jobs, args.retrain, args.all)
+    print("\n".join(lines), file=sys.stderr)
     if not args.all:  # the folds this train-all trains: each prints the job's progress when it finishes
         print(start_job(args.runs, chosen), file=sys.stderr)
     print(" ".join(j.target for j in chosen))
@@ -128,8 +120,10 @@ def cmd_launch(args: argparse.Namespace) -> None:
     """Train the planned folds on this machine's GPUs, one job per device slot, or on a Ray cluster."""
     import shlex
 
-    from pipeline.launch.launch import device_slots, fold_jobs, resolve_gpus, run_local, slot_name, summary
+    from pipeline.launch.launch import (device_slots, fold_jobs, resolve_gpus, run_local, slot_name, stop_with_make,
+                                        summary)
 
+    stop_with_make()  # make killed: this launcher and its folds go too
     jobs = fold_jobs(args.targets.split(), shlex.split(args.train_cmd), args.overrides, args.pseudo)
     if not jobs:
         return
@@ -151,46 +145,19 @@ def cmd_launch(args: argparse.Namespace) -> None:
 
 def cmd_weights(args: argparse.Namespace) -> None:
     """Store timm's pretrained weights of every model config with `pretrained: true` (online, once)."""
-    from pipeline.nn.models import load_model, model_names, store_weights, stored_weights
+    from pipeline.nn.models import model_names, store_pretrained
 
     comp = competition(args.competition, args.comp_args)
-    names = args.models.split() if args.models else model_names(comp.models_dir)
-    backbones = {}
-    for name in names:
-        cfg = load_model(comp.models_dir, name)[0]
-        if cfg.pretrained is True:
-            backbones.setdefault(cfg.backbone, []).append(name)
-    if not backbones:
-        print(f"weights: no model config in {comp.models_dir} has `pretrained: true`; nothing to fetch")
-        return
-    for backbone, users in backbones.items():
-        if stored_weights(backbone).is_file() and not args.force:
-            print(f"{stored_weights(backbone)}: already stored ({', '.join(users)}); --force fetches it again")
-            continue
-        path = store_weights(backbone)
-        print(f"{path}: stored for {', '.join(users)}; `pretrained: true` now loads it offline "
-              f"(or write `pretrained: {path}`)")
+    store_pretrained(comp.models_dir, args.models.split() if args.models else model_names(comp.models_dir), args.force)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
     """timm model names matching a pattern, each with its pretrained tags (no network)."""
-    import timm
+    from pipeline.nn.models import describe_models
 
-    tagged = timm.list_models(args.pattern, pretrained=True)
-    bare = [] if args.pretrained_only else sorted(set(timm.list_models(args.pattern)) - {t.split(".")[0] for t in tagged})
-    by_name: dict[str, list[str]] = {}
-    for name in tagged:
-        base, _, tag = name.partition(".")
-        by_name.setdefault(base, []).append(tag)
-    if not by_name and not bare:
-        raise ConfigError(f"no timm model matches {args.pattern!r} (patterns are fnmatch-style: 'convnext*', '*vit*')")
-    for base in sorted(by_name):
-        print(f"{base}: {' '.join(f'{base}.{t}' for t in by_name[base])}")
-    for base in bare:
-        print(f"{base}: (no pretrained weights)")
-    print(f"{len(by_name)} model(s) with pretrained weights" + (f", {len(bare)} without" if bare else "")
-          + "; use a tagged name as `backbone:` for those weights (the bare name takes timm's default tag)",
-          file=sys.stderr)
+    lines, summary = describe_models(args.pattern, args.pretrained_only)
+    print("\n".join(lines))
+    print(summary, file=sys.stderr)
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
@@ -260,25 +227,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
     slots = device_slots(resolve_gpus(args.gpus), args.jobs_per_gpu) if args.gpus is not None else [()]
     names = models or trained_models(args.runs)
     if len(slots) > 1 and len(names) > 1:  # one model per GPU slot, each its own process
-        return spread_predict(args, names, slots)
+        from pipeline.predict.predict import spread_predict
+
+        command = [sys.executable, "-m", "pipeline", "predict", "-c", args.competition, "--folds", args.folds,
+                   "--stacking", args.stacking, *(["--force"] if args.force else []), *args.overrides]
+        if not spread_predict(names, slots, command, args.runs):
+            raise SystemExit(1)
+        return
     predict_all(competition(args.competition, args.comp_args), models, runs=args.runs, folds_path=args.folds,
                 stacking=args.stacking, tta=values.get("tta"), tta_merge=values.get("tta_merge"),
                 out_name=args.name, force=args.force)
-
-
-def spread_predict(args: argparse.Namespace, names: list[str], slots: list[tuple[str, ...]]) -> None:
-    """`predict` of each model in its own process on a free GPU slot; logs in runs/<model>/logs/predict.log."""
-    from pipeline.launch.launch import Job, run_local, summary
-
-    base = [sys.executable, "-m", "pipeline", "predict", "-c", args.competition, "--folds", args.folds,
-            "--runs", args.runs, "--stacking", args.stacking, *(["--force"] if args.force else [])]
-    jobs = [Job(f"{name} predict", [*base, "--models", name, *args.overrides],
-                str(Path(args.runs) / name / "logs" / "predict.log")) for name in names]
-    print(f"predict: {len(jobs)} models on {len(slots)} GPU slot(s)", flush=True)
-    results = run_local(jobs, slots)
-    print(summary(results, "predict"), flush=True)
-    if not all(r.ok for r in results):
-        raise SystemExit(1)
 
 
 def cmd_pseudo(args: argparse.Namespace) -> None:
@@ -317,24 +275,10 @@ def cmd_report(args: argparse.Namespace) -> None:
 # --- Kaggle bundle and bench -------------------------------------------------------------------------------
 
 
-def package_student(out: str, given: str | None) -> str | None:
-    """STUDENT= sticks for later packages (recorded in <bundle>.record.json); STUDENT=none: the blend again."""
-    from pipeline.artifacts.record import choose, read_record, write_record
-    from pipeline.artifacts.runs import DISTILL_SUFFIX
-
-    record = Path(out).with_name(Path(out).name + ".record.json")
-    given = None if given is None else given.removesuffix(DISTILL_SUFFIX)
-    student = choose(record, "student", given, "none", "STUDENT")
-    if given is not None:
-        previous = read_record(record)
-        write_record(record, "package", previous.params if previous else {}, [], [],
-                     choices={"student": given} if given != "none" else None)
-    return None if student == "none" else student
-
-
 def cmd_package(args: argparse.Namespace) -> None:
     from pipeline.kaggle.bundle import BundleOptions, build_package
     from pipeline.kaggle.ids import MACHINE_SHAPE
+    from pipeline.kaggle.sources import package_student
 
     if args.machine_shape and not MACHINE_SHAPE.fullmatch(args.machine_shape):
         raise ConfigError(f"MACHINE_SHAPE={args.machine_shape!r}: a Kaggle accelerator name such as NvidiaTeslaT4 or TpuV5E8")
@@ -346,7 +290,7 @@ def cmd_package(args: argparse.Namespace) -> None:
     comp = competition(args.competition, args.comp_args, args.overrides, demo=True)
     ids = {"user": args.kaggle_user, "competition_slug": args.competition_slug, "dataset_slug": args.dataset_slug,
            "kernel_slug": args.kernel_slug}
-    student = package_student(args.out, args.student)
+    student = package_student(args.out, args.student)  # STUDENT= sticks; none: the blend
     if student:  # the distilled student alone, as a one-model blend, if it learned from the blend there is now
         import tempfile
 
@@ -654,7 +598,7 @@ def _kaggle_commands(command) -> None:
     p.add_argument("--out", default="bench-scale/gpu-check", help="working folder")
     p.add_argument("--allow-cpu", action="store_true", help="run it on the CPU, CUDA-only parts left out (tests)")
     p.add_argument("--only", default="", help="comma-separated check names (default: all)")
-    p.add_argument("--budget", type=float, default=450, help="seconds; checks not started by then are skipped")
+    p.add_argument("--budget", type=float, default=420, help="seconds; checks not started by then are skipped")
     p.add_argument("--docs", default=None, help="default: docs/benchmarks.md on a GPU, nowhere on the CPU")
 
 

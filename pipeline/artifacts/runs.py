@@ -275,6 +275,22 @@ def plan_training(comp: Competition, models_dir: str | Path, models: list[str], 
     return jobs
 
 
+def plan_lines(jobs: list[FoldJob], retrain: bool, everything: bool) -> tuple[list[str], list[FoldJob]]:
+    """(one line per run: folds done, to train and kept, with why; the jobs to train). `retrain` also
+    trains folds kept as trained with other ARGS; `everything` lists finished folds too."""
+    train = {"todo", "stale", "kept"} if retrain else {"todo", "stale"}
+    lines = []
+    for run in dict.fromkeys(j.run for j in jobs):
+        mine = [j for j in jobs if j.run == run]
+        todo = [f"fold{j.fold} ({j.status.reason})" for j in mine if j.status.state in train]
+        kept = [f"fold{j.fold} ({j.status.reason})" for j in mine if j.status.state == "kept" and not retrain]
+        lines.append(f"plan: {run}: {len(mine) - len(todo)}/{len(mine)} folds done"
+                     + (f"; to train: {', '.join(todo)}" if todo else "")
+                     + (f"; kept as trained: {', '.join(kept)} (RETRAIN=1 trains them as configured now)"
+                        if kept else ""))
+    return lines, [j for j in jobs if j.status.state in train or everything]
+
+
 # --- the train-all job: its plan and a running ETA -------------------------------------------------------
 
 JOB_FILE = ".train-all.json"  # under runs/: the folds the current `make train-all` trains, and when it began

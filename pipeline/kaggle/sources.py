@@ -100,3 +100,19 @@ def student_blend(comp: Competition, student: str, stacking: Path, folds: Path, 
             shutil.copy2(src, tables / src.name)
     run_ensemble(comp, method="mean", stacking=tables, folds_path=folds, out=work / "submissions", runs=runs)
     return tables, work / "submissions"
+
+
+def package_student(out: str | Path, given: str | None) -> str | None:
+    """The student to ship alone, if any: STUDENT= sticks for later packages (recorded in <bundle>.record.json
+    beside the bundle); STUDENT=none: the blend again."""
+    from pipeline.artifacts.record import choose, read_record, write_record
+    from pipeline.artifacts.runs import DISTILL_SUFFIX
+
+    record = Path(out).with_name(Path(out).name + ".record.json")
+    given = None if given is None else given.removesuffix(DISTILL_SUFFIX)
+    student = choose(record, "student", given, "none", "STUDENT")
+    if given is not None:
+        previous = read_record(record)
+        write_record(record, "package", previous.params if previous else {}, [], [],
+                     choices={"student": given} if given != "none" else None)
+    return None if student == "none" else student

@@ -459,3 +459,43 @@ def head_parameter_names(model) -> set[str]:
     head = model.get_classifier()
     ids = {id(p) for p in head.parameters()}
     return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def store_pretrained(models_dir: str | Path, names: list[str], force: bool = False) -> None:
+    """`make weights`: timm's pretrained weights of every named config with `pretrained: true`, stored once
+    under weights/ (online); later runs load them offline."""
+    backbones: dict[str, list[str]] = {}
+    for name in names:
+        cfg = load_model(models_dir, name)[0]
+        if cfg.pretrained is True:
+            backbones.setdefault(cfg.backbone, []).append(name)
+    if not backbones:
+        print(f"weights: no model config in {models_dir} has `pretrained: true`; nothing to fetch")
+        return
+    for backbone, users in backbones.items():
+        if stored_weights(backbone).is_file() and not force:
+            print(f"{stored_weights(backbone)}: already stored ({', '.join(users)}); --force fetches it again")
+            continue
+        path = store_weights(backbone)
+        print(f"{path}: stored for {', '.join(users)}; `pretrained: true` now loads it offline "
+              f"(or write `pretrained: {path}`)")
+
+
+def describe_models(pattern: str, pretrained_only: bool = False) -> tuple[list[str], str]:
+    """`make models`: (one line per timm model matching `pattern` with its pretrained tags, a summary);
+    no network."""
+    import timm
+
+    tagged = timm.list_models(pattern, pretrained=True)
+    bare = [] if pretrained_only else sorted(set(timm.list_models(pattern)) - {t.split(".")[0] for t in tagged})
+    by_name: dict[str, list[str]] = {}
+    for name in tagged:
+        base, _, tag = name.partition(".")
+        by_name.setdefault(base, []).append(tag)
+    if not by_name and not bare:
+        raise ConfigError(f"no timm model matches {pattern!r} (patterns are fnmatch-style: 'convnext*', '*vit*')")
+    lines = [f"{base}: {' '.join(f'{base}.{t}' for t in by_name[base])}" for base in sorted(by_name)]
+    lines += [f"{base}: (no pretrained weights)" for base in bare]
+    summary = (f"{len(by_name)} model(s) with pretrained weights" + (f", {len(bare)} without" if bare else "")
+               + "; use a tagged name as `backbone:` for those weights (the bare name takes timm's default tag)")
+    return lines, summary

@@ -130,6 +130,19 @@ def predict_all(comp: Competition, models: list[str] | None = None, runs: str | 
     return {name: predict_model(comp, name, runs=runs, **kwargs) for name in names}
 
 
+def spread_predict(names: list[str], slots: list[tuple[str, ...]], command: list[str], runs: str | Path) -> bool:
+    """`command --models <name>` for each model in its own process on a free GPU slot, its log in
+    runs/<model>/logs/predict.log; -> whether every model succeeded (a summary says which did not)."""
+    from pipeline.launch.launch import Job, run_local, summary
+
+    jobs = [Job(f"{name} predict", [*command, "--runs", str(runs), "--models", name],
+                str(Path(runs) / name / "logs" / "predict.log")) for name in names]
+    print(f"predict: {len(jobs)} models on {len(slots)} GPU slot(s)", flush=True)
+    results = run_local(jobs, slots)
+    print(summary(results, "predict"), flush=True)
+    return all(r.ok for r in results)
+
+
 # --- pseudo-labels --------------------------------------------------------------------------------
 
 UNCALIBRATED = {"rank", "vote"}  # blends whose outputs are scores or one-hot votes, not probabilities
