@@ -18,7 +18,7 @@ decides at a threshold (f1, fbeta, accuracy, ...) `<name>+thr` tunes one thresho
 same nested rule, and moves it to 0.5 (blends.LabelThresholded).
 
 `auto` (default) evaluates every blend and picks the best CV (ties: the first in registry order).
-Outputs: submission.csv (validated), cv.md and cv.json (every model's and blend's CV), blend.test.csv
+Outputs: submission.csv (validated), cv.md and cv.json (every model's and blend's CV), blend.test.parquet
 and blend.oof.parquet (the chosen blend's tables), and blend.json: the chosen blend's fitted state, which
 `package` ships as it is instead of fitting it again.
 """
@@ -287,7 +287,7 @@ def check_provenance(comp: Competition, stacking: str | Path, runs: str | Path, 
             continue
         run = record.params.get("model", name)
         if not (Path(runs) / run).is_dir():
-            print(f"note: {stacking / name}.*.csv: made by predict from {runs}/{run}, which is not here; not checked")
+            print(f"note: {stacking / name}.* tables: made by predict from {runs}/{run}, which is not here; not checked")
             continue
         if classes is None:  # read once, and only when some table needs checking
             classes, folds = class_names(comp, read_train(comp)), fold_numbers(folds_path)
