@@ -87,7 +87,8 @@ weights: $(STAMP) ## online, once: pretrained weights of every `pretrained: true
 #   CUDA_VISIBLE_DEVICES (JOBS_PER_GPU=2 packs two; NPROC=k gives each fold k GPUs with DDP), each fold's
 #   output in runs/<model>/logs/fold<k>.log; a failing fold does not stop the others;
 # - CLUSTER=ray [RAY_ADDRESS=host:6379]: one Ray task per fold (JOB_GPUS=, JOB_CPUS=, RETRIES=).
-# NNODES=n NODE_RANK=i RDZV=host:port spans one fold's DDP over n machines (run it on each; see README).
+# NNODES=n NODE_RANK=i RDZV=host:port spans one fold's DDP over n machines (run it on each, each waiting up to
+# RDZV_TIMEOUT s for the others; see docs/scaling.md).
 MODELS ?=
 MODEL  ?=
 FOLD   ?=
@@ -102,14 +103,25 @@ RAY_ADDRESS ?=
 JOB_GPUS ?=
 JOB_CPUS ?=
 RETRIES ?= 2
-TORCHRUN = $(VENV)/bin/torchrun $(if $(filter-out 1,$(NNODES)),--nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
-  --rdzv_endpoint=$(or $(RDZV),$(error NNODES=$(NNODES) needs RDZV=host:port, the address of the node with NODE_RANK=0)),--standalone) \
-  --nproc_per_node=$(NPROC)
-TRAIN  = $(if $(filter-out 1,$(NPROC) $(NNODES)),$(TORCHRUN) -m pipeline,$(RUN)) train -c $(call q,$(COMPETITION))
-LAUNCH = $(RUN) launch -c $(call q,$(COMPETITION)) --train-cmd $(call q,$(TRAIN)) --gpus $(call q,$(GPUS)) --jobs-per-gpu $(JOBS_PER_GPU) \
-  --nproc $(NPROC) $(if $(PSEUDO),--pseudo $(call q,$(PSEUDO))) $(if $(CLUSTER),--cluster $(CLUSTER)) \
-  $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(if $(JOB_GPUS),--job-gpus $(JOB_GPUS)) \
-  $(if $(JOB_CPUS),--job-cpus $(JOB_CPUS)) --retries $(RETRIES)
+RDZV_TIMEOUT ?= 600
+# $(call count,VAR,what[,0]): VAR's value when it is a whole number of at least 1 (with 0: at least 0), else
+# make stops with one line naming VAR (checked where the value enters, not in torchrun's traceback).
+digitless = $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,$(subst 7,,$(subst 8,,$(subst 9,,$(1)))))))))))
+count = $(if $(and $($(1)),$(if $(call digitless,$($(1))),,y),$(or $(3),$(subst 0,,$($(1))))),$($(1)),$(error \
+  $(1)=$($(1)): expected a whole number of at least $(or $(3),1) ($(2))))
+TORCHRUN = $(VENV)/bin/torchrun $(if $(filter-out 1,$(NNODES)),--nnodes=$(NNODES) --node_rank=$(call count,NODE_RANK,this \
+  node's rank: 0 on the node at RDZV and 1 to NNODES-1 on the others,0) \
+  --rdzv_endpoint=$(call q,$(or $(RDZV),$(error NNODES=$(NNODES) needs RDZV=host:port, the address of the node with NODE_RANK=0))) \
+  --rdzv_conf=timeout=$(call count,RDZV_TIMEOUT,seconds every node waits for all NNODES to join) \
+  $(info NNODES=$(NNODES): this node (NODE_RANK=$(NODE_RANK)) waits at the rendezvous RDZV=$(RDZV) (the node with \
+  NODE_RANK=0) for all $(NNODES) nodes to join, for up to RDZV_TIMEOUT=$(RDZV_TIMEOUT) s; run the same command on \
+  every other node with its own NODE_RANK),--standalone) --nproc_per_node=$(NPROC)
+TRAIN  = $(if $(filter-out 1,$(call count,NPROC,GPU processes per fold: torchrun's --nproc_per_node) \
+  $(call count,NNODES,machines one fold's DDP spans)),$(TORCHRUN) -m pipeline,$(RUN)) train -c $(call q,$(COMPETITION))
+LAUNCH = $(RUN) launch -c $(call q,$(COMPETITION)) --train-cmd $(call q,$(TRAIN)) --gpus $(call q,$(GPUS)) --jobs-per-gpu $(call q,$(JOBS_PER_GPU)) \
+  --nproc $(call q,$(NPROC)) $(if $(PSEUDO),--pseudo $(call q,$(PSEUDO))) $(if $(CLUSTER),--cluster $(call q,$(CLUSTER))) \
+  $(if $(RAY_ADDRESS),--address $(call q,$(RAY_ADDRESS))) $(if $(JOB_GPUS),--job-gpus $(call q,$(JOB_GPUS))) \
+  $(if $(JOB_CPUS),--job-cpus $(call q,$(JOB_CPUS))) --retries $(call q,$(RETRIES))
 
 PSEUDO ?=
 RETRAIN ?=
@@ -117,10 +129,10 @@ train-all: folds ## train every model x fold not done yet (MODELS="a b" limits, 
 	@gpus=$$($(RUN) gpus $(call q,$(GPUS))) || exit 1; \
 	targets=$$($(RUN) plan -c $(call q,$(COMPETITION)) $(COMP_FLAG) --models $(call q,$(MODELS)) $(if $(PSEUDO),--pseudo $(call q,$(PSEUDO))) $(if $(RETRAIN),--retrain) $(call qwords,$(ARGS))) || exit 1; \
 	if [ -z "$$targets" ]; then exit 0; fi; \
-	if [ -n "$(CLUSTER)" ] || [ -n "$$gpus" ]; then \
+	if [ -n $(call q,$(CLUSTER)) ] || [ -n "$$gpus" ]; then \
 	  $(LAUNCH) --targets "$$targets" $(call qwords,$(ARGS)); \
 	else \
-	  $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $$targets COMPETITION=$(call q,$(COMPETITION)) ARGS=$(call q,$(ARGS)) NPROC=$(NPROC) PSEUDO=$(call q,$(PSEUDO)); \
+	  $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $$targets COMPETITION=$(call q,$(COMPETITION)) ARGS=$(call q,$(ARGS)) NPROC=$(call q,$(NPROC)) PSEUDO=$(call q,$(PSEUDO)); \
 	fi
 
 runs/%/done.json: FORCE
@@ -136,7 +148,7 @@ FORCE:
 TTA ?=
 predict: train-all ## OOF + test tables with TTA for every trained model -> stacking/ (TTA="[none,hflip]" overrides; with GPUs one model per GPU)
 	$(RUN) predict -c $(call q,$(COMPETITION)) $(COMP_FLAG) $(if $(MODELS),--models $(call q,$(MODELS))) --gpus $(call q,$(GPUS)) \
-	  --jobs-per-gpu $(JOBS_PER_GPU) $(if $(TTA),$(call q,tta=$(TTA)))
+	  --jobs-per-gpu $(call q,$(JOBS_PER_GPU)) $(if $(TTA),$(call q,tta=$(TTA)))
 
 # --- distillation: the ensemble into one model -------------------------------------------------------
 STUDENT ?=
@@ -154,7 +166,7 @@ distill: ensemble ## the blend distilled into one model: make distill STUDENT=na
 	@$(if $(STUDENT),:,echo "note: STUDENT=$(DISTILL_STUDENT) as given before (folds/distill.record.json); give STUDENT= to change it")
 	$(RUN) distill -c $(call q,$(COMPETITION)) $(COMP_FLAG) --student $(call q,$(DISTILL_STUDENT))
 	$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) train-all COMPETITION=$(call q,$(COMPETITION)) MODELS=$(call q,$(DISTILL_STUDENT)) \
-	  ARGS=$(call q,$(DISTILL_ARGS)) GPUS=$(call q,$(GPUS)) JOBS_PER_GPU=$(JOBS_PER_GPU) NPROC=$(NPROC) CLUSTER=$(CLUSTER)
+	  ARGS=$(call q,$(DISTILL_ARGS)) GPUS=$(call q,$(GPUS)) JOBS_PER_GPU=$(call q,$(JOBS_PER_GPU)) NPROC=$(call q,$(NPROC)) CLUSTER=$(call q,$(CLUSTER))
 	$(RUN) predict -c $(call q,$(COMPETITION)) $(COMP_FLAG) --models $(call q,$(DISTILL_STUDENT) $(DISTILL_STUDENT)-distilled)
 	$(RUN) distill -c $(call q,$(COMPETITION)) $(COMP_FLAG) --student $(call q,$(DISTILL_STUDENT)) --compare
 
@@ -225,14 +237,14 @@ bench: $(STAMP) ## benchmark table: data-path efficiency, TTA img/s, Fashion-MNI
 
 .PHONY: bench-scale gpu-check
 BENCH_SCALE_ARGS ?=
-bench-scale: $(STAMP) ## wall time and peak memory of every stage but training, 10k->100k rows and 10->1,000 classes (synthetic, about 30 min) -> docs/benchmarks.md (BENCH_SCALE_ARGS="--rows 10000 --skip-auto")
+bench-scale: $(STAMP) ## wall time and peak memory of every stage but training, 10k->100k rows and 10->1,000 classes (synthetic data, about 25 min on 2 CPUs) -> docs/benchmarks.md (BENCH_SCALE_ARGS="--rows 10000 --skip-auto")
 	$(NO_COMP_ARGS)
-	$(RUN) bench-scale $(BENCH_SCALE_ARGS)
+	$(RUN) bench-scale $(call qwords,$(BENCH_SCALE_ARGS))
 
 GPU_CHECK_ARGS ?=
 gpu-check: $(STAMP) ## on one GPU, under 8 min: AMP bf16/fp16, channels_last, compile, fused-optimizer NaN skip, GPUS=0 JOBS_PER_GPU=2, torchrun DDP, img/s vs timm -> docs/benchmarks.md (no GPU: says so, exits 0)
 	$(NO_COMP_ARGS)
-	$(RUN) gpu-check $(GPU_CHECK_ARGS)
+	$(RUN) gpu-check $(call qwords,$(GPU_CHECK_ARGS))
 
 clean: ## remove stage outputs (folds, runs, stacking, submissions, dist); keeps data and .venv
 	rm -rf runs dist

@@ -27,8 +27,13 @@ MAKE = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITI
 
 
 def make(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`make` in cwd; `env` on top of this environment (a value None removes that variable)."""
+    full = {**os.environ, **(env or {})}
     return subprocess.run([*MAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={k: v for k, v in full.items() if v is not None})
+
+
+TWO_GPUS = {"CUDA_VISIBLE_DEVICES": "0,1"}  # what GPUS=0,1 is checked against (the fake trainers use no GPU)
 
 
 # --- one fold per GPU slot ---------------------------------------------------------------------------------
@@ -79,7 +84,7 @@ def four_folds(tmp_path):
 
 def test_one_fold_per_gpu_and_a_failure_frees_its_gpu(four_folds):
     root = four_folds
-    proc = make("train-all", "GPUS=0,1", f"TRAIN={sys.executable} fake_train.py", cwd=root)
+    proc = make("train-all", "GPUS=0,1", f"TRAIN={sys.executable} fake_train.py", cwd=root, env=TWO_GPUS)
     assert proc.returncode != 0, "a failed fold must fail train-all"
     jobs = placements(root / "events.txt")
     assert sorted(jobs) == [0, 1, 2, 3]  # the failed fold stopped none of the others
@@ -103,14 +108,16 @@ def test_one_fold_per_gpu_and_a_failure_frees_its_gpu(four_folds):
 def test_jobs_per_gpu_packs_two_never_three(four_folds):
     root = four_folds
     (root / "fake_train.py").write_text(FAKE_TRAIN.replace("if fold == 1:", "if False:"))
-    proc = make("train-all", "GPUS=0,1", "JOBS_PER_GPU=2", f"TRAIN={sys.executable} fake_train.py", cwd=root)
+    proc = make("train-all", "GPUS=0,1", "JOBS_PER_GPU=2", f"TRAIN={sys.executable} fake_train.py", cwd=root,
+                env=TWO_GPUS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = placements(root / "events.txt")
     assert sorted(jobs) == [0, 1, 2, 3]
     assert most_at_once(jobs) == {"0": 2, "1": 2}, jobs  # packed two per GPU, and never three
 
 
-def test_device_slots_and_bad_gpus():
+def test_device_slots_and_bad_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
     assert device_slots(["0", "1", "2", "3"], nproc=2) == [("0", "1"), ("2", "3")]
     assert device_slots(["0", "1"], jobs_per_gpu=2) == [("0",), ("0",), ("1",), ("1",)]
     assert device_slots([]) == [()]  # a CPU machine: one slot, as today
@@ -125,6 +132,92 @@ def test_bad_gpus_through_make_is_one_clear_line(four_folds):
     proc = make("train-all", "GPUS=0,x", cwd=four_folds)
     assert proc.returncode != 0 and "GPUS=0,x: expected comma-separated GPU indices" in proc.stderr
     assert not (four_folds / "runs" / "tiny" / "fold0").exists()
+
+
+def test_a_gpu_this_machine_lacks_is_one_line_naming_gpus(four_folds):
+    """Was: a fold pinned to a missing GPU trained on the CPU while the summary said gpu3."""
+    proc = make("train-all", "GPUS=3", cwd=four_folds, env=TWO_GPUS)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert ("error: GPUS=3: no GPU 3 on this machine; visible: 0,1 (CUDA_VISIBLE_DEVICES=0,1); GPUS takes those "
+            "indices, `all` or `none`") in proc.stderr
+    none = make("train-all", "GPUS=3", cwd=four_folds, env={"CUDA_VISIBLE_DEVICES": None, "PATH": "/usr/bin:/bin"})
+    assert none.returncode != 0 and "error: GPUS=3: this machine has no visible GPU" in none.stderr, none.stderr
+    assert "leave GPUS empty or give GPUS=none to train on the CPU" in none.stderr
+    assert not (four_folds / "runs" / "tiny" / "fold0").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("NPROC=0", "NPROC=0: expected a whole number of at least 1 (GPU processes per fold: torchrun's --nproc_per_node)"),
+    ("NPROC=abc", "NPROC=abc: expected a whole number of at least 1"),
+    ("NNODES=abc", "NNODES=abc: expected a whole number of at least 1 (machines one fold's DDP spans)"),
+])
+def test_a_bad_process_count_is_one_line_naming_the_variable(tmp_path, setting, message):
+    """Was: torchrun's (or argparse's) traceback naming --nproc_per_node, not the Make variable."""
+    proc = make("train", "MODEL=tiny", "FOLD=0", setting, cwd=tmp_path, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_two_nodes_say_whom_they_wait_for_before_waiting(tmp_path):
+    """Was: silence until torchrun's 10-minute rendezvous timeout."""
+    rdzv = f"127.0.0.1:{free_port()}"  # nothing listens: node 1 waits for node 0 that never comes
+    proc = make("train", "MODEL=tiny", "FOLD=0", "NNODES=2", "NODE_RANK=1", f"RDZV={rdzv}", "RDZV_TIMEOUT=3",
+                cwd=tmp_path, timeout=120)
+    note = (f"NNODES=2: this node (NODE_RANK=1) waits at the rendezvous RDZV={rdzv} (the node with NODE_RANK=0) for "
+            "all 2 nodes to join, for up to RDZV_TIMEOUT=3 s; run the same command on every other node")
+    assert note in proc.stdout, proc.stdout
+    assert proc.stdout.index(note) < proc.stdout.index("torchrun --nnodes=2")  # said before it waits
+    assert f"--rdzv_endpoint='{rdzv}' --rdzv_conf=timeout=3" in proc.stdout
+    assert proc.returncode != 0  # and it gives up after RDZV_TIMEOUT
+
+
+FAKE_LONG = '''
+import os, sys, time
+fold = sys.argv[sys.argv.index("--target") + 1].split("/")[-2]
+open(f"pid-{fold}.tmp", "w").write(f"{os.getpid()} {os.getppid()}")
+os.rename(f"pid-{fold}.tmp", f"pid-{fold}")
+time.sleep(600)
+'''
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_launcher_and_its_folds_die_with_make(four_folds):
+    """Was: make killed, the launcher (and every fold it ran) trained on. Make does not pass a SIGTERM or
+    SIGKILL on to its recipes: the launcher watches make."""
+    root = four_folds
+    (root / "fake_long.py").write_text(FAKE_LONG)
+    out = open(root / "make.out", "w")
+    proc = subprocess.Popen([*MAKE, "train-all", "GPUS=0,1", f"TRAIN={sys.executable} fake_long.py"], cwd=root,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **TWO_GPUS})
+    try:
+        deadline = time.time() + 180
+        while len(list(root.glob("pid-fold?"))) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        pids = [tuple(map(int, p.read_text().split())) for p in root.glob("pid-fold?")]
+        assert len(pids) == 2, (root / "make.out").read_text()[-3000:]
+        folds, launchers = {f for f, _ in pids}, {parent for _, parent in pids}
+        assert len(launchers) == 1 and all(alive(p) for p in folds | launchers)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.time() + 60  # the launcher polls make every second, its folds get 10 s to end
+        while any(alive(p) for p in folds | launchers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(p) for p in folds | launchers), "the launcher or a fold outlived make"
+        out.close()
+        assert "launch: make (pid" in (root / "make.out").read_text() and "is gone; stopping 2 running job(s)" \
+            in (root / "make.out").read_text()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 # --- a real local Ray cluster ----------------------------------------------------------------------------
@@ -240,6 +333,22 @@ def test_cluster_without_ray_says_how_to_install(four_folds, tmp_path):
     assert "Ray is not installed; `make install` installs it" in proc.stderr
 
 
+@pytest.mark.parametrize("address, message", [
+    ("garbage", "error: RAY_ADDRESS=garbage: expected host:port of a Ray head (as `ray start --head` prints it"),
+    ("127.0.0.1:{port}", "error: CLUSTER=ray: no Ray head answers at RAY_ADDRESS=127.0.0.1:{port} "
+                         "(ConnectionRefusedError: Connection refused); start one there with `ray start --head "
+                         "--port={port}`"),
+])
+def test_a_ray_address_where_no_head_answers_fails_naming_it(four_folds, address, message):
+    """Was: a traceback (garbage), or ray.init retrying forever (nothing listening)."""
+    port = free_port()
+    proc = make("train-all", "CLUSTER=ray", f"RAY_ADDRESS={address.format(port=port)}", cwd=four_folds,
+                timeout=180)  # `make folds` and `plan` included; the launcher itself answers in seconds
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert message.format(port=port) in proc.stderr, proc.stderr[-3000:]
+    assert not (four_folds / "runs" / "tiny" / "fold0" / "done.json").exists()
+
+
 # --- multi-node DDP: two torchrun "nodes" on this machine ----------------------------------------------------
 
 DDP_TOLERANCE = 1e-6  # largest difference allowed between OOF probabilities (gloo sums in the same order)
@@ -255,7 +364,7 @@ def test_two_nodes_match_one_node_two_processes(tmp_path):
     node0 = make("train", *fold, "NODE_RANK=0", cwd=tmp_path, timeout=300)
     out1, _ = node1.communicate(timeout=300)
     assert node0.returncode == 0 and node1.returncode == 0, node0.stdout[-2000:] + node0.stderr[-2000:] + out1[-2000:]
-    assert f"--nnodes=2 --node_rank=0 --rdzv_endpoint={fold[-1].split('=')[1]}" in node0.stdout
+    assert f"--nnodes=2 --node_rank=0 --rdzv_endpoint='{fold[-1].split('=')[1]}'" in node0.stdout
     assert "epoch 2/2" in node0.stdout and "epoch 2/2" not in out1  # only global rank 0 reports
     two_nodes = read_table_file(tmp_path / "runs/tiny/fold0/oof.parquet")
     one_node = make("train", "MODEL=tiny", "FOLD=0", "NPROC=2", cwd=tmp_path, timeout=300)
@@ -281,7 +390,7 @@ def test_predict_spreads_models_over_gpus(tmp_path):
     for name, lr in (("tiny", 0.01), ("tiny2", 0.02)):
         write_yaml(tmp_path / "models" / f"{name}.yaml", {**TINY_MODEL, "epochs": 1, "lr": lr})
     assert make("train-all", cwd=tmp_path).returncode == 0
-    proc = make("predict", "GPUS=0,1", cwd=tmp_path)
+    proc = make("predict", "GPUS=0,1", cwd=tmp_path, env=TWO_GPUS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "predict: 2 models on 2 GPU slot(s)" in proc.stdout and "predict: 2 done, 0 failed" in proc.stdout
     logs = {m: (tmp_path / "runs" / m / "logs" / "predict.log").read_text() for m in ("tiny", "tiny2")}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 
@@ -64,11 +66,78 @@ def test_wandb_offline_writes_a_run_with_the_metrics(tmp_path):
     assert {"log.csv", "config.yaml", "oof.parquet"} <= {p.name for p in files.iterdir()}
 
 
-def test_a_broken_tracking_store_warns_and_training_finishes(tmp_path):
-    setup(tmp_path, tracking="mlflow", tracking_uri="no-such-scheme://nowhere")
-    proc = run_cli("train", "-c", "competition.yaml", "--model", "tiny", "--fold", "0", cwd=tmp_path)
-    assert "warning: tracking (MlflowTracker) failed" in proc.stderr
-    assert (tmp_path / "runs" / "tiny" / "fold0" / "done.json").is_file()
+def train_fold(root, env: dict, timeout: float = 150) -> subprocess.CompletedProcess:
+    """`train` of fold 0 in a clean environment: HOME is root (no ~/.netrc, no W&B login), `env` on top
+    (None removes a variable). The timeout is far below a stalled service's minutes of retries."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))}
+    full.update(HOME=str(root), WANDB_SILENT="true")
+    full.update({k: v for k, v in env.items() if v is not None})
+    return subprocess.run([sys.executable, "-m", "pipeline", "train", "-c", "competition.yaml", "--model", "tiny",
+                           "--fold", "0"], cwd=root, capture_output=True, text=True, env=full, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_warned_once_and_trained(proc, root, message: str) -> None:
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: tracking")]
+    assert len(warnings) == 1 and message in warnings[0] and "the training goes on" in warnings[0], proc.stderr
+    assert (root / "runs" / "tiny" / "fold0" / "done.json").is_file()
+
+
+@pytest.mark.slow
+def test_wandb_without_an_api_key_warns_once_and_the_fold_trains(tmp_path):
+    """Was: AttributeError 'NoneType' object has no attribute 'log', every fold dead (and a prompt on a tty)."""
+    setup(tmp_path, tracking="wandb")
+    proc = train_fold(tmp_path, {})
+    assert_warned_once_and_trained(proc, tmp_path, "W&B has no API key: set WANDB_API_KEY or run `wandb login`")
+
+
+@pytest.mark.slow
+def test_wandb_server_not_answering_costs_seconds_not_minutes(tmp_path):
+    """Was: 90 s of wandb.init retries, then more (the fold's timeout here is 150 s, training included)."""
+    setup(tmp_path, tracking="wandb")
+    port = free_port()
+    proc = train_fold(tmp_path, {"WANDB_API_KEY": "a" * 40, "WANDB_BASE_URL": f"http://127.0.0.1:{port}"})
+    assert_warned_once_and_trained(proc, tmp_path, f"the W&B server 127.0.0.1:{port} (WANDB_BASE_URL) cannot be "
+                                                   "reached (ConnectionRefusedError")
+
+
+@pytest.mark.slow
+def test_mlflow_server_not_answering_costs_seconds_not_minutes(tmp_path):
+    """Was: about 4 minutes of MLflow's HTTP retries per fold before its warning."""
+    port = free_port()
+    setup(tmp_path, tracking="mlflow", tracking_uri=f"http://127.0.0.1:{port}")
+    proc = train_fold(tmp_path, {})
+    assert_warned_once_and_trained(proc, tmp_path, f"the MLflow server 127.0.0.1:{port} (competition key "
+                                                   "'tracking_uri') cannot be reached")
+
+
+@pytest.mark.parametrize("uri, problem", [
+    ("garbage", "'garbage' is no URI: MLflow would read it as a folder"),
+    ("no-such-scheme://nowhere",
+     "'no-such-scheme://nowhere' has the scheme no-such-scheme:, which MLflow does not know"),
+])
+def test_a_malformed_mlflow_uri_is_one_line_naming_the_accepted_forms(tmp_path, uri, problem):
+    setup(tmp_path, tracking="mlflow", tracking_uri=uri)
+    proc = run_cli("train", "-c", "competition.yaml", "--model", "tiny", "--fold", "0", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert f"competition key 'tracking_uri': {problem}" in line
+    assert "accepted: sqlite:///path/to/mlruns.db, http(s)://host:port" in line
+    assert not (tmp_path / "runs" / "tiny" / "fold0" / "done.json").exists()
+
+
+def test_a_malformed_mlflow_tracking_uri_variable_is_named(tmp_path):
+    setup(tmp_path, tracking="mlflow")
+    proc = train_fold(tmp_path, {"MLFLOW_TRACKING_URI": "mlruns"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "error: MLFLOW_TRACKING_URI: 'mlruns' is no URI" in proc.stderr
 
 
 def test_no_tracking_logs_nothing_and_loads_no_mlflow(tmp_path):

@@ -8,15 +8,19 @@ dies is retried (RETRIES, default 2) and the fold resumes from its last checkpoi
 its own (its command exits non-zero) is not retried, and the summary shows its log.
 
 Every node must see the project folder at the same path (shared storage, the same .venv): that is checked
-first, by a marker file written here and read back by a task on every node.
+first, by a marker file written here and read back by a task on every node. Before that, RAY_ADDRESS is
+checked (its form, then a TCP connection to it): an address where no head answers fails in seconds, naming
+it, where Ray itself would retry forever; connecting at all is bounded by CONNECT_SECONDS.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +28,53 @@ from pipeline.core.errors import ConfigError
 from pipeline.launch.launch import Job, Result, run_job, target_score
 
 CHECK_FILE = ".cluster-check"  # under runs/: written by the driver, read back on every node
+CONNECT_SECONDS = 50  # the most ray.init may take to join a cluster at a given address
+ADDRESS_FORMS = ("host:port of a Ray head (as `ray start --head` prints it, e.g. 10.0.0.5:6379), ray://host:port "
+                 "(Ray Client), auto (the cluster already started on this machine), or empty (a local cluster "
+                 "for this run)")
+HEAD_HINT = "start one there with `ray start --head --port={port}` (and `ray start --address={host}:{port}` on each " \
+            "other node), or leave RAY_ADDRESS empty for a local cluster"
+
+
+def check_address(address: str | None) -> str | None:
+    """RAY_ADDRESS (--address, else the environment variable) checked before Ray sees it: its form, and for
+    host:port whether anything answers there. -> the address to give ray.init (None: a local cluster)."""
+    from pipeline.core.tracking import tcp_error
+
+    address = (address or os.environ.get("RAY_ADDRESS") or "").strip()
+    if not address or address in ("auto", "local"):
+        return address or None
+    m = re.fullmatch(r"(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})", address)
+    if not m or not 0 < int(m.group(3)) < 65536:
+        raise ConfigError(f"RAY_ADDRESS={address}: expected {ADDRESS_FORMS}")
+    host, port = m.group(2).strip("[]"), int(m.group(3))
+    why = tcp_error(host, port)
+    if why:
+        raise ConfigError(f"CLUSTER=ray: no Ray head answers at RAY_ADDRESS={address} ({why}); "
+                          + HEAD_HINT.format(host=host, port=port))
+    return address
+
+
+def connect(ray, address: str | None) -> None:
+    """ray.init, bounded at a given address: a head that accepts the connection but never answers as Ray
+    (another service on that port) ends the launch with an error line, not a wait forever."""
+    def give_up():
+        print(f"error: CLUSTER=ray: no Ray cluster answered at RAY_ADDRESS={address} within {CONNECT_SECONDS} s; "
+              "is a Ray head (`ray start --head`) running there, of the same Ray version?", file=sys.stderr, flush=True)
+        os._exit(2)
+
+    timer = threading.Timer(CONNECT_SECONDS, give_up) if address and address != "local" else None
+    if timer:
+        timer.daemon = True
+        timer.start()
+    try:
+        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+    except ConnectionError as e:  # `auto` with no cluster on this machine, a head that went away
+        raise ConfigError(f"CLUSTER=ray: cannot join a Ray cluster at RAY_ADDRESS={address}: {e} "
+                          "(`ray start --head` starts one; empty RAY_ADDRESS: a local cluster for this run)") from None
+    finally:
+        if timer:
+            timer.cancel()
 
 
 def import_ray():
@@ -107,9 +158,13 @@ def attempts(log: Path, since: float) -> int:
 def run_ray(jobs: list[Job], cwd: str | Path, address: str | None = None, gpus: float | None = None,
             cpus: float | None = None, nproc: int = 1, retries: int = 2) -> list[Result]:
     """Every job as a Ray task; results as they finish, with their score and how many attempts they took."""
+    address = check_address(address)
     ray = import_ray()
     cwd = Path(cwd).resolve()
-    ray.init(address=address or None, log_to_driver=True, logging_level="WARNING")
+    connect(ray, address)
+    from pipeline.launch.launch import _on_stop
+
+    _on_stop.append(ray.shutdown)  # the launcher stopped (make killed): end this driver's tasks
     try:
         hosts = check_shared_storage(ray, cwd / "runs", sys.executable)
         dgpus, dcpus = default_resources(ray, nproc)

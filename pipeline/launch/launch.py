@@ -89,7 +89,40 @@ def resolve_gpus(spec: str | None) -> list[str]:
     bad = [g for g in gpus if not g.isdigit()]
     if bad or len(set(gpus)) != len(gpus):
         raise ConfigError(f"GPUS={spec}: expected comma-separated GPU indices (0,1,3), `all` or `none`")
+    check_visible(spec, gpus)
     return gpus
+
+
+def _torch_gpu_count() -> int:
+    """GPUs torch sees (NVML where it can, so this process does not initialise CUDA); 0 without torch."""
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no driver, no torch: no GPU
+        return 0
+
+
+def check_visible(spec: str, gpus: list[str]) -> None:
+    """Every GPU GPUS= names must be one this machine has: a job pinned to a missing one would train on the
+    CPU under a gpu<k> label."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible, source = visible_gpus(), (f"CUDA_VISIBLE_DEVICES={env}" if env is not None else "nvidia-smi")
+    if env is None and shutil.which("nvidia-smi") is None:
+        visible, source = [str(i) for i in range(_torch_gpu_count())], "torch"
+    if any(not v.isdigit() for v in visible):  # UUIDs or MIG names: nothing to compare indices with
+        return
+    missing = [g for g in gpus if g not in visible]
+    if not missing:
+        return
+    if not visible:
+        none = {"nvidia-smi": "nvidia-smi lists none", "torch": "no nvidia-smi, and torch sees none"}.get(
+            source, f"{source} hides them all")
+        raise ConfigError(f"GPUS={spec}: this machine has no visible GPU ({none}); leave GPUS "
+                          "empty or give GPUS=none to train on the CPU")
+    raise ConfigError(f"GPUS={spec}: no GPU {','.join(missing)} on this machine; visible: {','.join(visible)} "
+                      f"({source}); GPUS takes those indices, `all` or `none`")
 
 
 def device_slots(gpus: list[str], jobs_per_gpu: int = 1, nproc: int = 1) -> list[tuple[str, ...]]:
@@ -141,18 +174,96 @@ def target_score(target: str | None) -> str | None:
 # --- running one job ---------------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(sig: int = signal.SIGKILL) -> None:
     """In the child, before exec: get SIGKILL when the process that started it dies (Linux), so a killed
     launcher or Ray worker never leaves a fold training on beside its retry."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
 
 _print_lock = threading.Lock()
+_running: set[subprocess.Popen] = set()  # the jobs' processes, stopped with the launcher
+_on_stop: list = []  # more to do when the launcher stops (Ray: shut the driver down)
+_stopping = threading.Lock()
+STOP_GRACE_SECONDS = 10.0  # a job's time to end after SIGTERM before SIGKILL
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time) of a live process, from /proc; None when it is gone (or a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[1]), int(fields[19])) if fields[0] != "Z" else None
+
+
+def _make_ancestor() -> tuple[int, int] | None:
+    """(pid, start time) of the make whose recipe started this process (its parent or grandparent)."""
+    pid = os.getpid()
+    for _ in range(4):
+        stat = _proc_stat(pid)
+        if stat is None or stat[0] <= 1:
+            return None
+        pid = stat[0]
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            return None
+        if comm in ("make", "gmake"):
+            parent = _proc_stat(pid)
+            return (pid, parent[1]) if parent else None
+    return None
+
+
+def stop(reason: str, code: int = 143) -> None:
+    """Stop the launcher now, and every job it runs: SIGTERM (torchrun passes it on to its workers), then
+    SIGKILL after STOP_GRACE_SECONDS; then the cleanups (`_on_stop`), each given a few seconds."""
+    if not _stopping.acquire(blocking=False):  # already stopping (make gone and a SIGTERM, say)
+        return
+    with _print_lock:
+        print(f"launch: {reason}; stopping {len(_running)} running job(s)", file=sys.stderr, flush=True)
+    procs = list(_running)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except OSError:
+            pass
+    deadline = time.time() + STOP_GRACE_SECONDS
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for cleanup in _on_stop:
+        thread = threading.Thread(target=cleanup, daemon=True)
+        thread.start()
+        thread.join(10)
+    os._exit(code)
+
+
+def stop_with_make(poll: float = 1.0) -> None:
+    """The launcher lives no longer than the make that started it: killed make (SIGTERM or SIGKILL, which
+    make does not pass on to its recipes), a killed recipe shell or a SIGTERM stop it and its jobs."""
+    if sys.platform != "linux":
+        return
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop, args=("SIGTERM",)).start())
+    _die_with_parent(signal.SIGTERM)  # the recipe's shell (or whatever started it) gone: SIGTERM
+    make = _make_ancestor()
+    if make is None:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll)
+            stat = _proc_stat(make[0])
+            if stat is None or stat[1] != make[1]:
+                stop(f"make (pid {make[0]}) is gone")
+
+    threading.Thread(target=watch, daemon=True, name="watch-make").start()
 
 
 def run_job(job: Job, cwd: str | Path, env: dict[str, str] | None = None, where: str = "cpu",
@@ -175,12 +286,16 @@ def run_job(job: Job, cwd: str | Path, env: dict[str, str] | None = None, where:
         except OSError as e:
             out.write(f"launch: cannot start {job.argv[0]}: {e}\n")
             return 127, time.time() - started
-        for line in proc.stdout:
-            out.write(line)
-            if echo:
-                with _print_lock:
-                    print(f"[{job.name} {where}] {line.rstrip()}", flush=True)
-        code = proc.wait()
+        _running.add(proc)
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                if echo:
+                    with _print_lock:
+                        print(f"[{job.name} {where}] {line.rstrip()}", flush=True)
+            code = proc.wait()
+        finally:
+            _running.discard(proc)
         out.write(f"# exit {code} after {time.time() - started:.0f}s\n")
     return code, time.time() - started
 
