@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, PipelineError
 
 DEFAULT_MLFLOW_URI = "sqlite:///mlruns.db"
 PROBE_SECONDS = 5.0  # the most a tracking server that does not answer costs a process
@@ -37,7 +37,7 @@ MLFLOW_FORMS = ("sqlite:///path/to/mlruns.db, http(s)://host:port (an MLflow ser
                 "postgresql://, mysql:// or mssql://user@host/db, databricks")
 
 
-class TrackingUnavailable(Exception):
+class TrackingUnavailable(PipelineError):
     """The tracking service cannot be used now (no answer, no credentials); the message says why."""
 
 

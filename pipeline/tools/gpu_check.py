@@ -61,13 +61,13 @@ CPU_SIZES = Sizes(120, 16, 3, "test_resnet", 1, 16, 200, 16, "test_resnet", 16, 
 CHECKS = ("nan-skip", "amp-bf16", "amp-fp16", "channels-last", "launcher", "ddp", "throughput", "compile")
 
 
-class CheckFailed(Exception):
+class _CheckFailed(Exception):
     """A check's reason to fail (and the numbers measured before it failed)."""
 
 
 def need(condition, reason: str) -> None:
     if not condition:
-        raise CheckFailed(reason)
+        raise _CheckFailed(reason)
 
 
 @dataclass
@@ -255,7 +255,7 @@ def check_nan_skip(ctx: Ctx) -> dict:
             with no_sync(ctx):
                 guarded_step(ctx, model, opt, guard, dtype, x, y, clip=1.0, poison=True)
         except RuntimeError as e:
-            raise CheckFailed(f"{name}: the skipped step synchronised with the host: {str(e).splitlines()[0]}")
+            raise _CheckFailed(f"{name}: the skipped step synchronised with the host: {str(e).splitlines()[0]}")
         need(int(guard.nonfinite) == 1, f"{name}: the guard counted {int(guard.nonfinite)} non-finite steps, not 1")
         need(same(before, snapshot(model, opt)), f"{name}: weights, optimizer state or BatchNorm statistics "
              "changed in the non-finite step")
@@ -425,7 +425,7 @@ def check_throughput(ctx: Ctx) -> dict:
                "images_per_epoch": images, "model": cfg["backbone"], "img_size": cfg["img_size"],
                "batch": cfg["batch_size"], "amp": "bf16" if ctx.cuda else "off (cpu)", "channels_last": ctx.cuda}
     if ratio < MIN_RATIO and ctx.cuda:  # on the CPU the numbers are reported, not judged
-        raise CheckFailed(f"our trainer at {ours:.0f} img/s is {ratio:.2f}x the timm loop's {timm_rate:.0f} img/s "
+        raise _CheckFailed(f"our trainer at {ours:.0f} img/s is {ratio:.2f}x the timm loop's {timm_rate:.0f} img/s "
                           f"(below {MIN_RATIO}x): see runs/gc_speed/fold0/log.csv, the loader's workers", numbers)
     return numbers
 
@@ -506,7 +506,7 @@ def run_check(ctx: Ctx, name: str) -> Result:
     try:
         numbers = CHECK_FUNCTIONS[name](ctx)
         result = Result(name, "pass", "", numbers=numbers or {})
-    except CheckFailed as e:  # (reason, numbers measured before it failed)
+    except _CheckFailed as e:  # (reason, numbers measured before it failed)
         result = Result(name, "fail", e.args[0], numbers=e.args[1] if len(e.args) > 1 else {})
     except Exception as e:  # one broken check must not stop the others
         result = Result(name, "fail", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
@@ -566,7 +566,7 @@ def run_gpu_check(out: Path, allow_cpu: bool = False, only: str = "", budget: fl
     try:
         prepare_data(ctx, "throughput" in names)
         results = [run_check(ctx, name) for name in names]
-    except CheckFailed as e:
+    except _CheckFailed as e:
         results = [Result(name, "fail", f"data setup: {e}") for name in names]
     total = time.monotonic() - started
     import timm
