@@ -13,15 +13,17 @@ wheels. The runtime planner (runtime.py) estimates the kernel's time against the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.core.config import Competition
+from pipeline.artifacts.record import changes, read_record, record_path, write_record
+from pipeline.core.config import NEUTRAL_KEYS, Competition, config_hash
 from pipeline.core.io import atomic_path, make_dir_public, write_json, write_text
 from pipeline.kaggle import notebook
 from pipeline.kaggle.ids import PackageError, dataset_metadata, kaggle_ids, kernel_metadata
@@ -61,6 +63,12 @@ def build_package(comp: Competition, out: str | Path = "dist/kaggle", runs: str 
     check_replaceable(out)
     blend = chosen_blend(comp, method, stacking, folds, submissions)
     entries = model_entries(comp, blend, runs, stacking, folds)
+    record, params, inputs = package_record(comp, out, blend, entries, ids, options, stacking, submissions)
+    reasons = changes(record, params, inputs)
+    if is_bundle(out) and not reasons:  # decided from records and file stats: no checkpoint is opened
+        print(f"package: {out}/ is up to date (blend {blend.method}, the same folds, tables, options and code); "
+              "nothing rebuilt")
+        return json.loads((out / "manifest.json").read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
@@ -70,6 +78,8 @@ def build_package(comp: Competition, out: str | Path = "dist/kaggle", runs: str 
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)  # our own temporary folder; `out` is untouched
         raise
+    previous = read_record(record)
+    write_record(record, "package", params, inputs, [out / "manifest.json"], previous.choices if previous else None)
     print(f"package: blend {blend.method} of {len(entries)} model(s) -> {out}/")
     print_summary(manifest, comp.time_limit_hours)
     version = manifest.get("kaggle_checks")
@@ -79,6 +89,19 @@ def build_package(comp: Competition, out: str | Path = "dist/kaggle", runs: str 
           f"-p {out / 'dataset'} --dir-mode zip -m '...')\n        kaggle kernels push -p {out / 'kernel'}   "
           "(or `make submit` on a code competition: it runs both)")
     return manifest
+
+
+def package_record(comp: Competition, out: Path, blend: SavedBlend, entries: list[dict], ids: dict,
+                   options: BundleOptions, stacking: Path, submissions: Path) -> tuple[Path, dict, list[Path]]:
+    """(the record beside the bundle, `<out>.record.json`; what the bundle depends on besides files; its input
+    files: the saved blend, every shipped fold's done.json, each model's predict record, and the code)."""
+    project = Path(options.project) if options.project else Path(__file__).resolve().parents[2]
+    params = json.loads(json.dumps({"method": blend.method, "ids": ids, "options": asdict(options),
+                                    "competition": config_hash(comp, NEUTRAL_KEYS)}, default=str))
+    inputs = [submissions / BLEND_FILE, *(d / "done.json" for e in entries for d in e["dirs"]),
+              *(record_path(stacking, e["name"]) for e in entries), project / "pyproject.toml",
+              *sorted((project / "pipeline").rglob("*.py"))]
+    return out.with_name(out.name + ".record.json"), params, [p for p in inputs if p.is_file()]
 
 
 # --- the folder swap ---------------------------------------------------------------------------------------
