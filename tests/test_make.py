@@ -27,7 +27,7 @@ def test_make_echoes_no_dangling_line(tmp_path):
     proc = subprocess.run([*MAKE, "-n", "runs/tiny/fold0/done.json", "ARGS=epochs=1"], cwd=tmp_path,
                           capture_output=True, text=True, check=True)
     lines = [line for line in proc.stdout.splitlines() if "pipeline train" in line or not line.strip()]
-    assert len(lines) == 1 and lines[0].split()[-3:] == ["--target", "runs/tiny/fold0/done.json", "epochs=1"], proc.stdout
+    assert len(lines) == 1 and lines[0].split()[-3:] == ["--target", "runs/tiny/fold0/done.json", "'epochs=1'"], proc.stdout
 
 
 def test_make_folds_in_a_fresh_folder(tmp_path):

@@ -78,6 +78,7 @@ def copy(trained, tmp_path) -> Path:
 # --- 1, 2: labels and ids exactly as written --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_labels_and_ids_come_out_exactly_as_written(trained):
     sub = pd.read_csv(trained / "submissions" / "submission.csv", dtype=str, keep_default_na=False)
     sample = pd.read_csv(trained / "data" / "tiny" / "sample_submission.csv", dtype=str, keep_default_na=False)
@@ -129,6 +130,7 @@ def test_hollow_labels_are_refused_naming_the_rows(tmp_path, label, needle):
     (lambda t: t.assign(**{"01": t["01"] + 1.5}), "outside [0, 1]"),
     (lambda t: t.assign(**{c: t[c] * 0.3 for c in ("01", "02", "1e3")}), "do not sum to 1"),
 ])
+@pytest.mark.slow
 def test_impossible_probabilities_are_refused(copy, change, needle):
     path = copy / "stacking" / "mine.oof.csv"
     table = read_table_file(copy / "stacking" / "tiny.oof.parquet")
@@ -141,6 +143,7 @@ def test_impossible_probabilities_are_refused(copy, change, needle):
 # --- 5 and 13: pretrained weights that do not fit; other inputs that used to crash --------------------
 
 
+@pytest.mark.slow
 def test_pretrained_weights_must_fit_the_backbone(copy):
     import timm
     import torch
@@ -194,18 +197,21 @@ def test_duplicate_yaml_keys_and_augmentation_typos_are_errors(tmp_path):
 # --- 6, 7: stale tables -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_interrupted_predict_is_caught(copy):
     old = {p.name: p.read_bytes() for p in (copy / "stacking").glob("tiny.test.*")}
-    run_cli("train", "-c", "competition.yaml", "--model", "tiny", "--fold", "1", "--rerun", cwd=copy)  # a new run
+    run_cli("train", "-c", "competition.yaml", "--model", "tiny", "--fold", "1", "--rerun", "lr=0.05",
+            cwd=copy)  # a new run, with other weights (the same settings would give the very same tables)
     run_cli("predict", "-c", "competition.yaml", cwd=copy)
     for name, data in old.items():  # as if predict had been killed between the OOF and the test table
         (copy / "stacking" / name).write_bytes(data)
     clean_error(run_cli("ensemble", "-c", "competition.yaml", cwd=copy, check=False),
-                "stacking/tiny.oof and .test tables: not as `predict` wrote them", "tiny.test.parquet changed since written")
+                "stacking/tiny.oof and .test tables", "tiny.test.parquet changed since written", "make predict")
     assert "up to date" not in run_cli("predict", "-c", "competition.yaml", cwd=copy).stdout
     run_cli("ensemble", "-c", "competition.yaml", "--method", "mean", cwd=copy)
 
 
+@pytest.mark.slow
 def test_stages_called_directly_see_a_changed_or_deleted_config(copy):
     cfg = copy / "models" / "tiny.yaml"
     write_yaml(cfg, {**yaml.safe_load(cfg.read_text()), "lr": 0.02})
@@ -218,6 +224,7 @@ def test_stages_called_directly_see_a_changed_or_deleted_config(copy):
     clean_error(run_cli("ensemble", "-c", "competition.yaml", cwd=copy, check=False), "models/tiny.yaml is gone")
 
 
+@pytest.mark.slow
 def test_a_damaged_submission_is_rewritten(copy):
     sub = copy / "submissions" / "submission.csv"
     good = sub.read_text()
@@ -231,6 +238,7 @@ def test_a_damaged_submission_is_rewritten(copy):
 # --- 8, 9, 11: no finished fold lost ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_args_overrides_are_kept_by_a_later_plain_target(copy):
     proc = make(copy, "train-all", "ARGS=epochs=2")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -249,6 +257,7 @@ def test_args_overrides_are_kept_by_a_later_plain_target(copy):
     assert sorted(len(d["overrides"]) for d in aside) == [0, 0, 0, 1, 1, 1]  # every replaced fold set aside
 
 
+@pytest.mark.slow
 def test_a_killed_rerun_keeps_the_finished_fold(copy):
     fold = copy / "runs" / "tiny" / "fold0"
     before = {name: (fold / name).read_bytes() for name in ("done.json", "best.pt", "oof.parquet")}
@@ -275,6 +284,7 @@ def test_a_killed_rerun_keeps_the_finished_fold(copy):
     assert not list(copy.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_corrupt_best_checkpoint_is_named(copy):
     """The fold's record catches it before any checkpoint is opened; a checkpoint damaged behind the record's
     back (same size and time) is named when it is loaded."""
@@ -294,6 +304,7 @@ def test_a_corrupt_best_checkpoint_is_named(copy):
 # --- 10: package never deletes a folder it did not make --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_package_out_is_swapped_in_and_never_deletes_a_foreign_folder(copy):
     mine = copy / "mine"
     mine.mkdir()
@@ -313,6 +324,7 @@ def test_package_out_is_swapped_in_and_never_deletes_a_foreign_folder(copy):
 # --- 12, 15: images ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_zero_byte_images_are_named_and_skippable(tmp_path):
     make_competition(tmp_path, n_train=30, models_dir="models")
     write_yaml(tmp_path / "models" / "tiny.yaml", {**TINY_MODEL, "epochs": 1})
@@ -393,6 +405,7 @@ def test_a_few_unreadable_images_run_end_to_end_under_bad_images_skip(tmp_path):
 # --- 14: nothing reaches generated code unquoted -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_slugs_are_checked_and_the_kernel_script_quotes_its_values(copy):
     evil = 'x"; open("pwned", "w"); "'
     clean_error(run_cli("package", "-c", "competition.yaml", "--competition-slug", evil, cwd=copy, check=False),
