@@ -461,6 +461,7 @@ def test_a_large_jpeg_is_decoded_reduced_to_the_short_side(tmp_path):
     cv2.imwrite(str(path), big, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert jpeg_reduction((2000, 1500), 200) == 4 and jpeg_reduction((2000, 1500), 1500) == 1
     assert jpeg_reduction((2000, 1500), 100) == 8 and jpeg_reduction(None, 100) == 1
+    assert jpeg_reduction((40, 30), 64) == 1  # smaller than asked: read whole, never enlarged
     reduced = read_image(path, 3, short_side=200)
     assert reduced.shape == (200, 267, 3)
     full = reduce_short_side(read_image(path, 3), 200)  # decoded whole, then reduced

@@ -82,6 +82,7 @@ def four_folds(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_one_fold_per_gpu_and_a_failure_frees_its_gpu(four_folds):
     root = four_folds
     proc = make("train-all", "GPUS=0,1", f"TRAIN={sys.executable} fake_train.py", cwd=root, env=TWO_GPUS)
@@ -105,6 +106,7 @@ def test_one_fold_per_gpu_and_a_failure_frees_its_gpu(four_folds):
         assert f"fold {k} on" in (root / "runs" / "tiny" / "logs" / f"fold{k}.log").read_text()
 
 
+@pytest.mark.slow
 def test_jobs_per_gpu_packs_two_never_three(four_folds):
     root = four_folds
     (root / "fake_train.py").write_text(FAKE_TRAIN.replace("if fold == 1:", "if False:"))
@@ -128,6 +130,7 @@ def test_device_slots_and_bad_gpus(monkeypatch):
         resolve_gpus("0,x")
 
 
+@pytest.mark.slow
 def test_bad_gpus_through_make_is_one_clear_line(four_folds):
     proc = make("train-all", "GPUS=0,x", cwd=four_folds)
     assert proc.returncode != 0 and "GPUS=0,x: expected comma-separated GPU indices" in proc.stderr
@@ -283,6 +286,7 @@ def plain_run(tmp_path_factory):
     return root, time.time() - started
 
 
+@pytest.mark.slow
 def test_ray_cluster_trains_the_same_folds(ray_cluster, plain_run, tmp_path):
     plain, plain_s = plain_run
     root = demo_sized(tmp_path, epochs=3)
@@ -303,6 +307,7 @@ def test_ray_cluster_trains_the_same_folds(ray_cluster, plain_run, tmp_path):
     assert again.returncode == 0 and "3/3 folds done" in again.stderr and "launch:" not in again.stdout
 
 
+@pytest.mark.slow
 def test_ray_worker_killed_mid_fold_is_retried_and_resumes(ray_cluster, plain_run, tmp_path):
     plain, _ = plain_run
     root = demo_sized(tmp_path, epochs=3)
@@ -354,6 +359,7 @@ def test_a_ray_address_where_no_head_answers_fails_naming_it(four_folds, address
 DDP_TOLERANCE = 1e-6  # largest difference allowed between OOF probabilities (gloo sums in the same order)
 
 
+@pytest.mark.slow
 def test_two_nodes_match_one_node_two_processes(tmp_path):
     make_competition(tmp_path, n_train=90, models_dir="models")
     write_yaml(tmp_path / "models" / "tiny.yaml", {**TINY_MODEL, "epochs": 2})
@@ -385,6 +391,7 @@ def test_multi_node_without_rendezvous_is_refused(tmp_path):
 # --- predict, one model per GPU slot ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_predict_spreads_models_over_gpus(tmp_path):
     make_competition(tmp_path, n_train=30, n_test=10, n_folds=2, models_dir="models")
     for name, lr in (("tiny", 0.01), ("tiny2", 0.02)):
@@ -395,9 +402,9 @@ def test_predict_spreads_models_over_gpus(tmp_path):
     assert "predict: 2 models on 2 GPU slot(s)" in proc.stdout and "predict: 2 done, 0 failed" in proc.stdout
     logs = {m: (tmp_path / "runs" / m / "logs" / "predict.log").read_text() for m in ("tiny", "tiny2")}
     assert {re.search(r" (gpu\d), launched", text).group(1) for text in logs.values()} == {"gpu0", "gpu1"}
-    spread = {p.name: p.read_text() for p in sorted((tmp_path / "stacking").glob("*.csv"))}
+    spread = {p.name: p.read_bytes() for p in sorted((tmp_path / "stacking").glob("*.parquet"))}
     assert len(spread) == 4
     plain = subprocess.run([sys.executable, "-m", "pipeline", "predict", "-c", "competition.yaml", "--force"],
                            cwd=tmp_path, capture_output=True, text=True)
     assert plain.returncode == 0, plain.stderr
-    assert {p.name: p.read_text() for p in sorted((tmp_path / "stacking").glob("*.csv"))} == spread
+    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "stacking").glob("*.parquet"))} == spread

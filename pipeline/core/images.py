@@ -163,7 +163,7 @@ def jpeg_reduction(size: tuple[int, int] | None, short_side: int | None) -> int:
     """The largest of 1, 2, 4, 8 that keeps the declared shorter side at least `short_side`."""
     if size is None or short_side is None:
         return 1
-    return max([f for f in (1, 2, 4, 8) if min(size) // f >= short_side])
+    return max([1] + [f for f in (2, 4, 8) if min(size) // f >= short_side])
 
 
 def to_uint8(img: np.ndarray, path: str | Path) -> np.ndarray:
