@@ -8,6 +8,7 @@ import subprocess
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml, read_table_file
 
@@ -18,6 +19,7 @@ def table(path) -> pd.DataFrame:
     return read_table_file(path).set_index("image_id")
 
 
+@pytest.mark.slow
 def test_distill_soft_targets_come_from_models_that_held_the_rows_out(tmp_path):
     make_competition(tmp_path, n_train=60, n_test=12, models_dir="models")
     write_yaml(tmp_path / "models" / "teacher.yaml", {**TINY_MODEL, "epochs": 2})

@@ -361,6 +361,7 @@ def test_binary_with_float_sample_writes_positive_probability(tmp_path, monkeypa
     assert np.allclose(out["label"], blend[classes[1]], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
     make_competition(tmp_path, n_train=90, n_test=15, answers="data/tiny-answers.csv")
     run_cli("folds", "-c", "competition.yaml", cwd=tmp_path)

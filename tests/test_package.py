@@ -21,8 +21,6 @@ from pipeline.kaggle.ids import DATASET_KEYS, KERNEL_KEYS, PackageError
 from pipeline.kaggle.runtime import plan_runtime
 from tests.conftest import REPO, read_table_file, run_cli, train_tiny
 
-pytestmark = pytest.mark.slow
-
 # The kaggle CLI's documented metadata fields (kaggle-api wiki: Dataset / Kernel Metadata).
 DATASET_REQUIRED = {"title", "id", "licenses"}
 KERNEL_REQUIRED = {"id", "title", "code_file", "language", "kernel_type", "is_private", "enable_gpu",
@@ -80,6 +78,7 @@ def demo(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_bundle_layout_sizes_and_metadata(demo):
     out = demo / "dist" / "kaggle"
     dataset, kernel = out / "dataset", out / "kernel"
@@ -117,6 +116,7 @@ def test_bundle_layout_sizes_and_metadata(demo):
     assert "total" in (demo / "package.log").read_text()
 
 
+@pytest.mark.slow
 def test_package_ships_the_blend_ensemble_fitted_and_refuses_a_stale_one(demo):
     saved = json.loads((demo / "submissions" / "blend.json").read_text())
     shipped = json.loads((demo / "dist" / "kaggle" / "dataset" / "blend.json").read_text())
@@ -150,6 +150,7 @@ def test_package_ships_the_blend_ensemble_fitted_and_refuses_a_stale_one(demo):
     assert not (demo / "dist" / "changed").exists() and not (demo / "dist" / "edited").exists()
 
 
+@pytest.mark.slow
 def test_no_credentials_in_bundle(demo):
     out = demo / "dist" / "kaggle"
     assert not [p for p in out.rglob("*") if p.name == "kaggle.json"]
@@ -191,6 +192,7 @@ def kaggle_image_site(dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_kernel_in_reduced_venv_offline_reproduces_submission(demo, tmp_path):
     """A venv holding only Kaggle's image (torch, numpy, pandas, ...): the bundle's wheels install with
     --no-index, dependencies checked by pip, and the kernel runs with the network blocked."""
@@ -225,6 +227,7 @@ def test_kernel_in_reduced_venv_offline_reproduces_submission(demo, tmp_path):
     assert json.loads((tmp_path / "working" / "kernel_report.json").read_text())["dropped_views"] == []
 
 
+@pytest.mark.slow
 def test_kernel_script_is_the_module_and_takes_every_setting_from_bundle_json(demo, tmp_path):
     """The kernel's code is notebook.py byte for byte (nothing formatted into it, stdlib only at its top);
     what it needs is in bundle.json, found next to the script, or where --bundle / $KFOLD_BUNDLE point."""
@@ -260,6 +263,7 @@ def test_kernel_script_is_the_module_and_takes_every_setting_from_bundle_json(de
         assert proc.returncode != 0 and f"bundle.json not found in {tmp_path / 'nowhere'}" in proc.stderr
 
 
+@pytest.mark.slow
 def test_kaggle_checks_refuse_bad_metadata(demo, tmp_path):
     """The kaggle package's own checks (no network) catch what Kaggle would refuse at upload."""
     from pipeline.kaggle.submit import SubmitError, check_metadata
@@ -278,6 +282,7 @@ def test_kaggle_checks_refuse_bad_metadata(demo, tmp_path):
         check_metadata(dataset, kernel, "alice")
 
 
+@pytest.mark.slow
 def test_ids_warn_loudly_and_machine_shape_through_make(demo):
     env = {k: v for k, v in os.environ.items() if k != "KAGGLE_USERNAME"}
     proc = subprocess.run(["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "package", "METHOD=mean",
@@ -299,6 +304,7 @@ def test_ids_warn_loudly_and_machine_shape_through_make(demo):
     assert bad.returncode == 2 and "MACHINE_SHAPE='T4 x2'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_learned_blend_reproduced_and_tiny_time_limit_warns(demo, tmp_path):
     run_cli("ensemble", "-c", "competition.yaml", "--method", "logreg", "--out", "sub_logreg", cwd=demo)
     proc = run_cli("package", "-c", "competition.yaml", "--submissions", "sub_logreg", "--out", "dist/logreg",
@@ -364,6 +370,7 @@ def submit(demo, *args, env=None, prefix=()):
                           env={**base, **(env or {})})
 
 
+@pytest.mark.slow
 def test_submit_builds_the_exact_command(demo):
     cv = json.loads((demo / "submissions" / "cv.json").read_text())
     score = cv["blends"][cv["chosen"]]["cv"]
@@ -383,6 +390,7 @@ def test_submit_builds_the_exact_command(demo):
             f"-m '{cv['chosen']} cv={score:.5f}'") in run.stdout
 
 
+@pytest.mark.slow
 def test_submit_without_credentials_or_network_runs_nothing(demo, tmp_path):
     home = tmp_path / "home"
     home.mkdir()

@@ -131,6 +131,7 @@ def trained(tmp_path_factory):
     return root, proc
 
 
+@pytest.mark.slow
 def test_oof_covers_every_id_once_and_test_is_fold_mean(trained):
     from pipeline.nn.augment import build_transform
     from pipeline.nn.infer import load_fold_model, to_proba
@@ -161,6 +162,7 @@ def test_oof_covers_every_id_once_and_test_is_fold_mean(trained):
     assert np.allclose(test[["c0", "c1", "c2"]].to_numpy(), np.mean(per_fold, axis=0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_skips_when_up_to_date_and_refuses_untrained(trained):
     root, _ = trained
     assert "up to date" in run_cli("predict", "-c", "competition.yaml", cwd=root).stdout
@@ -170,6 +172,7 @@ def test_predict_skips_when_up_to_date_and_refuses_untrained(trained):
     assert proc.returncode == 2 and "only tta and tta_merge" in proc.stderr
 
 
+@pytest.mark.slow
 def test_predict_without_tta_under_another_name(trained):
     root, _ = trained
     run_cli("predict", "-c", "competition.yaml", "--models", "tiny", "--name", "tiny-notta", "tta=none", cwd=root)
@@ -225,6 +228,7 @@ def test_pseudo_rows_train_only(tmp_path):
         fold_data(comp, tmp_path / "folds/folds.csv", 0, str(tmp_path / "bad.csv"))
 
 
+@pytest.mark.slow
 def test_pseudo_round_end_to_end_with_make(trained):
     root, _ = trained
     make = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITION=competition.yaml"]
@@ -241,6 +245,7 @@ def test_pseudo_round_end_to_end_with_make(trained):
     assert (root / "stacking/tiny.oof.parquet").is_file()  # round 0 kept beside it
 
 
+@pytest.mark.slow
 def test_pseudo_refusals(trained):
     root, _ = trained
     make = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITION=competition.yaml"]

@@ -6,7 +6,11 @@ import json
 import re
 import subprocess
 
+import pytest
+
 from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` skips them
 
 MAKE = ["make", "--no-print-directory", "-f", str(REPO / "Makefile")]
 

@@ -219,6 +219,7 @@ def test_lr_suggestion_rules():
     assert 0 < found["suggested_lr"] <= found["min_loss_lr"]
 
 
+@pytest.mark.slow
 def test_lr_find_stops_on_divergence(trained, tmp_path):
     assert cli(trained, "lr-find", "-c", "competition.yaml", "--model", "tiny", "--runs", str(tmp_path),
                "--steps", "40", "--start", "1e-3", "--end", "1e8", "batch_size=2") == 0
@@ -349,6 +350,7 @@ def test_confusion_and_grad_cam_figures_have_colour_bars_and_keep_the_aspect():
     assert width > height  # wide inputs, wide tiles
 
 
+@pytest.mark.slow
 def test_lr_find_on_tiny_data_repeats_passes(trained, tmp_path, capsys):
     """45 rows at batch 8 are 6 batches a pass: 60 steps need 10 passes, and the test says so."""
     capsys.readouterr()

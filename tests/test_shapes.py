@@ -20,6 +20,8 @@ from sklearn.metrics import accuracy_score, f1_score, mean_squared_error, roc_au
 
 from tests.conftest import REPO, run_cli, write_yaml
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test-fast` skips them
+
 MAKE = ["make", "--no-print-directory", "-f", str(REPO / "Makefile")]
 MODEL = {"backbone": "test_resnet", "in_chans": 1, "img_size": 16, "epochs": 6, "batch_size": 32, "lr": 0.01,
          "augment": "none", "num_workers": 0, "warmup_epochs": 0.5, "tta": "none"}

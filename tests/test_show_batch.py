@@ -52,6 +52,7 @@ def test_show_batch_writes_grids_of_what_the_model_receives(comp_dir):
     assert np.array_equal(batch.train[0], to_uint8(first, d["mean"], d["std"]))  # the transform's own output
 
 
+@pytest.mark.slow
 def test_show_batch_keeps_a_non_square_geometry_and_names_a_missing_model(comp_dir):
     run_cli("show-batch", "-c", "competition.yaml", "--model", "tiny", "--n", "4", "img_size=[16,32]",
             "resize=pad", cwd=comp_dir)

@@ -198,6 +198,7 @@ def test_answers_for_tags_are_read_like_train(tmp_path):
 # --- two competitions in one folder --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_outputs_of_another_competition_are_refused(tmp_path):
     make_competition(tmp_path)
     run_cli("folds", "-c", "competition.yaml", cwd=tmp_path)

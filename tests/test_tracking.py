@@ -20,6 +20,7 @@ def setup(root, **config):
     run_cli("folds", "-c", "competition.yaml", cwd=root)
 
 
+@pytest.mark.slow
 def test_mlflow_logs_each_fold_and_the_ensemble_into_sqlite(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -52,6 +53,7 @@ def test_mlflow_logs_each_fold_and_the_ensemble_into_sqlite(tmp_path):
     assert runs["ensemble"].data.params["chosen"] == cv["chosen"]
 
 
+@pytest.mark.slow
 def test_wandb_offline_writes_a_run_with_the_metrics(tmp_path):
     setup(tmp_path, tracking="wandb", tracking_uri="offline")
     run_cli("train", "-c", "competition.yaml", "--model", "tiny", "--fold", "0", cwd=tmp_path,

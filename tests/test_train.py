@@ -45,6 +45,7 @@ def same_weights(a, b):
 # --- a whole fold ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fold_run_folder(tmp_path):
     setup(tmp_path)
     proc = train(tmp_path)
@@ -68,6 +69,7 @@ def test_fold_run_folder(tmp_path):
     assert {"model", "optimizer", "scaler", "epoch", "best", "rng", "stamp", "config"} <= set(ckpt)
 
 
+@pytest.mark.slow
 def test_done_is_skipped_and_stale_on_config_or_folds_change(tmp_path):
     setup(tmp_path)
     train(tmp_path)
@@ -139,6 +141,7 @@ def test_best_checkpoint_holds_what_inference_reads(tmp_path):
     assert len(table) == 60 and np.allclose(table.loc[fold.index].to_numpy(), fold.to_numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_make_train_all_and_rerun_one_fold(tmp_path):
     setup(tmp_path, model={"epochs": 1})
     make = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "COMPETITION=competition.yaml"]
@@ -161,6 +164,7 @@ def test_make_train_all_and_rerun_one_fold(tmp_path):
     assert bad.returncode != 0 and "nope.yaml" in bad.stderr
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_unbroken(tmp_path):
     """Kill after the first checkpoint (mid-epoch 2 or later), rerun: same final weights as no kill."""
     model = {"epochs": 4, "img_size": 24, "augment": "medium", "mixup": 0.2, "cutmix": 0.2, "ema": 0.9,
@@ -199,6 +203,7 @@ def test_sigkill_mid_run_then_resume_equals_unbroken(tmp_path):
     assert not (a / "runs/tiny/fold0/tb").exists()
 
 
+@pytest.mark.slow
 def test_ram_cache_changes_nothing_and_neutral_keys_do_not_retrain(tmp_path):
     model = {"epochs": 2, "img_size": 24, "augment": "medium", "num_workers": 1, "batch_size": 8}
     a, b = tmp_path / "a", tmp_path / "b"
@@ -230,6 +235,7 @@ def test_ram_cache_changes_nothing_and_neutral_keys_do_not_retrain(tmp_path):
         ("cache_images=maybe", ["key 'cache_images': should be a valid boolean or 'auto'"]),
     ],
 )
+@pytest.mark.slow
 def test_bad_overrides_are_clear(tmp_path, override, needles):
     if not (tmp_path / "models").exists():
         setup(tmp_path)
@@ -241,6 +247,7 @@ def test_bad_overrides_are_clear(tmp_path, override, needles):
     assert not (tmp_path / "runs" / "tiny" / "fold0" / "done.json").exists()
 
 
+@pytest.mark.slow
 def test_overrides_land_in_resolved_config(tmp_path):
     import yaml
 
@@ -258,6 +265,7 @@ def test_shipped_model_configs_are_valid():
 
 
 @pytest.mark.parametrize("name", ["fm_convnext_tiny", "fm_efficientnet_b2"])
+@pytest.mark.slow
 def test_fashion_mnist_gpu_recipe_runs_scaled_down_on_cpu(tmp_path, name):
     """The GPU recipe's own files, at 32 px for one epoch from random init: every key it sets works."""
     setup(tmp_path, n_train=45)
@@ -353,6 +361,7 @@ def test_mixup_mixes_images_and_targets():
     assert torch.allclose(mixed[1], lam * y[1] + (1 - lam) * y[2]) and torch.allclose(mixed.sum(1), torch.ones(4))
 
 
+@pytest.mark.slow
 def test_ema_and_stages_end_to_end(tmp_path):
     stages = [
         {"epochs": 1, "img_size": 12, "freeze_backbone": True, "batch_size": 32},
@@ -376,6 +385,7 @@ def corrupt_one(root):
     return victim
 
 
+@pytest.mark.slow
 def test_corrupt_image_fail_and_skip_policies(tmp_path):
     setup(tmp_path, model={"epochs": 1})
     victim = corrupt_one(tmp_path)
@@ -390,6 +400,7 @@ def test_corrupt_image_fail_and_skip_policies(tmp_path):
     assert proc.returncode == 2 and "max_bad_images=0" in proc.stderr
 
 
+@pytest.mark.slow
 def test_nan_loss_policies_never_save_best(tmp_path):
     setup(tmp_path, model={"epochs": 1, "std": [0.0]})  # std 0 -> infinite inputs -> non-finite loss
     proc = train(tmp_path, "nan_policy=stop", check=False)
@@ -432,6 +443,7 @@ def test_a_tiny_distillation_temperature_still_teaches(tmp_path):
 # --- DDP ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ddp_gloo_two_processes(tmp_path):
     setup(tmp_path, model={"epochs": 1})
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))

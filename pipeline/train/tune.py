@@ -1,10 +1,13 @@
 """`make tune MODEL=m TRIALS=30 [FOLDS=0]`: Optuna's TPE over the model config's `search` space, with
 median pruning on the per-epoch validation metric; the best trial becomes configs/models/<m>-tuned.yaml.
 
-The study lives in SQLite, runs/<m>/tune.db: a killed search resumes where it was (TRIALS counts every
-finished or pruned trial, whichever process ran it), and several processes can share it. Each trial trains
-in runs/<m>/tune/trial<n>/, never beside the model's own folds. A trial killed midway stays "running" in
-the study until Optuna's heartbeat declares it failed; it is then retried with the same parameters.
+The study lives in SQLite, runs/<m>/tune.db, named <m>-<hash> by a hash of its search space and the base
+config (the model config without its result-neutral keys): a killed search resumes where it was (TRIALS
+counts every finished or pruned trial, whichever process ran it), and several processes can share it. A
+changed space or base config starts a new study in the same file and keeps the earlier ones, so the best
+trial is always one of the current space. Each trial trains in runs/<m>/tune/<study>/trial<n>/, never beside
+the model's own folds. A trial killed midway stays "running" in the study until Optuna's heartbeat declares
+it failed; it is then retried with the same parameters.
 
 The search space is declared in the model YAML and validated like every key:
 
@@ -18,17 +21,20 @@ The search space is declared in the model YAML and validated like every key:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
-from pipeline.core.config import Competition, ConfigError
+from pipeline.core.config import Competition, config_hash
+from pipeline.core.errors import ConfigError
 from pipeline.core.io import write_text
-from pipeline.nn.models import ModelConfig, load_model, model_config_path
+from pipeline.nn.models import ModelConfig, load_model, model_config_path, stamp_exclusions
 from pipeline.artifacts.runs import read_done
 
 TUNED_SUFFIX = "-tuned"
@@ -134,14 +140,29 @@ def finished_trials(study) -> int:
     return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
 
 
-def open_study(optuna, model: str, path: Path, direction: str, seed: int):
+def study_name(models_dir: str | Path, model: str, params: list[Param]) -> str:
+    """<model>-<hash>: the hash of the parsed search space and of the base config without its result-neutral
+    keys (as a run's stamp), so a changed space or base config names a new study and an unchanged one resumes."""
+    cfg, _ = load_model(models_dir, model)
+    blob = json.dumps({"search": [asdict(p) for p in params], "config": config_hash(cfg, stamp_exclusions(cfg))},
+                      sort_keys=True, default=str)
+    return f"{model}-{hashlib.md5(blob.encode()).hexdigest()[:10]}"
+
+
+def open_study(optuna, model: str, name: str, path: Path, direction: str, seed: int):
+    """Study `name` in the SQLite file `path`, created or resumed; a new one says which earlier study it keeps."""
     from optuna.storages import RDBStorage
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9; the warning is noise here
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = RDBStorage(f"sqlite:///{path}", heartbeat_interval=20, grace_period=60)
-    study = optuna.create_study(study_name=model, storage=storage, load_if_exists=True, direction=direction,
+    names = [s.study_name for s in storage.get_all_studies()]  # oldest first
+    earlier = [n for n in names if n != name and (n == model or n.startswith(f"{model}-"))]
+    if name not in names and earlier:
+        print(f"tune {model}: new study {name} (search space or base config changed; the earlier study "
+              f"{earlier[-1]} is kept in {path})", flush=True)
+    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=direction,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
     # a resumed search draws new values, not the first run's again: the seed moves on with the trial count
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.get_trials(deepcopy=False)), n_startup_trials=5)
@@ -157,14 +178,13 @@ def tune(comp: Competition, model: str, trials: int, folds: list[int], folds_pat
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     params = search_space(comp.models_dir, model)
     scoring = comp.scoring()
-    base = Path(runs) / model / "tune"
-    study = open_study(optuna, model, Path(runs) / model / "tune.db", "maximize" if scoring.greater_is_better
-                       else "minimize", seed)
+    name, db = study_name(comp.models_dir, model, params), Path(runs) / model / "tune.db"
+    base = Path(runs) / model / "tune" / name
+    study = open_study(optuna, model, name, db, "maximize" if scoring.greater_is_better else "minimize", seed)
     done = finished_trials(study)
     todo = max(trials - done, 0)
     print(f"tune {model}: {len(params)} parameter(s) ({', '.join(p.name for p in params)}) on fold(s) "
-          f"{', '.join(map(str, folds))}; {done} trial(s) finished in {base.parent / 'tune.db'}, {todo} to go",
-          flush=True)
+          f"{', '.join(map(str, folds))}; {done} trial(s) finished in {db}, {todo} to go (study {name})", flush=True)
 
     def objective(trial) -> float:
         values = {p.name: p.suggest(trial) for p in params}
