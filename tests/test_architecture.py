@@ -158,6 +158,7 @@ def test_check_plan_and_validate_start_without_torch(tmp_path):
     assert "plan: tiny: 0/3 folds done; to train: fold0 (not trained)" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_non_finite_step_never_reaches_the_weights():
     """The guard skips a step whose loss is NaN on the device: weights, BatchNorm statistics and optimizer
     state unchanged."""

@@ -3,9 +3,12 @@
 import json
 import statistics
 
+import pytest
+
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_bench_speed_part_writes_json_and_table(tmp_path):
     proc = run_cli("bench", "--out", "b", "--skip-quality", "--steps", "2", "--epoch-images", "3000",
                    "--docs", "bench.md", cwd=tmp_path)

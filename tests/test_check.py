@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from tests.conftest import REPO, TINY_MODEL, make_competition, run_cli, write_yaml
@@ -96,6 +97,7 @@ def test_every_problem_is_listed_in_one_run(tmp_path):
     assert "test images: 2 of 6 MISSING" in proc.stdout and "answers: data/tiny-answers.csv FAILED" in proc.stdout
 
 
+@pytest.mark.slow
 def test_model_configs_with_a_typo_and_an_unknown_backbone_are_both_named(tmp_path):
     competition(tmp_path)
     write_yaml(tmp_path / "models" / "good.yaml", TINY_MODEL)

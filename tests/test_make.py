@@ -4,6 +4,8 @@ import re
 import shutil
 import subprocess
 
+import pytest
+
 from tests.conftest import REPO
 
 MAKE = ["make", "--no-print-directory", "-f", str(REPO / "Makefile")]
@@ -40,6 +42,7 @@ def test_make_folds_in_a_fresh_folder(tmp_path):
     assert bad.returncode != 0 and "n_folds" in bad.stderr
 
 
+@pytest.mark.slow
 def test_make_variables_reach_commands_as_one_quoted_word(tmp_path):
     """A value with shell syntax in it is passed as the value it is: nothing runs, nothing is dropped."""
     from tests.conftest import make_competition

@@ -397,6 +397,7 @@ def text(y_true, y_pred):
 """
 
 
+@pytest.mark.slow
 def test_metric_file_runs_only_where_it_scores_and_a_string_stops_training_before_epoch_one(tmp_path):
     """`check`, `folds` and `plan` read the metric file without running it; training imports it and tries
     it once on a few validation rows before the first epoch, so a function returning a string is named

@@ -183,6 +183,7 @@ def test_competition_mistakes_stop_folds_and_check(tmp_path, edit, needles):
         clean_error(run_cli(command, "-c", "competition.yaml", cwd=tmp_path, check=False), *needles)
 
 
+@pytest.mark.slow
 def test_duplicate_yaml_keys_and_augmentation_typos_are_errors(tmp_path):
     make_competition(tmp_path, n_train=30, models_dir="models")
     (tmp_path / "competition.yaml").write_text((tmp_path / "competition.yaml").read_text() + "seed: 3\n")
@@ -356,6 +357,7 @@ def test_ids_may_not_leave_data_dir(tmp_path):
     run_cli("folds", "-c", "competition.yaml", "images_outside_data_dir=true", cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_symlinks_that_leave_data_dir_are_refused_like_ids(tmp_path):
     """An image (or a folder) under data_dir that is a symbolic link to a file outside it was followed,
     although an id that leaves data_dir is refused: refused likewise, naming the file."""

@@ -190,6 +190,7 @@ def test_eda_counts_duplicates_and_sees_a_shifted_test_set(tmp_path):
 # --- lr-find ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_lr_find_writes_plot_and_a_positive_suggestion(trained, capsys):
     capsys.readouterr()
     assert cli(trained, "lr-find", "-c", "competition.yaml", "--model", "tiny", "--steps", "30",

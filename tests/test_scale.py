@@ -137,6 +137,7 @@ def test_bad_gpus_through_make_is_one_clear_line(four_folds):
     assert not (four_folds / "runs" / "tiny" / "fold0").exists()
 
 
+@pytest.mark.slow
 def test_a_gpu_this_machine_lacks_is_one_line_naming_gpus(four_folds):
     """Was: a fold pinned to a missing GPU trained on the CPU while the summary said gpu3."""
     proc = make("train-all", "GPUS=3", cwd=four_folds, env=TWO_GPUS)
@@ -161,6 +162,7 @@ def test_a_bad_process_count_is_one_line_naming_the_variable(tmp_path, setting, 
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@pytest.mark.slow
 def test_two_nodes_say_whom_they_wait_for_before_waiting(tmp_path):
     """Was: silence until torchrun's 10-minute rendezvous timeout."""
     rdzv = f"127.0.0.1:{free_port()}"  # nothing listens: node 1 waits for node 0 that never comes
@@ -190,6 +192,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_the_launcher_and_its_folds_die_with_make(four_folds):
     """Was: make killed, the launcher (and every fold it ran) trained on. Make does not pass a SIGTERM or
     SIGKILL on to its recipes: the launcher watches make."""
@@ -344,6 +347,7 @@ def test_cluster_without_ray_says_how_to_install(four_folds, tmp_path):
                          "(ConnectionRefusedError: Connection refused); start one there with `ray start --head "
                          "--port={port}`"),
 ])
+@pytest.mark.slow
 def test_a_ray_address_where_no_head_answers_fails_naming_it(four_folds, address, message):
     """Was: a traceback (garbage), or ray.init retrying forever (nothing listening)."""
     port = free_port()

@@ -125,6 +125,7 @@ def test_mlflow_server_not_answering_costs_seconds_not_minutes(tmp_path):
     ("no-such-scheme://nowhere",
      "'no-such-scheme://nowhere' has the scheme no-such-scheme:, which MLflow does not know"),
 ])
+@pytest.mark.slow
 def test_a_malformed_mlflow_uri_is_one_line_naming_the_accepted_forms(tmp_path, uri, problem):
     setup(tmp_path, tracking="mlflow", tracking_uri=uri)
     proc = run_cli("train", "-c", "competition.yaml", "--model", "tiny", "--fold", "0", cwd=tmp_path, check=False)
@@ -135,6 +136,7 @@ def test_a_malformed_mlflow_uri_is_one_line_naming_the_accepted_forms(tmp_path, 
     assert not (tmp_path / "runs" / "tiny" / "fold0" / "done.json").exists()
 
 
+@pytest.mark.slow
 def test_a_malformed_mlflow_tracking_uri_variable_is_named(tmp_path):
     setup(tmp_path, tracking="mlflow")
     proc = train_fold(tmp_path, {"MLFLOW_TRACKING_URI": "mlruns"})
@@ -142,6 +144,7 @@ def test_a_malformed_mlflow_tracking_uri_variable_is_named(tmp_path):
     assert "error: MLFLOW_TRACKING_URI: 'mlruns' is no URI" in proc.stderr
 
 
+@pytest.mark.slow
 def test_no_tracking_logs_nothing_and_loads_no_mlflow(tmp_path):
     """(timm itself imports wandb when it is installed; no W&B run starts, and mlflow stays unloaded.)"""
     setup(tmp_path)

@@ -87,6 +87,7 @@ def plan_says(root, *args):
     return run_cli("plan", "-c", "competition.yaml", "--models", "tiny student", *args, cwd=root).stderr
 
 
+@pytest.mark.slow
 def test_the_fold_record_decides_what_plan_retrains(tmp_path):
     """done.json is the fold's record: an output touched but unchanged keeps the fold; a changed output,
     folds.csv or teacher table makes it stale, each named; a done.json of the earlier format still counts."""
@@ -123,6 +124,7 @@ def test_the_fold_record_decides_what_plan_retrains(tmp_path):
     assert "tiny: 0/3 folds done; to train: fold0 (folds.csv changed)" in plan_says(tmp_path)
 
 
+@pytest.mark.slow
 def test_best_checkpoint_holds_what_inference_reads(tmp_path):
     """best.pt: weights (EMA too), config, classes, data config; no optimizer or resume state, so it is
     smaller than last.pt; predict works from it and gives the fold's own OOF."""
@@ -412,6 +414,7 @@ def test_nan_loss_policies_never_save_best(tmp_path):
     assert not (tmp_path / "runs/tiny/fold0/done.json").exists()
 
 
+@pytest.mark.slow
 def test_a_last_batch_of_one_trains(tmp_path):
     """A 17-row training part with batch_size 16 would end every epoch on a batch of one, which BatchNorm
     refuses in training ("Expected more than 1 value per channel"): it joins the batch before it."""
@@ -424,6 +427,7 @@ def test_a_last_batch_of_one_trains(tmp_path):
     assert np.isfinite(log.train_loss).all() and (log.train_loss > 0).all()
 
 
+@pytest.mark.slow
 def test_a_tiny_distillation_temperature_still_teaches(tmp_path):
     """p^(1/T) for a tiny T underflowed to 0/0: NaN targets, every step skipped, a logged loss of 0.0000 and
     an untrained student. In log space it is the teacher's top class; a T no arithmetic can use is an error."""

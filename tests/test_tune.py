@@ -29,10 +29,13 @@ def setup(root, search):
 
 @pytest.mark.parametrize("search, needles", [
     ({"nope": [1, 2]}, ["models/tiny.yaml", "search.nope", "not a model config key"]),
-    ({"augment": ["light", "wobbly"]}, ["search.augment", "'wobbly' is not a valid value"]),
-    ({"epochs": [1, 2, 3]}, ["search.epochs", "ambiguous", "{choices: [...]}"]),
-    ({"lr": [0.1, 0.01]}, ["search.lr", "low < high"]),
-    ({"backbone": ["test_resnet", "test_efficientnet"]}, ["search.backbone", "cannot be searched"]),
+    # each case is a `make tune` process: one in the fast loop, the others with the slow tests
+    pytest.param({"augment": ["light", "wobbly"]}, ["search.augment", "'wobbly' is not a valid value"],
+                 marks=pytest.mark.slow),
+    pytest.param({"epochs": [1, 2, 3]}, ["search.epochs", "ambiguous", "{choices: [...]}"], marks=pytest.mark.slow),
+    pytest.param({"lr": [0.1, 0.01]}, ["search.lr", "low < high"], marks=pytest.mark.slow),
+    pytest.param({"backbone": ["test_resnet", "test_efficientnet"]}, ["search.backbone", "cannot be searched"],
+                 marks=pytest.mark.slow),
 ])
 def test_bad_search_space_is_clear(tmp_path, search, needles):
     setup(tmp_path, search)

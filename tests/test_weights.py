@@ -31,6 +31,7 @@ def test_offline_pretrained_fails_fast_and_names_the_fixes(tmp_path, monkeypatch
     assert "weights/test_resnet.safetensors" in str(err.value)
 
 
+@pytest.mark.slow
 def test_train_offline_with_pretrained_is_one_clear_line(tmp_path):
     make_competition(tmp_path, models_dir="models")
     write_yaml(tmp_path / "models" / "tiny.yaml", {**TINY_MODEL, "pretrained": True})
@@ -65,6 +66,7 @@ def test_stored_weights_serve_pretrained_true_offline(tmp_path, monkeypatch):
     assert model.get_classifier().out_features == 5  # a fresh head for this competition
 
 
+@pytest.mark.slow
 def test_make_models_lists_pretrained_tags(tmp_path):
     proc = subprocess.run([*MAKE, "models", "PATTERN=test_res*"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
