@@ -319,7 +319,7 @@ def test_package_out_is_swapped_in_and_never_deletes_a_foreign_folder(copy):
                    cwd=copy, check=False)
     assert proc.returncode == 2 and "pip download" in proc.stderr
     assert (copy / "dist/b/manifest.json").read_text() == manifest  # the complete bundle survived the failure
-    assert sorted(p.name for p in (copy / "dist").iterdir()) == ["b"]  # no half-built folder left behind
+    assert sorted(p.name for p in (copy / "dist").iterdir()) == ["b", "b.record.json"]  # no half-built folder left
 
 
 # --- 12, 15: images ----------------------------------------------------------------------------------------------
