@@ -42,7 +42,7 @@ from pipeline.core.data import read_answers, read_sample
 from pipeline.core.errors import DataError
 from pipeline.artifacts.folds import competition_identity
 from pipeline.artifacts.record import changes, choose, file_md5, read_record, record_path, write_record
-from pipeline.core.io import write_json, write_text
+from pipeline.core.io import release_memory, write_json, write_text
 from pipeline.core.metrics import Metric
 from pipeline.artifacts.runs import DISTILL_SUFFIX
 from pipeline.artifacts.tables import Level1, find_table, load_level1, table_path
@@ -157,6 +157,7 @@ def score_blends(names: list[str], method: str, comp: Competition, n_classes: in
         else:
             b.oof = b.test = None
         blends.append(b)
+        release_memory()  # the blend's temporaries: peak memory stays that of one blend at a time
     if not blends:
         raise EnsembleError("every blend failed or was skipped: "
                             + "; ".join(f"{k}: {v}" for k, v in errors.items()))

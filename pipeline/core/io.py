@@ -97,3 +97,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a checkpoint of this pipeline (a {type(ckpt).__name__})")
     return ckpt
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the system (glibc keeps freed blocks of up to 32 MB in its arenas, so a stage
+    that makes many large temporaries, one blend after another, grows its resident set without using it)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
