@@ -12,6 +12,8 @@ One line per check, with its counts, then `ok`, or a CheckFailed listing every p
    under the competition key `bad_images: skip`); a constant regression target is a warning too;
 4. `answers`, when set: the file, its id and target column(s), an answer for every test id;
 5. every model config in `models_dir` validates (`models.load_model`) and names a backbone timm knows.
+6. tracking, when on: its package is installed, and an MLflow `tracking_uri` (else MLFLOW_TRACKING_URI) has
+   a form MLflow accepts (`tracking.check_mlflow_uri`), as a fold would open it; nothing is contacted.
 
 timm imports torch, which takes seconds: it is asked once, in a child process started before the image
 checks, so its start overlaps them and `check` itself stays torch-free.
@@ -71,6 +73,7 @@ def run_check(comp: Competition, models_dir: str | Path | None = None, source: s
     """Check `comp` (already validated) and print one line per check; CheckFailed listing every problem."""
     report = Report()
     report.line(f"config: {source} valid (task {comp.task}, metric {comp.metric}, {comp.n_folds} folds)")
+    check_tracking(comp, report)
     models = ModelCheck(Path(models_dir or comp.models_dir))  # starts asking timm now
     try:
         train, classes, test_ids = check_tables(comp, report)
@@ -395,6 +398,45 @@ def answers_problem(comp: Competition, path: Path, classes: list[str] | None, te
     except DataError as e:
         return str(e)
     return None
+
+
+# --- tracking --------------------------------------------------------------------------------------------
+
+
+def check_tracking(comp: Competition, report: Report) -> None:
+    """The tracking store as a fold would open it (`tracking`, `tracking_uri`), with nothing contacted: a line,
+    or a problem naming the key."""
+    if comp.tracking == "none":
+        return
+    problem, where = tracking_problem(comp)
+    report.line(f"tracking: {comp.tracking}, {where}" if problem is None else "tracking: FAILED")
+    if problem:
+        report.problem(problem)
+
+
+def tracking_problem(comp: Competition) -> tuple[str | None, str]:
+    """(why the tracker would not open, or None; where it logs)."""
+    import importlib.util
+
+    from pipeline.core.tracking import DEFAULT_MLFLOW_URI, check_mlflow_uri
+
+    if importlib.util.find_spec(comp.tracking) is None:
+        return (f"competition key 'tracking': {comp.tracking} needs the {comp.tracking} package: pip install -e "
+                "'.[tracking]' (make install includes it)"), ""
+    if comp.tracking == "wandb":
+        if comp.tracking_uri not in (None, "offline"):
+            return (f"competition key 'tracking_uri': {comp.tracking_uri!r} means nothing to wandb: offline (log "
+                    "without a network, for a later `wandb sync`) or null (online)"), ""
+        return None, "offline" if comp.tracking_uri else "online"
+    source = "competition key 'tracking_uri'" if comp.tracking_uri else "MLFLOW_TRACKING_URI"
+    uri = comp.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
+    if not (comp.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        source = "the default"
+    try:
+        check_mlflow_uri(uri, source)
+    except ConfigError as e:
+        return str(e), ""
+    return None, f"{uri} ({source})"
 
 
 # --- 5. model configs -------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import Competition
-from pipeline.core.data import examples, numbers
+from pipeline.core.data import examples, numbers, read_csv_text
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.io import write_csv, write_text
 from pipeline.artifacts.tables import ROW_SUM_TOLERANCE
@@ -252,14 +252,12 @@ def check_label_lists(text: pd.DataFrame, value_cols: list[str], fmt: Submission
 
 
 def read_candidate(path: str | Path) -> pd.DataFrame:
-    """A CSV to check, every cell as text (nothing converted, so nothing is hidden)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: not found")
+    """A CSV to check, every cell as text (the pipeline's one CSV reader: nothing converted, so nothing is
+    hidden); SubmissionError naming the file when it is missing or not a CSV."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise SubmissionError(f"{path}: cannot be read as CSV ({e})") from None
+        return read_csv_text(path, " (the submission to check)")
+    except DataError as e:
+        raise SubmissionError(str(e)) from None
 
 
 def validate_file(path: str | Path, comp: Competition) -> SubmissionFormat:
