@@ -106,9 +106,12 @@ EARLIER_MD5 = {"folds.csv": "folds_md5", "teacher table": "distill_md5"}  # an e
 
 def fold_params(cfg: ModelConfig, classes: list[str], comp: Competition) -> dict:
     """What besides files a fold is trained from: the config hash (result-neutral keys left out), the classes,
-    the task and the metric."""
-    return {"config_hash": config_hash(cfg, stamp_exclusions(cfg)), "classes": list(classes), "task": comp.task,
-            "metric": comp.metric}
+    the task, the metric and, when set, the competition's DICOM windows."""
+    params = {"config_hash": config_hash(cfg, stamp_exclusions(cfg)), "classes": list(classes), "task": comp.task,
+              "metric": comp.metric}
+    if comp.dicom_windows:  # how DICOM pixels become channels: other windows, another model
+        params["dicom_windows"] = [list(w) for w in comp.dicom_windows]
+    return params
 
 
 def fold_inputs(cfg: ModelConfig, folds_path: str | Path) -> dict[str, str]:

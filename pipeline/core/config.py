@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from pipeline.core.errors import ConfigError  # noqa: F401  (re-exported: `from pipeline.core.config import ConfigError`)
 
@@ -28,6 +29,8 @@ M = TypeVar("M", bound=BaseModel)
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 TASKS = ("binary", "multiclass", "multilabel", "ordinal", "regression")
+# Competition keys added after projects were built: at these defaults they are left out of the dump.
+ADDED_COMPETITION_KEYS: dict[str, Any] = {"dicom_windows": None}
 DEFAULT_METRIC = {"regression": "rmse"}  # every other task: accuracy
 
 
@@ -82,6 +85,14 @@ class Competition(StrictModel):
     max_image_pixels: int | None = Field(
         89_478_485, gt=0, description="refuse, before decoding, an image whose header declares more pixels "
         "(a decompression bomb); null: no limit")
+    duplicates: Literal["near", "exact", "none"] = Field(
+        "near", description="what `folds` keeps in one fold: near (default): exact copies and near-duplicates "
+        "(resized or re-compressed copies: 64-bit DCT pHash within 4 bits); exact: identical files (md5) only; "
+        "none: no duplicate grouping")
+    dicom_windows: list[tuple[float, float]] | None = Field(
+        None, description="[[center, width], ...]: a grayscale DICOM slice (rescale slope/intercept applied) "
+        "becomes one channel per window, clipped and scaled to 0..255; 1 window (grayscale) or 3 (RGB, "
+        "in_chans: 3), e.g. [[40, 80], [80, 200], [600, 2800]]; null: the file's own window")
     tracking: Literal["none", "mlflow", "wandb"] = Field(
         "none", description="log every fold and ensemble to MLflow (sqlite:///mlruns.db by default) or W&B"
     )
@@ -107,6 +118,27 @@ class Competition(StrictModel):
         if "{id}" not in v:
             raise ValueError(f"path template must contain '{{id}}', got {v!r}")
         return v
+
+    @field_validator("dicom_windows")
+    @classmethod
+    def _windows(cls, v):
+        if v is None:
+            return v
+        if len(v) not in (1, 3):
+            raise ValueError(f"give 1 window (one grayscale channel) or 3 (one per RGB channel) as [[center, width], "
+                             f"...], e.g. [[40, 80], [80, 200], [600, 2800]], not {len(v)}")
+        bad = [list(w) for w in v if not w[1] > 0]
+        if bad:
+            raise ValueError(f"every window's width (its second number) must be > 0, not {bad}")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _without_added_defaults(self, handler):
+        """Keys added after projects were built drop out of the dump at their defaults, so the competition's
+        hash (config_hash), and with it every stage's record, stays as it was for a project that does not
+        set them."""
+        data = handler(self)
+        return {k: v for k, v in data.items() if k not in ADDED_COMPETITION_KEYS or v != ADDED_COMPETITION_KEYS[k]}
 
     @model_validator(mode="before")
     @classmethod
@@ -311,14 +343,21 @@ def competition_default(key: str) -> Any:
 
 
 def load_competition(path: str | Path, overrides: list[str] | None = None) -> Competition:
-    """The competition config; its pixel limit holds for every image this process reads from then on, and
-    its `bad_images` is the default of every model config loaded after it."""
-    from pipeline.core.images import set_pixel_limit
-
+    """The competition config; its pixel limit and DICOM windows hold for every image this process reads from
+    then on, and its `bad_images` is the default of every model config loaded after it."""
     comp = load(Competition, path, overrides)
-    set_pixel_limit(comp.max_image_pixels)
+    apply_image_settings(comp)
     COMPETITION_DEFAULTS["bad_images"] = comp.bad_images
     return comp
+
+
+def apply_image_settings(comp: Competition) -> None:
+    """What the competition sets for every image this process reads: the pixel limit and the DICOM windows
+    (load_competition applies them; so does the Kaggle kernel, from the bundled config)."""
+    from pipeline.core.images import set_dicom_windows, set_pixel_limit
+
+    set_pixel_limit(comp.max_image_pixels)
+    set_dicom_windows(comp.dicom_windows)
 
 
 def open_competition(path: str | Path, overrides: list[str] | None = None) -> Competition:
@@ -335,8 +374,10 @@ def open_competition(path: str | Path, overrides: list[str] | None = None) -> Co
 # Keys that change no result (where results are logged, how a submission is sent): left out of the
 # competition's hash, so setting them makes nothing stale.
 # bad_images decides only whether an unreadable image stops a stage; the model configs that inherit it carry
-# it into their own stamps.
-NEUTRAL_KEYS = frozenset({"tracking", "tracking_uri", "code_competition", "max_image_pixels", "bad_images"})
+# it into their own stamps. duplicates changes only folds.csv, whose record holds it: later stages follow
+# folds.csv itself.
+NEUTRAL_KEYS = frozenset({"tracking", "tracking_uri", "code_competition", "max_image_pixels", "bad_images",
+                          "duplicates"})
 
 
 def config_hash(cfg: BaseModel, exclude: set[str] | frozenset[str] = frozenset()) -> str:

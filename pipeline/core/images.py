@@ -11,7 +11,8 @@ What `read_image` reads, always giving HxW uint8 (in_chans 1) or HxWx3 RGB uint8
 - a grayscale file in an RGB competition (replicated to 3 channels) and a colour file in a grayscale one
   (luminance, ITU-R BT.601);
 - DICOM (a `.dcm` suffix, or `DICM` at byte 128), through pydicom, the optional `dicom` extra
-  (`pip install -e '.[dicom]'`; `make install` installs it): see `decode_dicom`.
+  (`pip install -e '.[dicom]'`; `make install` installs it): see `decode_dicom`. The competition key
+  `dicom_windows` (`set_dicom_windows`) maps a grayscale slice to one channel per (center, width) window.
 
 `read_image(..., short_side=s)` shrinks an image whose shorter side is longer than s to exactly s
 (cv2.INTER_AREA, aspect kept); it never enlarges. A JPEG at least twice that size is decoded reduced by
@@ -23,9 +24,11 @@ image (a decompression bomb) is a BadImage naming the file and its size, read fr
 
 `decode_image` turns file bytes into an array in OpenCV's channel order or raises BadImage (an empty
 file, bytes no codec reads, an error inside OpenCV or pydicom); `read_bytes` gives the raw bytes for
-hashing. Every failure is a BadImage naming the file, except a DICOM file without pydicom installed,
-which is a DicomUnavailable (no bad-image policy should skip a whole competition's images). Nothing
-here imports torch.
+hashing; `decode_reduced` gives bytes already read as `read_image` decodes them (gray or BGR), for
+hashing after the md5. Every failure is a BadImage naming the file, except a DICOM file without pydicom
+installed (a DicomUnavailable) and three DICOM windows read by a one-channel model (a
+DicomWindowsMismatch, a ConfigError): no bad-image policy should skip a whole competition's images.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.core.errors import DataError
+from pipeline.core.errors import ConfigError, DataError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default decompression-bomb limit (1024 x 1024 x 1024 // 4 // 3)
 _pixel_limit: int | None = MAX_IMAGE_PIXELS
+_dicom_windows: tuple[tuple[float, float], ...] | None = None
 REDUCED = {2: (cv2.IMREAD_REDUCED_GRAYSCALE_2, cv2.IMREAD_REDUCED_COLOR_2),
            4: (cv2.IMREAD_REDUCED_GRAYSCALE_4, cv2.IMREAD_REDUCED_COLOR_4),
            8: (cv2.IMREAD_REDUCED_GRAYSCALE_8, cv2.IMREAD_REDUCED_COLOR_8)}
@@ -55,6 +59,11 @@ class BadImage(DataError):
 
 class DicomUnavailable(DataError):
     """A DICOM file met without pydicom installed; the message names the file and the fix."""
+
+
+class DicomWindowsMismatch(ConfigError):
+    """Three DICOM windows (three channels) read by a one-channel model: two settings that contradict each
+    other, not a bad image (it stops every stage at once); the message names both keys."""
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -70,6 +79,13 @@ def set_pixel_limit(pixels: int | None) -> None:
     """The most pixels an image may declare before it is decoded (None: no limit); the competition sets it."""
     global _pixel_limit
     _pixel_limit = pixels
+
+
+def set_dicom_windows(windows) -> None:
+    """The (center, width) windows a grayscale DICOM maps to, one channel each (None: the file's own window);
+    the competition sets them (key `dicom_windows`)."""
+    global _dicom_windows
+    _dicom_windows = None if not windows else tuple((float(c), float(w)) for c, w in windows)
 
 
 def declared_size(data: bytes) -> tuple[int, int] | None:
@@ -142,13 +158,24 @@ def read_image(path: str | Path, in_chans: int, short_side: int | None = None) -
     shorter side reduced to `short_side` when longer (never enlarged); BadImage naming the file when it
     cannot be decoded."""
     data = read_bytes(path)
+    if in_chans == 1 and _dicom_windows is not None and len(_dicom_windows) == 3 and is_dicom(data, path):
+        raise DicomWindowsMismatch(
+            f"{path}: the competition key dicom_windows gives 3 windows, one per channel, but this model reads "
+            "in_chans: 1. Set in_chans: 3 in the model config, or give dicom_windows a single window")
+    return to_channels(decode_reduced(data, path, in_chans == 1, short_side), in_chans)
+
+
+def decode_reduced(data: bytes, path: str | Path, gray: bool, short_side: int | None = None) -> np.ndarray:
+    """Gray or BGR uint8 of the bytes `data` of `path`, as read_image reads them before matching the
+    channels: a JPEG decoded reduced by libjpeg and in grayscale when `gray`, anything else whole and then
+    reduced to `short_side`."""
     if data[:3] == JPEG_MAGIC and not is_dicom(data, path):
         # No alpha or 16 bits in a JPEG: let libjpeg give the channels asked for (luminance straight from
         # its Y plane for grayscale), reduced by 2, 4 or 8 while that keeps the short side; OpenCV applies
         # the EXIF orientation with these flags.
         factor = jpeg_reduction(check_pixels(data, path), short_side)
         flags = REDUCED[factor] if factor > 1 else (cv2.IMREAD_GRAYSCALE, cv2.IMREAD_COLOR)
-        img = decode_image(data, path, flags[0] if in_chans == 1 else flags[1])
+        img = decode_image(data, path, flags[0] if gray else flags[1])
     else:
         # IMREAD_UNCHANGED keeps 16 bits and alpha, but skips OpenCV's EXIF orientation for PNG and WebP
         # (its TIFF decoder orients by itself), so that is applied here.
@@ -156,7 +183,7 @@ def read_image(path: str | Path, in_chans: int, short_side: int | None = None) -
         if data[:8] == PNG_MAGIC or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
             img = apply_orientation(img, exif_orientation(data))
         img = to_uint8(img, path)
-    return to_channels(reduce_short_side(img, short_side), in_chans)
+    return reduce_short_side(img, short_side)
 
 
 def jpeg_reduction(size: tuple[int, int] | None, short_side: int | None) -> int:
@@ -285,7 +312,9 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
 def decode_dicom(data: bytes, path: str | Path) -> np.ndarray:
     """HxW or HxWx3 RGB uint8 of a DICOM file, through pydicom (the optional `dicom` extra).
 
-    Grayscale: RescaleSlope/RescaleIntercept are applied, then the linear VOI window (WindowCenter and
+    Grayscale: RescaleSlope/RescaleIntercept are applied, then, when the competition sets `dicom_windows`
+    (`set_dicom_windows`), each of its (center, width) windows gives one channel (`window_to_uint8`; 3
+    windows: HxWx3, channel i = window i); else the file's linear VOI window (WindowCenter and
     WindowWidth, the first value of each when multi-valued; DICOM PS3.3 C.11.2.1.2.1) maps to 0..255, or,
     when the file has no window, the pixels' own min..max does; MONOCHROME1 is inverted so that higher is
     brighter. Colour (RGB, YBR as pydicom converts it to RGB, PALETTE COLOR through its lookup table)
@@ -345,10 +374,15 @@ def _first(value) -> float | None:
 
 
 def _gray_to_uint8(pixels: np.ndarray, ds, monochrome1: bool) -> np.ndarray:
-    """Rescale (slope, intercept), then the linear window or the min..max, to 0..255; MONOCHROME1 inverted."""
+    """Rescale (slope, intercept), then the competition's windows (one channel each: HxW or HxWx3), else
+    the file's linear window or the min..max, to 0..255; MONOCHROME1 inverted."""
     slope = _first(ds.get("RescaleSlope"))
     intercept = _first(ds.get("RescaleIntercept"))
     x = pixels.astype(np.float32) * np.float32(1.0 if slope is None else slope) + np.float32(intercept or 0.0)
+    if _dicom_windows is not None:
+        out = np.dstack([window_to_uint8(x, c, w) for c, w in _dicom_windows])
+        out = out[:, :, 0] if out.shape[2] == 1 else out
+        return 255 - out if monochrome1 else out
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is not None and width is not None and width >= 1:
         low, span = center - 0.5 - (width - 1) / 2, max(width - 1, 1e-6)
@@ -357,6 +391,13 @@ def _gray_to_uint8(pixels: np.ndarray, ds, monochrome1: bool) -> np.ndarray:
     scaled = np.clip((x - low) / span, 0, 1) * 255 if span > 0 else np.zeros_like(x)
     out = np.rint(scaled).astype(np.uint8)
     return 255 - out if monochrome1 else out
+
+
+def window_to_uint8(x: np.ndarray, center: float, width: float) -> np.ndarray:
+    """The window (center, width) of rescaled values to uint8: (x - (center - width / 2)) / width, clipped
+    to 0..1, times 255, rounded (the RSNA haemorrhage recipe: brain 40/80, subdural 80/200, bone 600/2800)."""
+    low = np.float32(center - width / 2)
+    return np.rint(np.clip((x - low) / np.float32(width), 0, 1) * 255).astype(np.uint8)
 
 
 def _colour_to_uint8(pixels: np.ndarray, bits: int) -> np.ndarray:

@@ -38,14 +38,17 @@ def read_bundle(bundle: str | Path) -> dict:
 
 
 def bundle_competition(info: dict, data_dir: str | Path):
-    """The packaged competition config with data_dir pointing at the local copy of the competition. The
-    kernel scores nothing, so a metric from a file (not in the bundle) gives way to the task's default."""
-    from pipeline.core.config import Competition
+    """The packaged competition config with data_dir pointing at the local copy of the competition, its image
+    settings applied (test images read as training read its images). The kernel scores nothing, so a metric
+    from a file (not in the bundle) gives way to the task's default."""
+    from pipeline.core.config import Competition, apply_image_settings
 
     fields = {**info["competition"], "data_dir": str(data_dir), "answers": None, "generator": None}
     if ".py:" in str(fields.get("metric")):
         fields.update(metric=None, greater_is_better=None)
-    return Competition.model_validate(fields)
+    comp = Competition.model_validate(fields)
+    apply_image_settings(comp)  # the pixel limit and DICOM windows, for every test image the kernel reads
+    return comp
 
 
 def load_weights(path: Path) -> dict:

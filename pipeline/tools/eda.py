@@ -2,8 +2,9 @@
 
 Class distribution; image sizes and aspect ratios (min / median / max, the share of non-square images,
 distinct sizes) with a recommended `img_size` and `resize`; channels and per-channel statistics; exact
-duplicates (md5 of the files) within train, within test and across; and a train/test shift check by
-adversarial validation:
+duplicates (md5 of the files) within train, within test and across; near-duplicates (64-bit perceptual
+hash, core/phash.py; train-test pairs first, the closest drawn side by side in near_duplicates.png); and a
+train/test shift check by adversarial validation:
 a LightGBM classifier (fixed seed, one thread, deterministic) tries to tell train images from test
 images on simple per-image statistics, scored by cross-validated ROC AUC (0.5: no visible shift).
 """
@@ -31,9 +32,10 @@ FEATURES = ["height", "width", "aspect", "channels", "bytes", "mean_0", "mean_1"
 
 def image_stats(path: Path) -> dict:
     """md5 of the file and simple statistics of the decoded image (NaN where it cannot be decoded)."""
-    from pipeline.core.images import BadImage, decode_image
+    from pipeline.core.images import BadImage, decode_image, reduce_short_side
+    from pipeline.core.phash import HASH_READ_SIDE, phash
 
-    row: dict = {"md5": None, "readable": False}
+    row: dict = {"md5": None, "readable": False, "phash": None}
     try:
         data = Path(path).read_bytes()
     except OSError:
@@ -54,6 +56,8 @@ def image_stats(path: Path) -> dict:
     planes = [img] * 3 if chans == 1 else [img[:, :, c] for c in range(3)]
     gray = img if chans == 1 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     hist = np.bincount(gray.ravel(), minlength=256) / gray.size
+    h64 = phash(reduce_short_side(gray, HASH_READ_SIDE))  # as `folds` hashes it, from a reduced image
+    row["phash"] = None if h64 is None else f"{h64:016x}"
     row.update({
         "readable": True, "height": h, "width": w, "aspect": w / h, "channels": chans,
         **{f"mean_{c}": float(p.mean()) for c, p in enumerate(planes)},
@@ -90,6 +94,78 @@ def duplicates(stats: pd.DataFrame) -> dict:
     train_md5 = set(stats.loc[stats.split == "train", "md5"].dropna())
     out["test_in_train"] = int(stats.loc[stats.split == "test", "md5"].isin(train_md5).sum())
     return out
+
+
+def near_duplicate_pairs(stats: pd.DataFrame) -> pd.DataFrame:
+    """Near-duplicates that are not identical files: pairs of images (any splits) whose perceptual hashes
+    differ in at most NEAR_DISTANCE bits but whose md5 differ, train-test pairs first, closest first."""
+    from pipeline.core.phash import hamming, near_pairs
+
+    hashed = stats[stats.phash.notna()].reset_index(drop=True)
+    hashes = np.array([int(h, 16) for h in hashed.phash], dtype=np.uint64)
+    pairs = near_pairs(hashes) if len(hashes) else np.zeros((0, 2), dtype=np.int64)
+    a, b = hashed.iloc[pairs[:, 0]].reset_index(drop=True), hashed.iloc[pairs[:, 1]].reset_index(drop=True)
+    df = pd.DataFrame({"split_a": a.split, "id_a": a.id, "split_b": b.split, "id_b": b.id,
+                       "bits": hamming(hashes[pairs[:, 0]], hashes[pairs[:, 1]]).astype(int)})
+    df = df[(a.md5 != b.md5).to_numpy()]
+    swap = (df.split_a == "test") & (df.split_b == "train")  # train first in a train-test pair
+    cols = ["split_a", "id_a", "split_b", "id_b"]
+    df.loc[swap, cols] = df.loc[swap, ["split_b", "id_b", "split_a", "id_a"]].to_numpy()
+    df["kind"] = df.split_a + "-" + df.split_b
+    order = df.kind.map({"train-test": 0, "train-train": 1, "test-test": 2})
+    return df.assign(_o=order).sort_values(["_o", "bits", "id_a", "id_b"]).drop(columns="_o").reset_index(drop=True)
+
+
+def near_summary(pairs: pd.DataFrame) -> dict:
+    """Pairs per kind, and the test images with a near-duplicate in train (the leak that matters)."""
+    from pipeline.core.phash import NEAR_DISTANCE
+
+    kinds = {k: int((pairs.kind == k).sum()) for k in ("train-train", "train-test", "test-test")}
+    across = pairs[pairs.kind == "train-test"]
+    return {"max_bits": NEAR_DISTANCE, "pairs": kinds, "test_near_train": int(across.id_b.nunique()),
+            "train_near_test": int(across.id_a.nunique())}
+
+
+NEAR_SHOWN = 8  # pairs drawn side by side in near_duplicates.png
+
+
+def near_section(comp: Competition, pairs: pd.DataFrame, summary: dict, stats: pd.DataFrame, out: Path) -> list[str]:
+    """index.md's near-duplicate section, with near_duplicates.png: the closest pairs side by side."""
+    lines = ["## Near-duplicates (perceptual hash)", "",
+             f"Resized, re-compressed or lightly edited copies: images whose 64-bit DCT perceptual hash differs in "
+             f"at most {summary['max_bits']} bits but whose files differ (identical files are counted above). "
+             "`make folds` keeps them in one fold (competition key `duplicates: near`).", "",
+             f"- train-test pairs: {summary['pairs']['train-test']} ({summary['test_near_train']} test images "
+             f"with a near-duplicate in train: their labels may leak)",
+             f"- train-train pairs: {summary['pairs']['train-train']}",
+             f"- test-test pairs: {summary['pairs']['test-test']}",
+             "", "Every pair: `near_duplicates.csv`.", ""]
+    if len(pairs):
+        png = save_fig(near_figure(comp, pairs.head(NEAR_SHOWN), stats), out / "near_duplicates.png")
+        lines += [f"![near-duplicates]({png})", ""]
+    return lines
+
+
+def near_figure(comp: Competition, pairs: pd.DataFrame, stats: pd.DataFrame):
+    """One row per pair: the two images side by side, titled with split, id and size, the right one with the
+    bits that differ."""
+    from pipeline.core.images import BadImage, read_image
+
+    size = {(r.split, r.id): f"{r.width:.0f}x{r.height:.0f}" for r in stats[stats.phash.notna()].itertuples()}
+    plt = pyplot()
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(5, 2.4 * len(pairs) + 0.5), squeeze=False)
+    for row, p in zip(axes, pairs.itertuples()):
+        for side, (ax, split, image_id) in enumerate(((row[0], p.split_a, p.id_a), (row[1], p.split_b, p.id_b))):
+            ax.axis("off")
+            ax.set_title(f"{split} {image_id} ({size.get((split, image_id), '?')} px)"
+                         + (f"\n{p.bits} of 64 bits differ" if side else "\n"), fontsize=7)
+            try:
+                ax.imshow(read_image(comp.image_path(split, image_id), 3, short_side=256))
+            except BadImage:
+                continue
+    fig.suptitle("near-duplicates, closest first (each row: one pair)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.4 * len(pairs) + 0.5)))
+    return fig
 
 
 def conflicting_labels(comp: Competition, train: pd.DataFrame, stats: pd.DataFrame) -> int:
@@ -348,6 +424,11 @@ def run_eda(comp: Competition, out: str | Path = "submissions/eda", seed: int | 
            f"- test: {dups['test']['extra_copies']} extra copies in {dups['test']['groups']} groups",
            f"- test images identical to a train image: {dups['test_in_train']}", ""]
 
+    near = near_duplicate_pairs(stats)
+    write_csv(out / "near_duplicates.csv", near)
+    dups["near"] = near_summary(near)
+    md += near_section(comp, near, dups["near"], stats, out)
+
     adv = adversarial_auc(stats, seed)
     auc_text = "n/a" if adv["auc"] is None else f"{adv['auc']:.4f}"
     verdict = ("n/a" if adv["auc"] is None else "no visible shift" if adv["auc"] < 0.6
@@ -371,6 +452,7 @@ def run_eda(comp: Competition, out: str | Path = "submissions/eda", seed: int | 
     write_text(out / "index.md", "\n".join(md))
     write_html(out / "index.md")
     print(f"wrote {out / 'index.md'} and index.html: {len(cc)} classes, {dups['train']['extra_copies']} duplicate "
-          f"train copies, {dups['test_in_train']} test images in train, adversarial AUC {auc_text}; "
+          f"train copies, {dups['test_in_train']} test images in train, {dups['near']['test_near_train']} test "
+          f"images with a near-duplicate in train, adversarial AUC {auc_text}; "
           f"img_size {img_size}, resize {advice['resize']}")
     return result
