@@ -11,7 +11,9 @@ Presets (`augment: <name>`) build around that geometry. For squash, none/light/m
 pipelines they always were (medium and heavy start with a RandomResizedCrop to (h, w)); for pad and
 crop they start with the geometry, and their random crops keep the aspect h:w, so nothing is
 stretched. `randaugment` draws N ops of a fixed magnitude per image (A.SomeOf), `trivialaugment`
-one op of a random magnitude (A.OneOf); both after the geometry, a zoom crop and a flip.
+one op of a random magnitude (A.OneOf); `autoaugment` (AutoAugment's ImageNet policy) and `augmix`
+(AugMix) are timm's policies run as one albumentations transform (TimmPolicy); all after the geometry, a
+zoom crop and a flip.
 
 An explicit list (`augment: [{name: <albumentations class>, ...params}, ...]`) is built with
 albumentations' own serialisation (A.from_dict), so compositions nest:
@@ -41,6 +43,7 @@ from albumentations.pytorch import ToTensorV2
 from pydantic import ValidationError
 
 from pipeline.core.errors import ConfigError
+from pipeline.nn.models import AUGMENT_PRESETS
 
 # --- geometry -----------------------------------------------------------------------------------------
 
@@ -190,6 +193,61 @@ def _trivialaugment(h: int, w: int, resize: str, interp: int, color: bool) -> li
     return [*_zoom_crop(h, w, resize, interp, (0.5, 1.0)), A.HorizontalFlip(p=0.5), A.OneOf(ops, p=1.0)]
 
 
+class TimmPolicy(A.ImageOnlyTransform):
+    """One of timm's PIL augmentation policies as an albumentations transform, so it runs inside the one
+    pipeline (after the geometry, before Normalize): `original` is AutoAugment's ImageNet policy
+    (auto_augment_transform), `augmix-m3-w3` AugMix (augment_and_mix_transform; no JSD loss). timm draws from
+    python's and numpy's global generators; each call seeds them from this transform's own generator and puts
+    them back, so albumentations' `set_random_seed` (and the DataLoader's per-worker seed) decides every draw.
+    Grayscale images go through as RGB and come back gray."""
+
+    def __init__(self, policy: str = "original", p: float = 1.0):
+        super().__init__(p=p)
+        self.policy = policy
+        self._built: dict[tuple[int, int], Callable] = {}
+
+    def _transform(self, h: int, w: int) -> Callable:
+        """timm's transform for (h, w) images (translations are in pixels), built once per size."""
+        from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform
+
+        if (h, w) not in self._built:
+            hparams = {"translate_const": int(min(h, w) * 0.45), "img_mean": (0, 0, 0)}
+            build = augment_and_mix_transform if self.policy.startswith("augmix") else auto_augment_transform
+            self._built[(h, w)] = build(self.policy, hparams)
+        return self._built[(h, w)]
+
+    def get_params(self) -> dict[str, Any]:
+        return {"seed": self.py_random.randrange(2**32)}
+
+    def apply(self, img, seed: int = 0, **params):
+        import random
+
+        import numpy as np
+        from PIL import Image
+
+        gray = img.ndim == 2 or img.shape[-1] == 1
+        rgb = np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2) if gray else img
+        kept = random.getstate(), np.random.get_state()
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            out = np.asarray(self._transform(*img.shape[:2])(Image.fromarray(rgb)))
+        finally:
+            random.setstate(kept[0])
+            np.random.set_state(kept[1])
+        return out[..., 0].reshape(img.shape) if gray else out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("policy",)
+
+
+def _timm_preset(policy: str) -> Callable[[int, int, str, int, bool], list]:
+    def preset(h: int, w: int, resize: str, interp: int, color: bool) -> list:
+        return [*_zoom_crop(h, w, resize, interp, (0.5, 1.0)), A.HorizontalFlip(p=0.5), TimmPolicy(policy)]
+
+    return preset
+
+
 Preset = Callable[[int, int, str, int, bool], list]
 PRESETS: dict[str, Preset] = {
     "none": _none,
@@ -198,7 +256,10 @@ PRESETS: dict[str, Preset] = {
     "heavy": _heavy,
     "randaugment": _randaugment,
     "trivialaugment": _trivialaugment,
+    "autoaugment": _timm_preset("original"),
+    "augmix": _timm_preset("augmix-m3-w3"),
 }
+assert tuple(PRESETS) == AUGMENT_PRESETS, "pipeline.nn.models.AUGMENT_PRESETS lists the presets for config loading"
 
 
 # --- explicit lists (albumentations' serialisation) ---------------------------------------------------

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.nn.augment import eval_transform
+from pipeline.nn.augment import eval_transform, train_transform
 from pipeline.core.io import load_checkpoint
 from pipeline.core.errors import CheckpointError
 from pipeline.nn.loader import ImageCache, ImageDataset, make_loader
-from pipeline.nn.models import TARGET_MEAN, TARGET_STD, ModelConfig, attach_target_scale, build_model
-from pipeline.nn.tta import get_view
+from pipeline.nn.models import (TARGET_MEAN, TARGET_STD, ModelConfig, attach_target_scale, build_model,
+                                resolve_stages)
+from pipeline.nn.tta import aug_draws, aug_seed, get_view
 
 
 def device() -> torch.device:
@@ -99,15 +100,40 @@ class EvalSpec:
     amp: str = "auto"
     channels_last: bool = False
     bad_images: str = "fail"
+    augment: object = "none"  # the training augmentation `aug:N` views draw from: the last stage's
 
     @classmethod
     def of(cls, cfg: ModelConfig, data_config: dict) -> "EvalSpec":
         """Evaluation batches are twice the training batch (no gradients to hold)."""
         return cls(dict(data_config), cfg.in_chans, cfg.batch_size * 2, cfg.num_workers, cfg.amp, cfg.channels_last,
-                   cfg.bad_images)
+                   cfg.bad_images, resolve_stages(cfg, "config")[-1].augment)
 
     def transform(self):
         return eval_transform(self.data_config, self.in_chans)
+
+    def augmentation(self):
+        """The training augmentation at the evaluation size, for `aug:N` views."""
+        return train_transform(self.augment, self.data_config, self.in_chans)
+
+
+class DrawnViews(ImageDataset):
+    """Each image's evaluation tensor and `draws` seeded draws of the training augmentation, stacked
+    (1 + draws, C, H, W); draw j of image i is seeded by aug_seed(i, j), whatever the workers or batches."""
+
+    def __init__(self, paths, spec: EvalSpec, draws: int, cache: ImageCache | None):
+        super().__init__(paths, None, spec.transform(), spec.in_chans, spec.bad_images, cache,
+                         short_side=spec.data_config.get("read_side"))
+        self.augment, self.draws = spec.augmentation(), draws
+
+    def __getitem__(self, i: int):
+        img = self.read(i)
+        if img is None:
+            return None
+        xs = [self.transform(image=img)["image"]]
+        for j in range(self.draws):
+            self.augment.set_random_seed(aug_seed(i, j))
+            xs.append(self.augment(image=img)["image"])
+        return torch.stack(xs), torch.as_tensor(-1), i
 
 
 @torch.inference_mode()
@@ -122,9 +148,14 @@ def image_logits(models: list, paths: list[Path], spec: EvalSpec, views: list[st
     """
     dev = dev or device()
     dtype = amp_dtype(spec.amp, dev)
-    view_fns = [get_view(v) for v in views]
-    dataset = ImageDataset(paths, None, spec.transform(), spec.in_chans, spec.bad_images, cache,
-                           short_side=spec.data_config.get("read_side"))
+    draws = [aug_draws(v) for v in views]
+    view_fns = [get_view(v) if n is None else None for v, n in zip(views, draws)]
+    most = max((n for n in draws if n), default=0)
+    if most:  # aug:N views: N seeded draws of the training augmentation beside each evaluation tensor
+        dataset = DrawnViews(paths, spec, most, cache)
+    else:
+        dataset = ImageDataset(paths, None, spec.transform(), spec.in_chans, spec.bad_images, cache,
+                               short_side=spec.data_config.get("read_side"))
     loader = make_loader(dataset, spec.batch_size, spec.num_workers, rows, dev=dev)
     fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
     for m in models:
@@ -142,10 +173,12 @@ def image_logits(models: list, paths: list[Path], spec: EvalSpec, views: list[st
         x = x.to(dev, non_blocking=True)
         batch_rows = idx.numpy()
         for v, view in enumerate(view_fns):
-            xv = view(x).contiguous(memory_format=fmt)
+            inputs = [view(x[:, 0] if most else x)] if view is not None else [x[:, 1 + j] for j in range(draws[v])]
+            inputs = [xv.contiguous(memory_format=fmt) for xv in inputs]
             for m, model in enumerate(models):
-                with autocast(dev, dtype):
-                    logits = model(xv).float().cpu().numpy()
+                with autocast(dev, dtype):  # an aug:N view: the mean of its N draws' logits
+                    logits = [model(xv).float().cpu().numpy() for xv in inputs]
+                logits = logits[0] if len(logits) == 1 else np.mean(logits, axis=0)
                 if out is None:
                     out = np.zeros((len(models), len(view_fns), len(paths), logits.shape[1]), dtype=np.float32)
                 out[m, v, batch_rows] = logits

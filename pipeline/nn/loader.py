@@ -189,16 +189,21 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def read(self, i: int) -> np.ndarray | None:
+        """Image i as read (from the cache when there is one); None when unreadable and bad_images is skip."""
         try:
             if self.cache is not None:
-                img = self.cache[i]
-            else:
-                img = read_image(self.paths[i], self.in_chans, self.short_side)
+                return self.cache[i]
+            return read_image(self.paths[i], self.in_chans, self.short_side)
         except BadImage as e:
             if self.bad_images == "fail":
                 raise
             print(f"warning: skipping {e}", file=sys.stderr)
+            return None
+
+    def __getitem__(self, i: int):
+        img = self.read(i)
+        if img is None:
             return None
         x = self.transform(image=img)["image"]
         y = self.targets[i] if self.targets is not None else -1

@@ -19,6 +19,10 @@ from pipeline.core.config import StrictModel, competition_default, deep_merge, p
 from pipeline.core.errors import ConfigError
 
 
+# The names of pipeline.nn.augment.PRESETS (checked there), known here without importing albumentations.
+AUGMENT_PRESETS = ("none", "light", "medium", "heavy", "randaugment", "trivialaugment", "autoaugment", "augmix")
+
+
 class ModelConfig(StrictModel):
     """One experiment: backbone, recipe, augmentation, TTA. Validated; unknown keys are errors."""
 
@@ -95,8 +99,22 @@ class ModelConfig(StrictModel):
         "on targets scaled by their training std)")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     focal_gamma: float = Field(2.0, ge=0)
-    class_weights: Literal["balanced"] | list[float] | None = Field(
-        None, description="per-class loss weights: 'balanced' (inverse frequency) or a list"
+    class_weights: Literal["balanced", "effective"] | list[float] | None = Field(
+        None, description="per-class loss weights: 'balanced' (inverse frequency), 'effective' (class-balanced "
+        "loss: (1 - cb_beta) / (1 - cb_beta^n) per class of n training rows) or a list, one per class"
+    )
+    cb_beta: float = Field(0.999, gt=0, lt=1, description="class_weights: effective's beta (0.9 .. 0.9999)")
+    pos_weight: Literal["balanced"] | list[float] | None = Field(
+        None, description="loss bce: weight of each label's positives, 'balanced' (negatives / positives per "
+        "label in the fold's training rows) or a list, one per label"
+    )
+    ohem: float | None = Field(
+        None, gt=0, le=1, description="online hard example mining: each batch's loss is the mean of its hardest "
+        "fraction of per-sample losses (0.7: the hardest 70%); null: all"
+    )
+    train_fraction: float = Field(
+        1.0, gt=0, le=1, description="quick runs: train on a stratified fraction of each fold's training rows "
+        "(validation rows unchanged, so CV stays comparable)"
     )
     sampler: Literal["random", "balanced"] = Field("random", description="balanced: class-balanced sampling")
     mixup: float = Field(0.0, ge=0, description="mixup alpha (0: off)")
@@ -117,8 +135,8 @@ class ModelConfig(StrictModel):
 
     # --- data ---
     augment: str | list[dict[str, Any]] = Field(
-        "light", description="preset none|light|medium|heavy|randaugment|trivialaugment, or a list of "
-        "{name: <albumentations class>, ...params} (compositions nest: {name: OneOf, transforms: [...]}), run on "
+        "light", description="preset none|light|medium|heavy|randaugment|trivialaugment|autoaugment|augmix, or a "
+        "list of {name: <albumentations class>, ...params} (compositions nest: {name: OneOf, transforms: [...]}), run on "
         "the image as read, before the resize to img_size"
     )
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
@@ -159,6 +177,21 @@ class ModelConfig(StrictModel):
         description="training stages, each {epochs: N, <key>: <value> ...} overriding keys of this config",
     )
 
+    @field_validator("augment")
+    @classmethod
+    def _augment(cls, v: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        if isinstance(v, str) and v not in AUGMENT_PRESETS:
+            raise ValueError(f"unknown preset {v!r}; valid presets: {', '.join(AUGMENT_PRESETS)} (or a list of "
+                             "{name: <albumentations transform>, ...})")
+        return v
+
+    @field_validator("pos_weight")
+    @classmethod
+    def _pos_weight(cls, v: str | list[float] | None) -> str | list[float] | None:
+        if isinstance(v, list) and not all(w > 0 for w in v):
+            raise ValueError("each label's weight must be > 0 (or give balanced)")
+        return v
+
     @field_validator("img_size")
     @classmethod
     def _img_size(cls, v: int | list[int] | None) -> int | list[int] | None:
@@ -188,7 +221,8 @@ RESULT_NEUTRAL_KEYS = frozenset({"cache_images", "tensorboard", "log_every", "se
 # read_side, and squash is what it did).
 ADDED_KEYS = {"resize": "squash", "read_scale": 1.5, "pool": None, "gem_p": 3.0, "head": "linear",
               "arcface_scale": 30.0, "arcface_margin": 0.3, "arcface_subcenters": 3, "distill": None,
-              "distill_alpha": 0.5, "temperature": 2.0}
+              "distill_alpha": 0.5, "temperature": 2.0, "cb_beta": 0.999, "pos_weight": None, "ohem": None,
+              "train_fraction": 1.0}
 
 
 def stamp_exclusions(cfg: "ModelConfig") -> frozenset[str]:
@@ -197,7 +231,8 @@ def stamp_exclusions(cfg: "ModelConfig") -> frozenset[str]:
 
 # read_scale: one read size for all stages (data_config's read_side), so the image cache serves every stage
 STAGE_KEYS_FORBIDDEN = {"backbone", "in_chans", "stages", "seed", "tta", "tta_merge", "pseudo", "pretrained",
-                        "read_scale", "pool", "head", "arcface_subcenters", "search", "distill"}
+                        "read_scale", "pool", "head", "arcface_subcenters", "search", "distill",
+                         "train_fraction"}
 
 
 def resolve_stages(cfg: ModelConfig, source: str) -> list[ModelConfig]:
@@ -445,6 +480,14 @@ def data_config(cfg: ModelConfig, model, whole: ModelConfig | None = None) -> di
         "interpolation": _INTERP.get(interpolation, 1),
         "read_side": None if whole.read_scale is None else math.ceil(whole.read_scale * largest),
     }
+
+
+def eval_data_config(cfg: ModelConfig, model, source: str = "config") -> dict[str, Any]:
+    """The data config every evaluation reads images with: validation, OOF, predict, TTA, the report and the
+    Kaggle kernel (all of them through best.pt's `data_config`, which training writes from this). It is the
+    last stage's, the size and geometry the model finished training at (the config itself without stages);
+    read_side is the one of all stages, so the image cache serves it."""
+    return data_config(resolve_stages(cfg, source)[-1], model, whole=cfg)
 
 
 def _hw(img_size: int | list[int] | None, default_hw: list[int]) -> list[int]:

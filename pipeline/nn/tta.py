@@ -1,8 +1,10 @@
 """Test-time augmentation: exact views of a normalised batch, and merges that are safe on raw logits.
 
 Views act on tensors (B, C, H, W) after normalisation, so each one is exact (hflip twice is the
-identity). Merges work in log space in float64 (numpy): no NaN or Inf comes out of finite logits, however
-large. Names are checked without torch, so a stage can decide it is up to date without importing it.
+identity). The random view `aug:N` instead runs the model's training augmentation N times on each image as
+read, each draw seeded by (image, draw), and averages the N draws' logits (pipeline.nn.infer). Merges work
+in log space in float64 (numpy): no NaN or Inf comes out of finite logits, however large. Names are
+checked without torch, so a stage can decide it is up to date without importing it.
 """
 
 from __future__ import annotations
@@ -62,13 +64,36 @@ def expand(tta: str | list[str]) -> list[str]:
     names: list[str] = []
     for item in items:
         for name in PRESETS.get(item, [item]):
-            get_view(name)
+            if aug_draws(name) is None:
+                get_view(name)
             if name not in names:
                 names.append(name)
     return names
 
 
+MAX_DRAWS = 64
+
+
+def aug_draws(name: str) -> int | None:
+    """N of a random-augmentation view `aug:N` (None for any other name): the view's logits are the mean of
+    N draws of the model's training augmentation, each seeded by (image, draw) (see `aug_seed`)."""
+    if not name.startswith("aug:"):
+        return None
+    n = name.split(":", 1)[1]
+    if not n.isdigit() or not 1 <= int(n) <= MAX_DRAWS:
+        raise ConfigError(f"key 'tta': view {name!r}: aug:<N> takes N draws of the training augmentation, "
+                          f"N from 1 to {MAX_DRAWS} (e.g. aug:4)")
+    return int(n)
+
+
+def aug_seed(row: int, draw: int) -> int:
+    """The seed of draw `draw` of image `row` (its index in the images predicted): the same images in the same
+    order give the same draws, in training's validation, predict, the kernel and show-batch."""
+    return (row * 1_000_003 + draw * 7919 + 12345) % 2**32
+
+
 def get_view(name: str) -> View:
+    """The function of a fixed view (on a normalised batch); `aug:N` views are drawn from the images instead."""
     if name in VIEWS:
         return VIEWS[name]
     if name.startswith("scale:"):
@@ -79,7 +104,8 @@ def get_view(name: str) -> View:
         if 0.25 <= factor <= 4:
             return _scale(factor)
     raise ConfigError(
-        f"key 'tta': unknown view {name!r}; views: {', '.join(VIEWS)}, scale:<factor> (e.g. scale:0.9); "
+        f"key 'tta': unknown view {name!r}; views: {', '.join(VIEWS)}, scale:<factor> (e.g. scale:0.9), "
+        f"aug:<N> (the mean of N seeded draws of the training augmentation, e.g. aug:4); "
         f"presets: {', '.join(PRESETS)}"
     )
 

@@ -2,7 +2,8 @@
 
 Training rows, chosen by --seed, go through the model's own pipelines exactly as training and inference
 run them: the read reduction (`read_side`), the training transform (augmentation and geometry), the
-evaluation transform, and each TTA view on the normalised tensor. Each image is then denormalised with the
+evaluation transform (at the last stage's size), and each TTA view on the normalised tensor (an `aug:N`
+view: each of its N seeded draws of the training augmentation). Each image is then denormalised with the
 model's mean and std back to 0..255 and drawn at the model's input size and aspect, titled with its label.
 `batch_arrays` returns the uint8 arrays the PNGs are drawn from.
 """
@@ -50,28 +51,39 @@ def batch_arrays(comp: Competition, cfg, n: int = 16, seed: int = 0) -> Batch:
     """The images of `n` training rows (a seeded choice) as the model receives them."""
     from pipeline.nn.augment import eval_transform, train_transform
     from pipeline.core.images import read_image
-    from pipeline.nn.models import build_model, data_config
-    from pipeline.nn.tta import expand, get_view
+    from pipeline.nn.models import build_model, data_config, eval_data_config, resolve_stages
+    from pipeline.nn.infer import EvalSpec
+    from pipeline.nn.tta import aug_draws, aug_seed, expand, get_view
 
     train = read_train(comp)
     classes = class_names(comp, train)
     y = encode_targets(comp, train, classes)
     rows = np.sort(np.random.default_rng(seed).choice(len(train), size=min(n, len(train)), replace=False))
     bare = build_model(cfg.model_copy(update={"pretrained": False}), num_classes=len(classes))  # for its defaults
-    d = data_config(cfg, bare)
-    tf_train, tf_eval = train_transform(cfg.augment, d, cfg.in_chans), eval_transform(d, cfg.in_chans)
+    first = resolve_stages(cfg, "config")[0]  # training starts with the first stage's size and augmentation
+    d, d_eval = data_config(first, bare, whole=cfg), eval_data_config(cfg, bare)  # evaluation: the last stage's
+    tf_train, tf_eval = train_transform(first.augment, d, cfg.in_chans), eval_transform(d_eval, cfg.in_chans)
     tf_train.set_random_seed(seed)
     ids = [str(train[comp.id_col].iloc[i]) for i in rows]
     images = [read_image(comp.image_path("train", i), cfg.in_chans, short_side=d.get("read_side")) for i in ids]
     train_x = [tf_train(image=img)["image"] for img in images]
     eval_x = [tf_eval(image=img)["image"] for img in images]
     tta = {}
+    drawn = EvalSpec.of(cfg, d_eval).augmentation()
     for view in expand(cfg.tta):
-        fn = get_view(view)
-        tta[view] = np.stack([to_uint8(fn(x[None])[0], d["mean"], d["std"]) for x in eval_x[:TTA_IMAGES]])
+        if aug_draws(view) is None:
+            fn = get_view(view)
+            tta[view] = np.stack([to_uint8(fn(x[None])[0], d_eval["mean"], d_eval["std"]) for x in eval_x[:TTA_IMAGES]])
+            continue
+        for j in range(aug_draws(view)):  # each draw as inference makes it for the images in this order
+            tiles = []
+            for r, img in enumerate(images[:TTA_IMAGES]):
+                drawn.set_random_seed(aug_seed(r, j))
+                tiles.append(to_uint8(drawn(image=img)["image"], d_eval["mean"], d_eval["std"]))
+            tta[f"{view} #{j + 1}"] = np.stack(tiles)
     return Batch(ids, [label_text(comp.task, y[i], classes) for i in rows],
                  np.stack([to_uint8(x, d["mean"], d["std"]) for x in train_x]),
-                 np.stack([to_uint8(x, d["mean"], d["std"]) for x in eval_x]), tta)
+                 np.stack([to_uint8(x, d_eval["mean"], d_eval["std"]) for x in eval_x]), tta)
 
 
 def draw(tiles: list[np.ndarray], titles: list[str], cols: int, title: str, path: Path) -> dict:
@@ -109,7 +121,8 @@ def show_batch(comp: Competition, cfg, model_name: str, out: str | Path | None =
                       f"{where}, training transform '{cfg.augment if isinstance(cfg.augment, str) else 'list'}'"
                       f" (seed {seed})", out / "train.png"),
         "eval": draw(list(batch.eval), [f"{i}\n{t}" for i, t in zip(batch.ids, batch.labels)], cols,
-                     f"{where}, evaluation transform", out / "eval.png"),
+                     f"{model_name}: {'x'.join(map(str, batch.eval.shape[1:3]))} px (height x width), evaluation "
+                     "transform (the last stage's size)", out / "eval.png"),
     }
     views = list(batch.tta)
     k = len(batch.tta[views[0]])

@@ -25,6 +25,8 @@ class FoldData:
     val_paths: list[Path]
     val_y: np.ndarray  # class index (n,), multi-hot (n, C) or values (n, T)
     distilled_ids: list[str] = field(default_factory=list)  # training rows whose target mixes in the teacher
+    fold_train_rows: int = 0  # the fold's labelled training rows, before `train_fraction` kept some of them
+    labelled_rows: int = 0  # the labelled rows it trains on (train_paths also holds pseudo-labelled test rows)
 
     def target_scale(self) -> tuple[np.ndarray, np.ndarray]:
         """Regression: the training targets' mean and std per column (a constant column gets std 1), computed
@@ -98,12 +100,42 @@ def soften(p: np.ndarray, task: str, temperature: float) -> np.ndarray:
     return q
 
 
+def strata(task: str, y: np.ndarray, bins: int = 10) -> np.ndarray:
+    """One stratum per row: its class; multilabel: its rarest positive label (-1: none); regression: the decile
+    of its first target."""
+    if task == "multilabel":
+        rarity = np.where(y > 0, y.sum(axis=0)[None, :], np.inf)
+        return np.where(np.isfinite(rarity).any(axis=1), rarity.argmin(axis=1), -1)
+    if task == "regression":
+        first = np.asarray(y, dtype=np.float64).reshape(len(y), -1)[:, 0]
+        return np.searchsorted(np.quantile(first, np.linspace(0, 1, bins + 1)[1:-1]), first)
+    return np.asarray(y)
+
+
+def stratified_subset(mask: np.ndarray, keys: np.ndarray, fraction: float, seed: tuple[int, int]) -> np.ndarray:
+    """`mask` (the fold's training rows) keeping a seeded `fraction` of each stratum's rows, at least one."""
+    if fraction >= 1:
+        return mask
+    rng = np.random.default_rng(list(seed))
+    rows = np.flatnonzero(mask)
+    keep = []
+    for key in np.unique(keys[rows]):
+        group = rows[keys[rows] == key]
+        keep.append(rng.permutation(group)[: max(1, round(fraction * len(group)))])
+    out = np.zeros_like(mask)
+    out[np.concatenate(keep)] = True
+    return out
+
+
 def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str | None,
-              distill: tuple[str, float, float] | None = None) -> FoldData:
+              distill: tuple[str, float, float] | None = None, train_fraction: float = 1.0,
+              seed: int = 0) -> FoldData:
     """Training rows (+ pseudo-labelled test rows) and validation rows of one fold. `distill` = (teacher
     table, alpha, temperature): each training row's target becomes alpha x its label + (1 - alpha) x the
     teacher's softened probabilities for it. The teacher table is the blend's OOF, so each row's soft label
-    comes from models that never saw that row; validation rows keep their true labels, untouched."""
+    comes from models that never saw that row; validation rows keep their true labels, untouched.
+    `train_fraction` < 1 keeps that fraction of the fold's labelled training rows, stratified (`strata`) and
+    drawn from (seed, fold); the validation rows are all kept, so the fold's score compares with a full run's."""
     train = read_train(comp)
     classes = class_names(comp, train)
     ids = train[comp.id_col]
@@ -113,6 +145,8 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
     y = encode_targets(comp, train, classes)
     targets = y if comp.task in ("multilabel", "regression") else one_hot(y, len(classes))
     tr, va = fold_index != fold, fold_index == fold
+    fold_train_rows = int(tr.sum())
+    tr = stratified_subset(tr, strata(comp.task, y), train_fraction, (seed, fold))
     train_paths = [comp.image_path("train", i) for i in ids[tr]]
     train_targets = targets[tr]
     distilled = []
@@ -130,4 +164,5 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
     comp.scoring().ready(y[va], len(classes))  # a metric from a file: imported and tried now, not after epoch 1
     return FoldData(classes=classes, train_paths=train_paths, train_targets=train_targets.astype(np.float32),
                     val_ids=ids[va].tolist(), val_paths=[comp.image_path("train", i) for i in ids[va]],
-                    val_y=y[va], distilled_ids=distilled)
+                    val_y=y[va], distilled_ids=distilled, fold_train_rows=fold_train_rows,
+                    labelled_rows=int(tr.sum()))

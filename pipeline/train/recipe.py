@@ -1,7 +1,8 @@
 """The training recipe's pieces, each built by one small function from a (stage's) model config.
 
-- `make_loss`: cross-entropy, focal or BCE on soft targets (n, C), with label smoothing and class weights;
-  mse, huber or l1 for regression, in units of the targets' std.
+- `make_loss`: cross-entropy, focal or BCE on soft targets (n, C), with label smoothing, class weights
+  (balanced, effective number of samples, or listed), BCE's positive weights and OHEM; mse, huber or l1 for
+  regression, in units of the targets' std. `check_recipe` refuses what does not fit the task up front.
 - `make_optimizer`: any timm optimizer (`timm.optim.create_optimizer_v2`) over our parameter groups: the
   head at `lr`, the backbone at `lr x backbone_lr_mult`, optional layer-wise lr decay, and no weight decay
   on norm, bias and the model's own no-decay parameters. `sam: true` wraps it in `SAM`.
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 
 import numpy as np
 import torch
@@ -28,22 +30,75 @@ REGRESSION_LOSSES = {"mse": F.mse_loss, "huber": F.huber_loss, "l1": F.l1_loss}
 AUTO_LOSS = {"multilabel": "bce", "regression": "mse"}  # other tasks: ce
 
 
-def make_loss(cfg: ModelConfig, task: str, class_weight: torch.Tensor | None, target_std: torch.Tensor | None = None):
-    """A loss on logits and soft targets (n, C); label smoothing and class weights applied here. Regression:
-    mse, huber or l1 of (prediction - target) / target_std, the targets' training std per column."""
+def loss_kind(cfg: ModelConfig, task: str) -> str:
+    """The loss a (stage's) config trains with on `task`; ConfigError when it does not fit the task."""
     kind = cfg.loss if cfg.loss != "auto" else AUTO_LOSS.get(task, "ce")
     fits = {"multilabel": ("bce",), "regression": tuple(REGRESSION_LOSSES)}.get(task, ("ce", "focal", "bce"))
     if kind not in fits:
         raise ConfigError(f"key 'loss': {kind} does not fit task {task}; use {', '.join(fits)} or auto")
+    if cfg.head == "arcface" and (task not in ("binary", "multiclass") or kind not in ("ce", "focal")):
+        raise ConfigError(f"key 'head': arcface needs a single-label task (binary, multiclass) with loss ce or focal, "
+                          f"not task {task} with loss {kind}; use head: linear")
+    return kind
+
+
+def check_weights(cfg: ModelConfig, task: str, classes: list[str]) -> None:
+    """class_weights and pos_weight fit the task, the loss and the number of classes (labels)."""
+    if task == "regression" and (cfg.class_weights is not None or cfg.sampler == "balanced"):
+        raise ConfigError("keys 'class_weights' and 'sampler: balanced' need classes; task regression has none")
+    if task == "multilabel" and cfg.sampler == "balanced":
+        raise ConfigError("key 'sampler': balanced sampling needs single-label classes")
+    if isinstance(cfg.class_weights, list) and len(cfg.class_weights) != len(classes):
+        raise ConfigError(f"key 'class_weights': {len(cfg.class_weights)} values for {len(classes)} classes "
+                          f"({', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}); give one per class, "
+                          "in that order, or balanced | effective")
+    if cfg.pos_weight is None:
+        return
+    kind = loss_kind(cfg, task)
+    if kind != "bce":
+        raise ConfigError(f"key 'pos_weight': weights the positives of loss bce, and this config's loss is {kind} "
+                          f"(task {task}); set loss: bce, or use class_weights")
+    if isinstance(cfg.pos_weight, list) and len(cfg.pos_weight) != len(classes):
+        raise ConfigError(f"key 'pos_weight': {len(cfg.pos_weight)} values for {len(classes)} labels "
+                          f"({', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}); give one per label, "
+                          "in that order, or balanced")
+
+
+def check_recipe(stages: list[ModelConfig], task: str, classes: list[str], source: str) -> None:
+    """Every stage's loss and weights fit the task, before anything is built; errors name the file and stage."""
+    for i, scfg in enumerate(stages):
+        try:
+            loss_kind(scfg, task)
+            check_weights(scfg, task, classes)
+        except ConfigError as e:
+            raise ConfigError(f"{source}{f' stages[{i}]' if len(stages) > 1 else ''}: {e}") from None
+
+
+def hardest(per_sample: torch.Tensor, fraction: float | None) -> torch.Tensor:
+    """The mean of the hardest `fraction` of the per-sample losses (OHEM; at least one); all of them for None.
+    A non-finite loss counts as the hardest, so the step guard still sees it."""
+    if fraction is None or fraction >= 1:
+        return per_sample.mean()
+    k = max(1, math.ceil(fraction * per_sample.numel()))
+    key = torch.nan_to_num(per_sample.detach(), nan=float("inf"))
+    return per_sample[key.topk(k).indices].mean()
+
+
+def make_loss(cfg: ModelConfig, task: str, class_weight: torch.Tensor | None, target_std: torch.Tensor | None = None,
+              pos_weight: torch.Tensor | None = None):
+    """A loss on logits and soft targets (n, C); label smoothing, class weights, BCE's positive weights and
+    OHEM (`ohem`: the hardest fraction of each batch's samples) applied here. Regression: mse, huber or l1
+    of (prediction - target) / target_std, the targets' training std per column."""
+    kind, ohem = loss_kind(cfg, task), cfg.ohem
     if task == "regression":
         scale = target_std if target_std is not None else 1.0
         fn = REGRESSION_LOSSES[kind]
-        return lambda pred, target: fn(pred.float() / scale, target / scale)
+        if ohem is None:
+            return lambda pred, target: fn(pred.float() / scale, target / scale)
+        return lambda pred, target: hardest(fn(pred.float() / scale, target / scale, reduction="none").mean(dim=1),
+                                            ohem)
     smoothing, gamma = cfg.label_smoothing, cfg.focal_gamma
     arcface = cfg.head == "arcface"
-    if arcface and (task not in ("binary", "multiclass") or kind not in ("ce", "focal")):
-        raise ConfigError(f"key 'head': arcface needs a single-label task (binary, multiclass) with loss ce or focal, "
-                          f"not task {task} with loss {kind}; use head: linear")
 
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, n_classes = logits.float(), logits.shape[1]
@@ -53,7 +108,7 @@ def make_loss(cfg: ModelConfig, task: str, class_weight: torch.Tensor | None, ta
             logits = arc_margin(logits, target, cfg.arcface_scale, cfg.arcface_margin)
         if kind == "bce":
             target = target * (1 - smoothing) + smoothing / 2
-            loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none", pos_weight=pos_weight)
         else:
             target = target * (1 - smoothing) + smoothing / n_classes
             logp = F.log_softmax(logits, dim=1)
@@ -62,21 +117,43 @@ def make_loss(cfg: ModelConfig, task: str, class_weight: torch.Tensor | None, ta
                 loss = loss * (1 - logp.exp()).pow(gamma)
         if class_weight is not None:
             loss = loss * class_weight
-        return loss.sum(dim=1).mean()
+        return loss.sum(dim=1).mean() if ohem is None else hardest(loss.sum(dim=1), ohem)
 
     return loss_fn
 
 
 def class_weight_tensor(cfg: ModelConfig, counts: np.ndarray, dev: torch.device) -> torch.Tensor | None:
-    """Per-class loss weights from `class_weights`: inverse frequency ('balanced') or the listed values."""
+    """Per-class loss weights from `class_weights`: inverse frequency ('balanced'), the class-balanced loss's
+    inverse effective number of samples ('effective', (1 - beta) / (1 - beta^n), scaled to average 1), or the
+    listed values."""
     if cfg.class_weights == "balanced":
         weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    elif cfg.class_weights == "effective":
+        n = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+        weights = (1.0 - cfg.cb_beta) / (1.0 - np.power(cfg.cb_beta, n))
+        weights = weights * len(weights) / weights.sum()
     elif isinstance(cfg.class_weights, list):
         if len(cfg.class_weights) != len(counts):
             raise ConfigError(f"key 'class_weights': {len(cfg.class_weights)} values for {len(counts)} classes")
         weights = cfg.class_weights
     else:
         return None
+    return torch.tensor(weights, dtype=torch.float32, device=dev)
+
+
+def pos_weight_tensor(cfg: ModelConfig, targets: np.ndarray, dev: torch.device) -> torch.Tensor | None:
+    """BCE's weight of each label's positives from `pos_weight`: negatives / positives per label of the
+    training targets ('balanced'; a label without positives gets 1) or the listed values."""
+    if cfg.pos_weight is None:
+        return None
+    if cfg.pos_weight == "balanced":
+        pos = targets.astype(np.float64).sum(axis=0)
+        neg = len(targets) - pos
+        weights = np.where(pos > 0, neg / np.maximum(pos, 1e-12), 1.0)
+    else:
+        if len(cfg.pos_weight) != targets.shape[1]:
+            raise ConfigError(f"key 'pos_weight': {len(cfg.pos_weight)} values for {targets.shape[1]} labels")
+        weights = cfg.pos_weight
     return torch.tensor(weights, dtype=torch.float32, device=dev)
 
 

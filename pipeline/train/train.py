@@ -33,10 +33,12 @@ from pipeline.core.io import file_md5, load_checkpoint, save_checkpoint, write_c
 from pipeline.core.errors import CheckpointError, ConfigError, PipelineError
 from pipeline.nn.loader import EpochSampler, ImageDataset, batches_per_epoch, make_loader, maybe_cache, resolve_workers
 from pipeline.core.metrics import get_metric
-from pipeline.nn.models import ModelConfig, attach_target_scale, build_model, data_config, resolve_stages
+from pipeline.nn.models import (ModelConfig, attach_target_scale, build_model, data_config, eval_data_config,
+                                 resolve_stages)
 from pipeline.train.recipe import (
     SAM,
     StepGuard,
+    check_recipe,
     class_weight_tensor,
     current_lr,
     load_scheduler_state,
@@ -44,6 +46,7 @@ from pipeline.train.recipe import (
     make_mixer,
     make_optimizer,
     make_scheduler,
+    pos_weight_tensor,
     scheduler_state,
 )
 from pipeline.artifacts.runs import (config_name, fold_inputs, fold_params, fold_status, job_progress, publish,
@@ -169,12 +172,8 @@ def start_stage(eng: Engine, stages: list[ModelConfig], index: int) -> Stage:
     dataset = ImageDataset(data.train_paths, data.train_targets, tf, cfg.in_chans, cfg.bad_images, cache,
                            short_side=d.get("read_side"))
     counts = data.train_targets.sum(axis=0)
-    sample_weights, task = None, eng.comp.task
-    if task == "regression" and (cfg.class_weights is not None or cfg.sampler == "balanced"):
-        raise ConfigError("keys 'class_weights' and 'sampler: balanced' need classes; task regression has none")
+    sample_weights, task = None, eng.comp.task  # check_recipe has refused what does not fit the task
     if cfg.sampler == "balanced":
-        if task == "multilabel":
-            raise ConfigError("key 'sampler': balanced sampling needs single-label classes")
         sample_weights = 1.0 / counts[data.train_targets.argmax(axis=1)]
     sampler = EpochSampler(len(dataset), cfg.seed, sample_weights, eng.rank, eng.world)
     steps = -(-batches_per_epoch(len(sampler), scfg.batch_size) // scfg.grad_accum)  # ceil(batches / accum)
@@ -183,7 +182,8 @@ def start_stage(eng: Engine, stages: list[ModelConfig], index: int) -> Stage:
     return Stage(index, scfg, d["img_size"], sum(s.epochs for s in stages[:index]), steps, dataset, sampler, optimizer,
                  make_scheduler(scfg, optimizer, steps, mode), make_mixer(scfg, len(data.classes)),
                  make_loss(scfg, task, class_weight_tensor(scfg, counts, eng.dev),
-                           torch.as_tensor(data.target_scale()[1], device=eng.dev) if task == "regression" else None))
+                           torch.as_tensor(data.target_scale()[1], device=eng.dev) if task == "regression" else None,
+                           pos_weight_tensor(scfg, data.train_targets, eng.dev)))
 
 
 def check_faults(eng: Engine, progress: Progress, epoch: int, step: int) -> None:
@@ -426,7 +426,10 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
     key=value words) are recorded in config.yaml and done.json. `on_epoch(epoch, metric)` is called after
     each epoch's validation (`make tune` reports to its pruner there, which may stop the run by raising)."""
     data = fold_data(comp, folds_path, fold, cfg.pseudo,
-                     (cfg.distill, cfg.distill_alpha, cfg.temperature) if cfg.distill else None)
+                     (cfg.distill, cfg.distill_alpha, cfg.temperature) if cfg.distill else None,
+                     cfg.train_fraction, cfg.seed)
+    stages = resolve_stages(cfg, source)
+    check_recipe(stages, comp.task, data.classes, source)
     out, overrides = run_dir(model_name, fold, runs), list(overrides)
     params, inputs = fold_params(cfg, data.classes, comp), fold_inputs(cfg, folds_path)
     rank, local_rank, world = dist_info()
@@ -440,11 +443,14 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
         print(f"{out}: {status.reason}; training it again beside the finished fold, which is set aside when done")
     stamp = resume_stamp(params, inputs)
     work, resume = prepare_staging(out, stamp, rank == 0)
-    stages = resolve_stages(cfg, source)
     eng = build_engine(comp, cfg, model_name, fold, data, rank, local_rank, world)
-    spec = EvalSpec.of(cfg, data_config(cfg, eng.model))
+    spec = EvalSpec.of(cfg, eval_data_config(cfg, eng.model, source))  # the last stage's size: see best.pt
     tracker = Tracker()
     if eng.main:
+        if cfg.train_fraction < 1:
+            print(f"{model_name} fold{fold}: train_fraction {cfg.train_fraction:g}: training on {data.labelled_rows} "
+                  f"of the fold's {data.fold_train_rows} training rows (stratified); validating on all "
+                  f"{len(data.val_paths)} validation rows", flush=True)
         resolved = write_run_config(eng, work, spec.data_config, overrides)
         tracker = competition_tracker(comp, f"{model_name}/fold{fold}", resolved, {"model": model_name, "fold": fold})
     progress = restore(eng, resume) if resume is not None else Progress()
@@ -510,5 +516,6 @@ def finish(eng: Engine, work: Path, out: Path, spec: EvalSpec, progress: Progres
         "best_epoch": progress.best_epoch + 1, "epochs_run": len(progress.log),
         "greater_is_better": comp.scoring().greater_is_better, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "finished_at": time.time(), "seconds": round(time.time() - progress.started, 1), "overrides": overrides,
+        "train_rows": data.labelled_rows, "fold_train_rows": data.fold_train_rows,
     })
     print(f"{eng.name} fold{eng.fold}: {comp.metric} {fold_score:.4f} (best epoch {progress.best_epoch + 1})")
