@@ -109,15 +109,20 @@ RDZV_TIMEOUT ?= 600
 digitless = $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,$(subst 7,,$(subst 8,,$(subst 9,,$(1)))))))))))
 count = $(if $(and $($(1)),$(if $(call digitless,$($(1))),,y),$(or $(3),$(subst 0,,$($(1))))),$($(1)),$(error \
   $(1)=$($(1)): expected a whole number of at least $(or $(3),1) ($(2))))
-TORCHRUN = $(VENV)/bin/torchrun $(if $(filter-out 1,$(NNODES)),--nnodes=$(NNODES) --node_rank=$(call count,NODE_RANK,this \
-  node's rank: 0 on the node at RDZV and 1 to NNODES-1 on the others,0) \
+# $(check_node_rank): nothing when NODE_RANK (at least 0) is below NNODES (at least 1), else make stops with one
+# line naming both.
+check_node_rank = $(if $(shell [ $(call count,NODE_RANK,this node's rank: 0 on the node at RDZV and 1 to NNODES-1 on \
+  the others,0) -lt $(call count,NNODES,machines one fold's DDP spans) ] && echo y),,$(error NODE_RANK=$(NODE_RANK) \
+  is not below NNODES=$(NNODES): ranks run from 0 (the node at RDZV) to NNODES-1 (one per machine)))
+TORCHRUN = $(VENV)/bin/torchrun $(if $(filter-out 1,$(NNODES)),--nnodes=$(NNODES) --node_rank=$(check_node_rank)$(NODE_RANK) \
   --rdzv_endpoint=$(call q,$(or $(RDZV),$(error NNODES=$(NNODES) needs RDZV=host:port, the address of the node with NODE_RANK=0))) \
   --rdzv_conf=timeout=$(call count,RDZV_TIMEOUT,seconds every node waits for all NNODES to join) \
   $(info NNODES=$(NNODES): this node (NODE_RANK=$(NODE_RANK)) waits at the rendezvous RDZV=$(RDZV) (the node with \
   NODE_RANK=0) for all $(NNODES) nodes to join, for up to RDZV_TIMEOUT=$(RDZV_TIMEOUT) s; run the same command on \
   every other node with its own NODE_RANK),--standalone) --nproc_per_node=$(NPROC)
 TRAIN  = $(if $(filter-out 1,$(call count,NPROC,GPU processes per fold: torchrun's --nproc_per_node) \
-  $(call count,NNODES,machines one fold's DDP spans)),$(TORCHRUN) -m pipeline,$(RUN)) train -c $(call q,$(COMPETITION))
+  $(call count,NNODES,machines one fold's DDP spans) $(if $(filter command line,$(origin NODE_RANK)),$(check_node_rank))),$(TORCHRUN) \
+  -m pipeline,$(RUN)) train -c $(call q,$(COMPETITION))
 LAUNCH = $(RUN) launch -c $(call q,$(COMPETITION)) --train-cmd $(call q,$(TRAIN)) --gpus $(call q,$(GPUS)) --jobs-per-gpu $(call q,$(JOBS_PER_GPU)) \
   --nproc $(call q,$(NPROC)) $(if $(PSEUDO),--pseudo $(call q,$(PSEUDO))) $(if $(CLUSTER),--cluster $(call q,$(CLUSTER))) \
   $(if $(RAY_ADDRESS),--address $(call q,$(RAY_ADDRESS))) $(if $(JOB_GPUS),--job-gpus $(call q,$(JOB_GPUS))) \
@@ -194,8 +199,9 @@ package: ensemble ## offline Kaggle kernel + dataset of the chosen blend (STUDEN
 DRY_RUN ?=
 KERNEL_VERSION ?=
 submit: $(STAMP) ## send it to Kaggle: the CSV, or on a code competition the bundle's dataset version + kernel push, then KERNEL_VERSION=n submits that run (COMPETITION_SLUG=, DRY_RUN=1 prints only)
-	$(RUN) submit -c $(call q,$(COMPETITION)) --bundle $(call q,$(BUNDLE)) $(if $(COMPETITION_SLUG),--competition-slug $(call q,$(COMPETITION_SLUG))) \
-	  $(if $(KERNEL_VERSION),--kernel-version $(call q,$(KERNEL_VERSION))) $(if $(DRY_RUN),--dry-run) $(COMP_FLAG)
+	$(if $(KAGGLE_CLI),KAGGLE_CLI=$(call q,$(KAGGLE_CLI))) $(RUN) submit -c $(call q,$(COMPETITION)) --bundle $(call q,$(BUNDLE)) \
+	  $(if $(COMPETITION_SLUG),--competition-slug $(call q,$(COMPETITION_SLUG))) $(if $(DRY_RUN),--dry-run) $(COMP_FLAG) \
+	  $(if $(KERNEL_VERSION),--kernel-version $(call count,KERNEL_VERSION,the finished version of the pushed kernel to submit))
 
 FILE ?= submissions/submission.csv
 validate: $(STAMP) ## check a CSV against the sample submission (FILE=path.csv)
@@ -220,7 +226,7 @@ TRIALS ?= 20
 FOLDS  ?= 0
 tune: folds ## Optuna over a model's `search` space: make tune MODEL=name TRIALS=30 [FOLDS="0 1"] -> configs/models/<name>-tuned.yaml (resumable)
 	@test -n $(call q,$(MODEL)) || { echo "usage: make tune MODEL=<name> [TRIALS=20] [FOLDS=0]" >&2; exit 2; }
-	$(RUN) tune -c $(call q,$(COMPETITION)) $(COMP_FLAG) --model $(call q,$(MODEL)) --trials $(call q,$(TRIALS)) --folds-to-tune $(call q,$(FOLDS))
+	$(RUN) tune -c $(call q,$(COMPETITION)) $(COMP_FLAG) --model $(call q,$(MODEL)) --trials $(call q,$(call count,TRIALS,the trials the study holds when the search ends)) --folds-to-tune $(call q,$(FOLDS))
 
 lr-find: $(STAMP) ## LR range test: make lr-find MODEL=name [ARGS="batch_size=32"] -> runs/<model>/lr_find.png, suggested lr
 	@test -n $(call q,$(MODEL)) || { echo "usage: make lr-find MODEL=<name> [ARGS='key=value ...']" >&2; exit 2; }

@@ -46,6 +46,7 @@ from pipeline.core.io import release_memory, write_json, write_text
 from pipeline.core.metrics import Metric
 from pipeline.artifacts.runs import DISTILL_SUFFIX
 from pipeline.artifacts.tables import Level1, find_table, load_level1, table_path
+from pipeline.train.tune_space import tuned_folds
 
 TEST_PREDICTION_RULE = (
     "blends that learn: mean of the fold-wise learners' test predictions (nested CV); "
@@ -229,14 +230,21 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
         cells = [mark, name, kind, _fmt(cv)] + [_fmt(per_fold.get(k)) for k in folds]
         return "| " + " | ".join(cells + ([_fmt(test)] if has_answers else [])) + " |"
 
+    tuned = {r["name"]: on for r in model_rows if (on := tuned_folds(comp.models_dir, r["name"])) is not None}
     for r in model_rows:
-        lines.append(row("", r["name"], "model" if r["blended"] else NOT_BLENDED, r["cv"], r["folds"], r.get("test")))
+        kind = "model" if r["blended"] else NOT_BLENDED
+        kind += ", tuned: CV optimistic (see below)" if r["name"] in tuned else ""
+        lines.append(row("", r["name"], kind, r["cv"], r["folds"], r.get("test")))
     for b in blends:
         lines.append(row("**chosen**" if b.name == chosen else "", b.name, "blend, nested CV" if b.learned else "blend",
                          b.cv, b.fold_scores, b.test_score))
     for name, err in errors.items():
         lines.append(row("", name, str(err)[:120] if isinstance(err, Skipped) else f"failed: {err}"[:80], None, {},
                          None))
+    for name, on in tuned.items():  # make tune picked its settings on these folds' validation rows
+        report["models"][name]["tuned_on_folds"] = on
+        lines += ["", f"{name}: tuned on fold {', '.join(map(str, on))}'s validation rows: its CV is optimistic "
+                  "(`make tune` picked its settings on them); judge it by the other folds or a test score."]
     lines += ["", f"Test prediction: {TEST_PREDICTION_RULE}.",
               f"Submission: {submission.get('submission')} ({submission.get('format')}); "
               f"archived as {submission.get('history')}.", ""]

@@ -172,9 +172,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
 def cmd_tune(args: argparse.Namespace) -> None:
     from pipeline.train.tune import tune
 
-    folds = [int(f) for f in args.folds_to_tune.replace(",", " ").split()]
-    tune(competition(args.competition, args.comp_args), args.model, args.trials, folds, folds_path=args.folds, runs=args.runs,
-         seed=args.seed)
+    tune(competition(args.competition, args.comp_args), args.model, args.trials, args.folds_to_tune,  # FOLDS, checked there
+         folds_path=args.folds, runs=args.runs, seed=args.seed)
 
 
 def cmd_show_batch(args: argparse.Namespace) -> None:

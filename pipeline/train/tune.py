@@ -1,129 +1,52 @@
 """`make tune MODEL=m TRIALS=30 [FOLDS=0]`: Optuna's TPE over the model config's `search` space, with
 median pruning on the per-epoch validation metric; the best trial becomes configs/models/<m>-tuned.yaml.
+The space, its forms and the tuned file: pipeline.train.tune_space.
+
+Everything a user gives is checked before any trial trains: TRIALS (at least 1), FOLDS (folds of
+folds.csv), the search space, and a <m>-tuned.yaml that `make tune` did not write or that was edited since.
 
 The study lives in SQLite, runs/<m>/tune.db, named <m>-<hash> by a hash of its search space and the base
-config (the model config without its result-neutral keys): a killed search resumes where it was (TRIALS
-counts every finished or pruned trial, whichever process ran it), and several processes can share it. A
-changed space or base config starts a new study in the same file and keeps the earlier ones, so the best
-trial is always one of the current space. Each trial trains in runs/<m>/tune/<study>/trial<n>/, never beside
-the model's own folds. A trial killed midway stays "running" in the study until Optuna's heartbeat declares
-it failed; it is then retried with the same parameters.
+config (the model config without its result-neutral keys); a changed space or base config starts a new
+study in the same file and keeps the earlier ones. TRIALS counts the trials that completed, were pruned or
+failed, plus those another live process is running: each process (two GPUs: two `make tune` beside each
+other) claims a trial under a file lock (runs/<m>/.tune.lock) only while that count is below TRIALS, so
+together they stop at exactly TRIALS. Trial n draws its values with the sampler seeded by seed + n, so
+processes never repeat each other's trials. A trial that fails (non-finite loss, out of memory, any
+TrainingError) is recorded as failed with its reason and the search goes on; the summary counts them.
 
-The search space is declared in the model YAML and validated like every key:
-
-    search:
-      lr: [1.0e-4, 1.0e-2, log]         # float, log-uniform
-      weight_decay: [0.0, 0.1]          # float, uniform
-      batch_size: [16, 64, int]         # integer
-      augment: [light, medium, heavy]   # categorical
-      epochs: {choices: [10, 20]}       # categorical numbers
+Each trial trains in runs/<m>/tune/<study>/trial<n>/, never beside the model's own folds. When a trial
+ends, the checkpoints of every finished trial but the best one are deleted (logs stay), and the best
+keeps only its best.pt; the disk used is printed at the end. A trial whose process died (killed, machine
+restarted) stays "running" in the study until the next `make tune` on that machine finds its process gone:
+it is then marked failed, not counted (another trial takes its place), and its folder removed.
 """
 
 from __future__ import annotations
 
+import fcntl
+import gc
 import hashlib
 import json
 import math
+import os
+import re
+import shutil
+import socket
+import sys
 import time
-import warnings
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
-
 from pipeline.core.config import Competition, config_hash
-from pipeline.core.errors import ConfigError
-from pipeline.core.io import write_text
-from pipeline.nn.models import ModelConfig, load_model, model_config_path, stamp_exclusions
+from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.nn.models import load_model, stamp_exclusions
 from pipeline.artifacts.runs import read_done
-
-TUNED_SUFFIX = "-tuned"
-TUNED_HEADER = "# written by `make tune`"  # a -tuned.yaml without it is the user's and is never overwritten
+from pipeline.train.tune_space import Param, check_tuned_writable, override, search_space, shown, write_tuned
 
 
-@dataclass(frozen=True)
-class Param:
-    name: str
-    kind: str  # "float", "int" or "categorical"
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple = ()
-
-    def suggest(self, trial):
-        if self.kind == "categorical":
-            return trial.suggest_categorical(self.name, list(self.choices))
-        if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
-
-    def extremes(self) -> list:
-        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def parse_param(name: str, spec, where: str) -> Param:
-    """One entry of `search` (see the module docstring); a wrong shape names the key and the forms."""
-    forms = "[low, high], [low, high, log], [low, high, int], [a, b, ...] or {choices: [a, b, ...]}"
-    if isinstance(spec, dict):
-        if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
-            raise ConfigError(f"{where}: key 'search.{name}': expected {forms}")
-        return Param(name, "categorical", choices=tuple(spec["choices"]))
-    if not isinstance(spec, list) or not spec:
-        raise ConfigError(f"{where}: key 'search.{name}': expected {forms}, got {spec!r}")
-    if len(spec) in (2, 3) and _number(spec[0]) and _number(spec[1]) and (len(spec) == 2 or spec[2] in ("log", "int")):
-        low, high = spec[0], spec[1]
-        kind = "int" if (len(spec) == 3 and spec[2] == "int") or (isinstance(low, int) and isinstance(high, int)) \
-            else "float"
-        log = len(spec) == 3 and spec[2] == "log"
-        if not low < high or (log and low <= 0):
-            raise ConfigError(f"{where}: key 'search.{name}': need low < high{' and low > 0 for log' if log else ''}, "
-                              f"got {spec!r}")
-        return Param(name, kind, float(low), float(high), log)
-    if any(_number(v) for v in spec) and len(spec) in (2, 3):
-        raise ConfigError(f"{where}: key 'search.{name}': {spec!r} is ambiguous; a range is [low, high] or "
-                          "[low, high, log|int], numeric choices are {choices: [...]}")
-    return Param(name, "categorical", choices=tuple(spec))
-
-
-def shown(values: dict) -> str:
-    """key=value words for a log line, floats to 4 significant digits."""
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-
-
-def override(name: str, value) -> str:
-    return f"{name}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-
-
-def search_space(models_dir: str | Path, model: str) -> list[Param]:
-    """The validated search space of a model config: every key a config key that may be searched, every
-    bound and choice a value that key accepts."""
-    cfg, _ = load_model(models_dir, model)
-    where = str(model_config_path(models_dir, model))
-    if not cfg.search:
-        raise ConfigError(f"{where}: no `search` space to tune; add e.g. search: {{lr: [1.0e-4, 1.0e-2, log]}}")
-    fixed = {"search", "stages", "backbone", "in_chans", "pseudo", "tta", "tta_merge", "seed"}
-    params = []
-    for name, spec in cfg.search.items():
-        if name not in ModelConfig.model_fields:
-            raise ConfigError(f"{where}: key 'search.{name}': not a model config key")
-        if name in fixed:
-            raise ConfigError(f"{where}: key 'search.{name}': cannot be searched ({', '.join(sorted(fixed))} are fixed)")
-        param = parse_param(name, spec, where)
-        for value in param.extremes():  # each bound and choice must be a valid value of the key
-            try:
-                cfg_v, _ = load_model(models_dir, model, [override(name, int(value) if param.kind == "int" else value)])
-                if name == "augment":  # presets and transform lists are checked where they are built
-                    from pipeline.nn.augment import build_transform
-
-                    build_transform(cfg_v.augment, 16, [0.5] * 3, [0.5] * 3)
-            except ConfigError as e:
-                raise ConfigError(f"{where}: key 'search.{name}': {value!r} is not a valid value: {e}") from None
-        params.append(param)
-    return params
+class TuneError(PipelineError):
+    """The study's database was lost, or no trial completed; the message says what to do."""
 
 
 def import_optuna():
@@ -131,13 +54,31 @@ def import_optuna():
         import optuna
     except ImportError:
         raise ConfigError("make tune: Optuna is not installed; `make install` installs it (or pip install optuna)") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 
 
-def finished_trials(study) -> int:
-    from optuna.trial import TrialState
+def check_trials(trials: int) -> None:
+    if trials < 1:
+        raise ConfigError(f"TRIALS={trials}: expected a whole number of at least 1 (the trials the study holds "
+                          "when the search ends)")
 
-    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+
+def parse_folds(text: str | list[int], folds_path: str | Path) -> list[int]:
+    """FOLDS ('0', '0 1', '0,1') as fold numbers, each a fold of folds.csv; a wrong value names FOLDS and the
+    folds that exist."""
+    from pipeline.artifacts.folds import fold_numbers
+
+    have = fold_numbers(folds_path)
+    words = text.replace(",", " ").split() if isinstance(text, str) else [str(k) for k in text]
+    listed = f"{folds_path} has folds {', '.join(map(str, have))}"
+    if not words:
+        raise ConfigError(f"FOLDS={text!r}: no fold given; give the folds each trial trains, e.g. FOLDS=0 or "
+                          f"FOLDS=\"0 1\" ({listed})")
+    bad = [w for w in words if not re.fullmatch(r"\d+", w) or int(w) not in have]
+    if bad:
+        raise ConfigError(f"FOLDS={text!r}: {', '.join(bad)} is not a fold; {listed}")
+    return list(dict.fromkeys(int(w) for w in words))
 
 
 def study_name(models_dir: str | Path, model: str, params: list[Param]) -> str:
@@ -149,97 +90,325 @@ def study_name(models_dir: str | Path, model: str, params: list[Param]) -> str:
     return f"{model}-{hashlib.md5(blob.encode()).hexdigest()[:10]}"
 
 
-def open_study(optuna, model: str, name: str, path: Path, direction: str, seed: int):
-    """Study `name` in the SQLite file `path`, created or resumed; a new one says which earlier study it keeps."""
+def first_line(e: BaseException) -> str:
+    """The first line of an error, its type named unless it is one of ours (whose message says it all)."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    return text if isinstance(e, PipelineError) and text else f"{type(e).__name__}: {text}"
+
+
+# --- which process runs a trial ---------------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state first); [] where there is no /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of a process (Linux), so a reused pid is not taken for the trial's."""
+    fields = _stat(pid)
+    return fields[19] if len(fields) > 19 else None
+
+
+def owner() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid())}
+
+
+def alive(attrs: dict) -> bool:
+    """Whether the process that claimed a running trial still runs. One on another machine is taken as alive;
+    one of this machine without an owner (claims are written under the lock) is not."""
+    if attrs.get("host", socket.gethostname()) != socket.gethostname():
+        return True
+    pid = attrs.get("pid")
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if _stat(pid)[:1] == ["Z"]:  # killed, not yet reaped by its parent
+        return False
+    return attrs.get("pid_start") in (None, process_start(pid))
+
+
+# --- the study in its SQLite file -------------------------------------------------------------------
+
+
+@dataclass
+class Store:
+    optuna: object
+    study: object
+    db: Path
+    base: Path  # runs/<m>/tune/<study>/
+    inode: int = 0
+
+    def check(self) -> None:
+        """The database is still the file the search opened."""
+        if not self.db.is_file() or self.db.stat().st_ino != self.inode:
+            raise TuneError(f"{self.db}: the study's database was deleted or replaced while `make tune` ran; the "
+                            f"trials it recorded are lost (their folders stay in {self.base}). Rerun `make tune` "
+                            "to start the study again")
+
+    @contextmanager
+    def guard(self):
+        """Storage errors name the database file (one line, no traceback)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if self.inode:
+            self.check()
+        try:
+            yield
+        except (SQLAlchemyError, self.optuna.exceptions.StorageInternalError) as e:
+            raise TuneError(f"{self.db}: the study's database could not be read or written ({first_line(e)}); "
+                            "if it was deleted or moved, rerun `make tune` to start the study again") from None
+
+    @contextmanager
+    def locked(self):
+        """One process at a time counts, claims and closes trials (runs/<m>/.tune.lock)."""
+        if self.inode:
+            self.check()  # before the lock file: a removed runs/<m>/ is named as the lost database
+        with open(self.db.with_name(".tune.lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                with self.guard():
+                    yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def trials(self, *states) -> list:
+        return self.study.get_trials(deepcopy=False, states=states or None)
+
+    def trial_dir(self, number: int) -> Path:
+        return self.base / f"trial{number}"
+
+
+def open_store(optuna, model: str, name: str, db: Path, base: Path, direction: str, seed: int) -> Store:
+    """Study `name` in the SQLite file `db`, created or resumed; a new one says which earlier study it keeps."""
     from optuna.storages import RDBStorage
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9; the warning is noise here
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RDBStorage(f"sqlite:///{path}", heartbeat_interval=20, grace_period=60)
-    names = [s.study_name for s in storage.get_all_studies()]  # oldest first
-    earlier = [n for n in names if n != name and (n == model or n.startswith(f"{model}-"))]
-    if name not in names and earlier:
-        print(f"tune {model}: new study {name} (search space or base config changed; the earlier study "
-              f"{earlier[-1]} is kept in {path})", flush=True)
-    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction=direction,
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
-    # a resumed search draws new values, not the first run's again: the seed moves on with the trial count
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.get_trials(deepcopy=False)), n_startup_trials=5)
-    return study
+    db.parent.mkdir(parents=True, exist_ok=True)
+    store = Store(optuna, None, db, base)
+    with store.locked():
+        storage = RDBStorage(f"sqlite:///{db}", engine_kwargs={"connect_args": {"timeout": 120}})
+        names = [s.study_name for s in storage.get_all_studies()]  # oldest first
+        earlier = [n for n in names if n != name and (n == model or n.startswith(f"{model}-"))]
+        if name not in names and earlier:
+            print(f"tune {model}: new study {name} (search space or base config changed; the earlier study "
+                  f"{earlier[-1]} is kept in {db})", flush=True)
+        store.study = optuna.create_study(
+            study_name=name, storage=storage, load_if_exists=True, direction=direction,
+            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+        store.inode = db.stat().st_ino
+    return store
 
 
-def tune(comp: Competition, model: str, trials: int, folds: list[int], folds_path: str | Path = "folds/folds.csv",
-         runs: str | Path = "runs", seed: int = 0) -> Path | None:
-    """Run the study to `trials` finished trials; write <model>-tuned.yaml from the best. -> its path."""
-    from pipeline.train.train import train_fold
+def tally(store: Store) -> dict[str, list]:
+    """The study's trials by outcome: complete, pruned, failed (an error, counted), killed (not counted), running."""
+    groups: dict[str, list] = {k: [] for k in ("complete", "pruned", "failed", "killed", "running")}
+    for t in store.trials():
+        state = t.state.name
+        if state == "FAIL":
+            groups["failed" if "error" in t.user_attrs else "killed"].append(t)
+        elif state in ("COMPLETE", "PRUNED", "RUNNING"):
+            groups[state.lower()].append(t)
+    return groups
 
-    optuna = import_optuna()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    params = search_space(comp.models_dir, model)
-    scoring = comp.scoring()
-    name, db = study_name(comp.models_dir, model, params), Path(runs) / model / "tune.db"
-    base = Path(runs) / model / "tune" / name
-    study = open_study(optuna, model, name, db, "maximize" if scoring.greater_is_better else "minimize", seed)
-    done = finished_trials(study)
-    todo = max(trials - done, 0)
-    print(f"tune {model}: {len(params)} parameter(s) ({', '.join(p.name for p in params)}) on fold(s) "
-          f"{', '.join(map(str, folds))}; {done} trial(s) finished in {db}, {todo} to go (study {name})", flush=True)
 
-    def objective(trial) -> float:
-        values = {p.name: p.suggest(trial) for p in params}
-        words = [override(k, v) for k, v in values.items()]
-        cfg, source = load_model(comp.models_dir, model, words)
-        started, scores = time.time(), []
-        for i, fold in enumerate(folds):
-            def report(epoch: int, metric: float, offset=i * cfg.epochs) -> None:
-                if math.isfinite(metric):
-                    trial.report(metric, offset + epoch)
-                if i == 0 and trial.should_prune():
-                    print(f"tune {model}: trial {trial.number} pruned after epoch {epoch + 1} ({comp.metric} "
-                          f"{metric:.4f}, below the median; {shown(values)})", flush=True)
-                    raise optuna.TrialPruned(f"epoch {epoch + 1}: {metric:.4f}")
-            out = train_fold(comp, cfg, model, fold, folds_path=folds_path, runs=base / f"trial{trial.number}",
-                             source=source, overrides=words, on_epoch=report)
-            scores.append(read_done(out)["score"])
-        score = sum(scores) / len(scores)
-        print(f"tune {model}: trial {trial.number} {comp.metric} {score:.4f} ({shown(values)}; "
-              f"{time.time() - started:.0f}s)", flush=True)
-        return score
-
-    if todo:
-        study.optimize(objective, n_trials=todo, gc_after_trial=True)
+def reap(store: Store, model: str) -> None:
+    """Running trials whose process has ended: failed (not counted), their folders removed. Under the lock."""
     from optuna.trial import TrialState
 
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        print(f"tune {model}: no trial finished; nothing to write")
-        return None
-    best = study.best_trial
+    for t in store.trials(TrialState.RUNNING):
+        if alive(t.user_attrs):
+            continue
+        store.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        folder = store.trial_dir(t.number)
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"tune {model}: trial {t.number} was left running by process {t.user_attrs.get('pid', '?')}, which "
+              f"has ended: marked failed (not counted; a new trial takes its place) and {folder} removed",
+              flush=True)
+
+
+def claim(store: Store, seed: int):
+    """A new trial of this process, its sampler seeded by its number (processes never repeat each other)."""
+    trial = store.study.ask()
+    for key, value in owner().items():
+        trial.set_user_attr(key, value)
+    store.study.sampler = store.optuna.samplers.TPESampler(seed=seed + trial.number, n_startup_trials=5)
+    shutil.rmtree(store.trial_dir(trial.number), ignore_errors=True)  # left by a study whose database was lost
+    return trial
+
+
+def keep_best_checkpoint(store: Store) -> None:
+    """Delete the checkpoints of every finished trial but the best's best.pt (logs stay). Under the lock."""
+    from optuna.trial import TrialState
+
+    complete = store.trials(TrialState.COMPLETE)
+    best = store.study.best_trial.number if complete else None
+    for t in store.trials(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+        for ckpt in store.trial_dir(t.number).rglob("*.pt"):
+            if not (t.number == best and ckpt.name == "best.pt" and not ckpt.parent.name.endswith(".partial")):
+                ckpt.unlink(missing_ok=True)
+
+
+def disk_used(folder: Path) -> str:
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+    return f"{size / 1e6:.1f} MB"
+
+
+# --- trials -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Search:
+    comp: Competition
+    model: str
+    params: list[Param]
+    folds: list[int]
+    folds_path: str | Path
+    store: Store
+
+    def reporter(self, trial, values: dict, i: int, epochs: int):
+        """The per-epoch callback of fold i: report to the pruner, which may stop the trial."""
+        optuna, model, metric = self.store.optuna, self.model, self.comp.metric
+
+        def report(epoch: int, score: float) -> None:
+            with self.store.guard():
+                if math.isfinite(score):
+                    trial.report(score, i * epochs + epoch)
+                prune = i == 0 and trial.should_prune()
+            if prune:
+                print(f"tune {model}: trial {trial.number} pruned after epoch {epoch + 1} ({metric} {score:.4f}, "
+                      f"below the median; {shown(values)})", flush=True)
+                raise optuna.TrialPruned(f"epoch {epoch + 1}: {score:.4f}")
+        return report
+
+    def run(self, trial) -> tuple[str, float | None, str | None]:
+        """Train one trial's folds -> (state, score, error): COMPLETE, PRUNED, or FAIL with the first line
+        of the error (a TrainingError such as a non-finite loss or out of memory, any other error of the trial,
+        a non-finite score). Only a lost database or an interrupt ends the search."""
+        from pipeline.train.train import train_fold
+
+        with self.store.guard():
+            values = {p.name: p.suggest(trial) for p in self.params}
+        words, started, scores = [override(k, v) for k, v in values.items()], time.time(), []
+        try:
+            cfg, source = load_model(self.comp.models_dir, self.model, words)
+            for i, fold in enumerate(self.folds):
+                out = train_fold(self.comp, cfg, self.model, fold, folds_path=self.folds_path,
+                                 runs=self.store.trial_dir(trial.number), source=source, overrides=words,
+                                 on_epoch=self.reporter(trial, values, i, cfg.epochs))
+                scores.append(read_done(out)["score"])
+        except self.store.optuna.TrialPruned:
+            return "PRUNED", None, None
+        except TuneError:
+            raise
+        except Exception as e:  # diverged, out of memory, an overflow, values that do not go together
+            return self.failed(trial, values, first_line(e))
+        score = sum(scores) / len(scores)
+        if not math.isfinite(score):
+            return self.failed(trial, values, f"non-finite {self.comp.metric} {score}")
+        print(f"tune {self.model}: trial {trial.number} {self.comp.metric} {score:.4f} ({shown(values)}; "
+              f"{time.time() - started:.0f}s)", flush=True)
+        return "COMPLETE", score, None
+
+    def failed(self, trial, values: dict, error: str) -> tuple[str, None, str]:
+        print(f"tune {self.model}: trial {trial.number} failed ({shown(values)}): {error}; the search goes on",
+              flush=True)
+        return "FAIL", None, error
+
+    def close(self, trial, state: str, score: float | None, error: str | None) -> None:
+        """Record a trial's outcome (under the lock) and drop the checkpoints no longer needed."""
+        from optuna.trial import TrialState
+
+        with self.store.locked():
+            if error is not None:
+                trial.set_user_attr("error", error[:500])
+            self.store.study.tell(trial, score if state == "COMPLETE" else None, state=TrialState[state])
+            keep_best_checkpoint(self.store)
+        gc.collect()
+        if "torch" in sys.modules:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def trials_loop(search: Search, trials: int, seed: int) -> None:
+    """Claim and run trials until the study counts `trials` (whichever processes ran them)."""
+    store = search.store
+    while True:
+        with store.locked():
+            reap(store, search.model)
+            groups = tally(store)
+            if sum(len(groups[k]) for k in ("complete", "pruned", "failed", "running")) >= trials:
+                return
+            trial = claim(store, seed)
+        try:
+            outcome = search.run(trial)
+        except TuneError:
+            raise
+        except BaseException:  # an interrupt: the trial is closed, not counted
+            with suppress(Exception):
+                search.close(trial, "FAIL", None, None)
+            raise
+        search.close(trial, *outcome)
+
+
+def summary(store: Store, model: str) -> str:
+    groups = tally(store)
+    counts = ", ".join(f"{len(groups[k])} {k}" for k in ("complete", "pruned", "failed"))
+    lines = [f"tune {model}: study {store.study.study_name}: {counts}"
+             + (f"; {len(groups['killed'])} killed midway (not counted)" if groups["killed"] else "")]
+    reasons: dict[str, list[int]] = {}
+    for t in groups["failed"]:
+        reasons.setdefault(t.user_attrs["error"], []).append(t.number)
+    lines += [f"tune {model}: {len(numbers)} failed: {error} (trial(s) {', '.join(map(str, numbers))})"
+              for error, numbers in reasons.items()]
+    return "\n".join(lines)
+
+
+def tune(comp: Competition, model: str, trials: int, folds: str | list[int], folds_path: str | Path = "folds/folds.csv",
+         runs: str | Path = "runs", seed: int = 0) -> Path:
+    """Run the study to `trials` counted trials; write <model>-tuned.yaml from the best. -> its path."""
+    optuna = import_optuna()
+    check_trials(trials)  # everything the user gave, before any trial
+    folds = parse_folds(folds, folds_path)
+    params = search_space(comp.models_dir, model)
+    check_tuned_writable(comp.models_dir, model)
+    scoring = comp.scoring()
+    name, db = study_name(comp.models_dir, model, params), Path(runs) / model / "tune.db"
+    store = open_store(optuna, model, name, db, Path(runs) / model / "tune" / name,
+                       "maximize" if scoring.greater_is_better else "minimize", seed)
+    with store.locked():
+        reap(store, model)
+        groups = tally(store)
+    done = sum(len(groups[k]) for k in ("complete", "pruned", "failed"))
+    running = len(groups["running"])
+    print(f"tune {model}: search space of {comp.models_dir}/{model}.yaml, {len(params)} key(s):\n"
+          + "".join(f"tune {model}:   {p.describe()}\n" for p in params)
+          + f"tune {model}: fold(s) {', '.join(map(str, folds))}; {done} trial(s) finished in {db}, "
+          + (f"{running} running in another process, " if running else "")
+          + f"{max(trials - done - running, 0)} to go (study {name})", flush=True)
+    trials_loop(Search(comp, model, params, folds, folds_path, store), trials, seed)
+    with store.guard():
+        print(summary(store, model), flush=True)
+        complete = store.trials(optuna.trial.TrialState.COMPLETE)
+        if not complete:
+            raise TuneError(f"tune {model}: no trial of study {name} completed (see the failures above); nothing "
+                            f"written. Narrow the search space in {comp.models_dir}/{model}.yaml, or raise TRIALS")
+        best = store.study.best_trial
+        counted = sum(len(v) for k, v in tally(store).items() if k in ("complete", "pruned", "failed"))
     print(f"tune {model}: best trial {best.number}: {comp.metric} {best.value:.4f} with {shown(best.params)}",
           flush=True)
-    return write_tuned(comp.models_dir, model, best.params, f"{comp.metric} {best.value:.5f}", best.number,
-                       finished_trials(study), folds)
-
-
-def write_tuned(models_dir: str | Path, model: str, values: dict, score: str, number: int, n: int,
-                folds: list[int]) -> Path:
-    """configs/models/<model>-tuned.yaml: the model's YAML with the best values and no `search`, headed by a
-    comment naming its score; validated before it is written. A -tuned.yaml we did not write is left alone."""
-    source = model_config_path(models_dir, model)
-    out = source.with_name(f"{model}{TUNED_SUFFIX}.yaml")
-    if out.is_file() and not out.read_text().startswith(TUNED_HEADER):
-        raise ConfigError(f"{out} exists and was not written by `make tune`; it is left alone (rename it)")
-    data = yaml.safe_load(source.read_text()) or {}
-    data.pop("search", None)
-    data.update(values)
-    header = (f"{TUNED_HEADER} from {source.name}: best of {n} trial(s) (trial {number}), {score} on fold(s) "
-              f"{', '.join(map(str, folds))}.\n# Train it like any model: make train-all MODELS={model}{TUNED_SUFFIX}\n")
-    text = header + yaml.safe_dump(data, sort_keys=False)
-    write_text(out, text)
-    try:
-        load_model(models_dir, f"{model}{TUNED_SUFFIX}")
-    except ConfigError:
-        out.unlink()
-        raise
-    print(f"tune {model}: wrote {out}")
+    out = write_tuned(comp.models_dir, model, best.params, f"{comp.metric} {best.value:.5f}", best.number,
+                      counted, folds)
+    print(f"tune {model}: {store.base} uses {disk_used(store.base)} (the best trial's best.pt and every trial's "
+          "logs; other checkpoints are deleted as trials end)", flush=True)
     return out
