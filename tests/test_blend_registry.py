@@ -16,7 +16,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.metrics import get_metric
 from tests.conftest import REPO, run_cli
 
-ALL = ["vote", "mean", "median", "gmean", "rank", "weights", "weights_scipy", "lgbm", "logreg", "ridge"]
+ALL = ["vote", "mean", "median", "gmean", "rank", "weights", "weights_scipy", "lgbm", "logreg", "catboost", "ridge"]
 REGRESSION = ["mean", "median", "weights", "weights_scipy", "lgbm", "ridge"]
 
 
@@ -38,7 +38,8 @@ def test_ensemble_help_lists_exactly_the_registry():
 def test_tasks_and_kinds_come_from_the_registry():
     assert blends.task_blends("regression") == tuple(REGRESSION)
     for task in CLASS_TASKS:
-        assert blends.task_blends(task) == ("vote", "mean", "gmean", "rank", "weights", "weights_scipy", "lgbm", "logreg")
+        assert blends.task_blends(task) == ("vote", "mean", "gmean", "rank", "weights", "weights_scipy", "lgbm", "logreg",
+                                            "catboost")
     for name, entry in BLENDS.items():
         for task in entry.tasks:
             est = blends.make_blend(name, task, 3, None)
@@ -48,7 +49,7 @@ def test_tasks_and_kinds_come_from_the_registry():
 
 def test_unknown_method_names_the_tasks_blends():
     with pytest.raises(ConfigError, match=r"'ridge' for task binary; choose one of auto, vote, mean, gmean, rank, "
-                                          r"weights, weights_scipy, lgbm, logreg \(any of them \+ '\+thr'"):
+                                          r"weights, weights_scipy, lgbm, logreg, catboost \(any of them \+ '\+thr'"):
         get_blend("ridge", "binary")
     with pytest.raises(ConfigError, match=r"'mean\+thr' for task regression; choose one of auto, mean, median, "
                                           r"weights, weights_scipy, lgbm, ridge$"):

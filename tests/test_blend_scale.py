@@ -16,7 +16,7 @@ from pipeline.core.config import ConfigError, load_competition
 from pipeline.core.metrics import get_metric
 from tests.conftest import make_competition, run_cli
 
-CLASS_BLENDS = ("vote", "mean", "gmean", "rank", "weights", "weights_scipy", "lgbm", "logreg")
+CLASS_BLENDS = ("vote", "mean", "gmean", "rank", "weights", "weights_scipy", "lgbm", "logreg", "catboost")
 
 
 def _models(rng, y: np.ndarray, n_classes: int, strengths, dtype=np.float32) -> np.ndarray:

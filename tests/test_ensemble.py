@@ -26,7 +26,7 @@ from tests.conftest import edit_train, make_competition, run_cli, read_table_fil
 # --- helpers ---------------------------------------------------------------------------------------
 
 # What `auto` tries for a class task, in order (written out: the registry must match it).
-CLASS_BLENDS = ("vote", "mean", "gmean", "rank", "weights", "weights_scipy", "lgbm", "logreg")
+CLASS_BLENDS = ("vote", "mean", "gmean", "rank", "weights", "weights_scipy", "lgbm", "logreg", "catboost")
 
 
 def _noisy(rng, y: np.ndarray, n_classes: int, strength: float) -> np.ndarray:

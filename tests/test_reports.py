@@ -79,7 +79,8 @@ def test_report_files(report):
     assert "blend.oof.parquet" in index and "chosen blend `mean`" in index
     for png in ("curves_tiny.png", "confusion.png", "mistakes.png", "gradcam.png"):
         assert f"({png})" in index
-    assert not (report / "roc.png").exists()  # multiclass: no ROC/PR
+    for name in ("roc.png", "pr.png", "roc_pr.csv", "class_shares.csv"):  # multiclass: one-vs-rest ROC/PR
+        assert (report / name).is_file(), name
     check_html(report)
 
 
@@ -135,6 +136,84 @@ def test_roc_pr_and_per_label_tables_for_binary_and_multilabel(tmp_path):
     cms = confusion("multilabel", Y, P, ["a", "b", "c"])
     assert all(cm.to_numpy().sum() == 40 for cm in cms.values())
     assert per_class("multilabel", Y, P, ["a", "b", "c"])["support"].tolist() == Y.sum(axis=0).astype(int).tolist()
+
+
+def test_multiclass_roc_pr_one_vs_rest_with_micro_and_macro(tmp_path, monkeypatch):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    import pipeline.tools.classchecks as checks
+    from pipeline.tools.report import plot_roc_pr
+
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3  # class "d" has no row: no curve, left out of the macro average
+    P = rng.dirichlet(np.ones(4), 60) + 1.5 * np.eye(4)[y] * rng.random((60, 1))
+    P /= P.sum(axis=1, keepdims=True)
+    files, aucs = plot_roc_pr("multiclass", y, P, ["a", "b", "c", "d"], tmp_path)
+    assert files == ["roc.png", "pr.png"] and all((tmp_path / f).is_file() for f in files)
+    assert list(aucs["class"]) == ["a", "b", "c", "d", "(micro average)", "(macro average)"]
+    by = aucs.set_index("class")
+    Y = np.eye(4)[y]
+    for j, c in enumerate("abc"):
+        assert by.loc[c, "roc_auc"] == pytest.approx(roc_auc_score(Y[:, j], P[:, j]))
+        assert by.loc[c, "average_precision"] == pytest.approx(average_precision_score(Y[:, j], P[:, j]))
+    assert np.isnan(by.loc["d", "roc_auc"])
+    assert by.loc["(micro average)", "roc_auc"] == pytest.approx(roc_auc_score(Y.ravel(), P.ravel()))
+    assert by.loc["(micro average)", "average_precision"] == pytest.approx(average_precision_score(Y.ravel(), P.ravel()))
+    assert by.loc["(macro average)", "roc_auc"] == pytest.approx(by.loc[["a", "b", "c"], "roc_auc"].mean())
+    assert 0.5 < by.loc["(macro average)", "roc_auc"] < 1  # better than chance, not perfect
+    _, perfect = plot_roc_pr("ordinal", y, np.eye(3)[y], ["0", "1", "2"], tmp_path)
+    assert (perfect[["roc_auc", "average_precision"]].to_numpy() == 1).all()
+    monkeypatch.setattr(checks, "MICRO_MAX_CELLS", 60)  # past it: a fixed sample of rows, and the table says so
+    _, sampled = plot_roc_pr("multiclass", y, P, ["a", "b", "c", "d"], tmp_path)
+    assert sampled["class"].iloc[-2] == "(micro average) on 15 of 60 rows"
+
+
+def test_class_share_rule_flags_big_shifts_of_classes_with_rows_beyond_chance():
+    from pipeline.tools.classchecks import class_shares, share_warning
+
+    classes = ["a", "b", "c", "d", "e"]
+    y = np.repeat(np.arange(5), [150, 90, 45, 10, 5])  # 50%, 30%, 15%, 3.3%, 1.7% of 300 rows
+    pred = np.repeat(np.arange(5), [100, 20, 70, 0, 10])  # 50%, 10%, 35%, 0%, 5% of 200 test rows
+    shares = class_shares("multiclass", y, np.eye(5)[pred], classes)
+    assert shares["flagged"].tolist() == ["", "yes", "yes", "", ""]  # d: within chance; e: 5 training rows
+    assert shares["train rows"].tolist() == [150, 90, 45, 10, 5] and shares["test predicted rows"].sum() == 200
+    assert shares.loc[1, "ratio"] == pytest.approx(1 / 3) and shares.loc[2, "ratio"] == pytest.approx(35 / 15)
+    assert share_warning(shares) == (
+        "warning: the predicted test shares of 2 of 5 classes differ much from their training shares: b 10.0% "
+        "predicted vs 30.0% in training; c 35.0% predicted vs 15.0% in training (over 2x or under 1/2, or more than "
+        "10 points apart, beyond 3 standard errors; classes with >= 10 training rows; class_shares.csv)")
+    small = class_shares("multiclass", y, np.eye(5)[[0] * 7 + [2] * 3 + [3] * 2], classes)  # 12 test rows
+    assert small.loc[1, "ratio"] == 0 and small.loc[3, "ratio"] > 2  # far apart, but within chance at 12 rows
+    assert share_warning(small) is None and (small["flagged"] == "").all()
+    Y = np.zeros((100, 2), dtype=int)
+    Y[:40, 0], Y[:20, 1] = 1, 1  # label shares 40%, 20%
+    T = np.zeros((100, 2))
+    T[:40, 0], T[:70, 1] = 0.9, 0.6  # predicted 40%, 70% at >= 0.5
+    ml = class_shares("multilabel", Y, T, ["x", "y"])
+    assert ml["flagged"].tolist() == ["", "yes"] and "y 70.0% predicted vs 20.0% in training" in share_warning(ml)
+
+
+def test_report_warns_when_the_predicted_test_shares_shift(report, trained, tmp_path, capsys):
+    from pipeline.artifacts.tables import write_table
+
+    shares = pd.read_csv(report / "class_shares.csv")
+    assert shares["train rows"].tolist() == [20, 20, 20] and shares["test predicted rows"].sum() == 12
+    assert "## Predicted test class shares" in (report / "index.md").read_text()
+    subs = tmp_path / "subs"
+    shutil.copytree(trained / "submissions", subs, ignore=shutil.ignore_patterns("report"))
+    ids = pd.read_csv(trained / "data" / "tiny" / "sample_submission.csv", dtype=str)["image_id"].tolist()
+    proba = np.tile([0.8, 0.1, 0.1], (len(ids), 1))  # every test row predicted c0
+    write_table(subs / "blend.test.parquet", ids, proba, ["c0", "c1", "c2"], "image_id")
+    capsys.readouterr()
+    assert cli(trained, "report", "-c", "competition.yaml", "--submissions", str(subs), "--cam", "0") == 0
+    line = ("warning: the predicted test shares of 1 of 3 classes differ much from their training shares: c0 100.0% "
+            "predicted vs 33.3% in training (over 2x or under 1/2, or more than 10 points apart, beyond 3 standard "
+            "errors; classes with >= 10 training rows; class_shares.csv)")
+    assert line in capsys.readouterr().out.splitlines()
+    index = (subs / "report" / "index.md").read_text()
+    assert f"**{line}**" in index and index.count("warning:") == 1
+    assert pd.read_csv(subs / "report" / "class_shares.csv")["flagged"].fillna("").tolist() == ["yes", "", ""]
+    assert "c0 100.0% predicted" in (subs / "report" / "index.html").read_text()
 
 
 # --- eda --------------------------------------------------------------------------------------------

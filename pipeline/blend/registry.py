@@ -35,6 +35,12 @@ def _stackers():
     return stackers
 
 
+def _catboost():
+    from pipeline.blend import catboost_blend  # catboost itself only once a model is fitted or loaded
+
+    return catboost_blend
+
+
 @dataclass(frozen=True)
 class BlendEntry:
     """One blend: `classifier` and `regressor` load its estimator class for class tasks and for regression
@@ -97,6 +103,9 @@ for _entry in (
     BlendEntry("logreg", "logistic regression stacker on log-probabilities (at many classes, a "
                "conditional logit, one weight per model)",
                classifier=lambda: _stackers().LogRegStacker),
+    BlendEntry("catboost", "CatBoost stacker on the predictions, early-stopped on an inner split (at many "
+               "classes, one model over each row's candidate classes)",
+               classifier=lambda: _catboost().CatBoostStacker),
     BlendEntry("ridge", "ridge regression stacker per target", regressor=lambda: _stackers().RidgeStacker),
 ):
     register(_entry)

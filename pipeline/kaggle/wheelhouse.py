@@ -19,8 +19,8 @@ DEFAULT_WHEELS = ("iterative-stratification", "albumentations", "timm")
 # What Kaggle's Python image reliably has, with everything these pull in: the wheelhouse leaves them out.
 # opencv is not here: Kaggle has opencv-python, while albumentations and albucore require the
 # opencv-python-headless distribution by name, so the headless wheel ships (cv2 imports either way).
-KAGGLE_IMAGE = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "scipy", "lightgbm", "pyyaml",
-                "pydantic", "safetensors", "tqdm", "pyarrow")
+KAGGLE_IMAGE = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "scipy", "lightgbm", "catboost",
+                "pyyaml", "pydantic", "safetensors", "tqdm", "pyarrow")
 # The Python of Kaggle's image: compiled wheels (cp3XX) of the wheelhouse install only under the same minor.
 KAGGLE_PYTHON = (3, 11)
 CREDENTIAL_NAMES = {"kaggle.json", ".netrc", "credentials.json"}  # never copied into a wheel or the bundle

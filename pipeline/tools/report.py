@@ -3,7 +3,9 @@
 Reads only what earlier stages wrote: submissions/cv.json (leaderboard), runs/<model>/fold<k>/log.csv
 (training curves), submissions/blend.oof.parquet (the chosen blend's out-of-fold probabilities; when an
 older ensemble did not write it, the mean of the stacking/ OOF tables stands in and the report says
-so), folds/folds.csv and the best single model's checkpoints (Grad-CAM on its worst mistakes).
+so), submissions/blend.test.parquet (its test predictions: their class shares against the training
+shares, pipeline.tools.classchecks), folds/folds.csv and the best single model's checkpoints (Grad-CAM on
+its worst mistakes). ROC and PR curves: pipeline.tools.classchecks.
 
 Fold models are loaded and read images through pipeline.nn.infer, as `predict` does.
 """
@@ -19,25 +21,10 @@ import pandas as pd
 from pipeline.core.config import Competition
 from pipeline.core.data import class_names, encode_targets, read_train
 from pipeline.core.errors import DataError
+from pipeline.tools.classchecks import plot_roc_pr, roc_pr_section, shares_section  # noqa: F401 (tests use plot_roc_pr)
+from pipeline.tools.figures import md_table, pyplot, save_fig  # noqa: F401 (eda, lr_find, show_batch import them here)
 from pipeline.tools.htmlreport import write_html
 from pipeline.core.io import write_csv, write_text
-
-
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_fig(fig, path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    pyplot().close(fig)
-    return path.name
 
 
 def integer_ticks(axis) -> None:
@@ -64,17 +51,6 @@ def tile_size(aspects: list[float], width: float = 2.4, title_lines: int = 3) ->
     kept between 1:3 and 3:1, plus room for a title of `title_lines` small lines."""
     aspect = float(np.clip(np.median(aspects), 1 / 3, 3)) if len(aspects) else 1.0
     return width, width / aspect + 0.15 * title_lines + 0.1
-
-
-def md_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
-    def cell(v):
-        if isinstance(v, float | np.floating):
-            return "n/a" if not np.isfinite(v) else floatfmt.format(v)
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 # --- leaderboard ------------------------------------------------------------------------------------
@@ -226,44 +202,6 @@ def confusion_figure(cms: dict[str, pd.DataFrame]):
 
 def plot_confusion(cms: dict[str, pd.DataFrame], out: Path) -> str:
     return save_fig(confusion_figure(cms), out / "confusion.png")
-
-
-def plot_roc_pr(task: str, y: np.ndarray, proba: np.ndarray, classes: list[str], out: Path) -> tuple[list[str], pd.DataFrame]:
-    """ROC and PR curves: the positive class (binary) or every label (multilabel); and their AUC / AP."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
-
-    if task == "binary":
-        curves = [(classes[1], (y == 1).astype(int), proba[:, 1])]
-    else:
-        curves = [(c, y[:, j].astype(int), proba[:, j]) for j, c in enumerate(classes)]
-    plt = pyplot()
-    fig_roc, ax_roc = plt.subplots(figsize=(5, 5))
-    fig_pr, ax_pr = plt.subplots(figsize=(5, 5))
-    rows = []
-    for name, t, p in curves:
-        if t.min() == t.max():  # one class only: no curve
-            rows.append({"class": name, "roc_auc": np.nan, "average_precision": np.nan})
-            continue
-        fpr, tpr, _ = roc_curve(t, p)
-        prec, rec, _ = precision_recall_curve(t, p)
-        auc_, ap = roc_auc_score(t, p), average_precision_score(t, p)
-        ax_roc.plot(fpr, tpr, label=f"{name} (AUC {auc_:.3f})")
-        ax_pr.plot(rec, prec, label=f"{name} (AP {ap:.3f})")
-        rows.append({"class": name, "roc_auc": auc_, "average_precision": ap})
-    ax_roc.plot([0, 1], [0, 1], "k:", lw=0.8, label="chance")
-    for ax, (xl, yl, title) in ((ax_roc, ("false positive rate (share of negatives flagged)",
-                                          "true positive rate (recall)", "ROC (OOF)")),
-                                (ax_pr, ("recall (share of positives found)", "precision (share of flagged that are positive)",
-                                         "precision-recall (OOF)"))):
-        ax.set_xlabel(xl)
-        ax.set_ylabel(yl)
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_aspect("equal")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    return [save_fig(fig_roc, out / "roc.png"), save_fig(fig_pr, out / "pr.png")], pd.DataFrame(rows)
 
 
 def row_loss(task: str, y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -469,10 +407,7 @@ def classification_sections(comp, cv: dict, ids, y, proba, classes, out: Path, r
     pc = per_class(task, y, proba, classes)
     write_csv(out / "per_class.csv", pc)
     md += ["### Per-class precision, recall, F1", "", md_table(pc), "", "`per_class.csv`", ""]
-    if task in ("binary", "multilabel"):
-        files, aucs = plot_roc_pr(task, y, proba, classes, out)
-        write_csv(out / "roc_pr.csv", aucs)
-        md += ["### ROC and PR curves", "", md_table(aucs), ""] + [f"![{f}]({f})" for f in files] + [""]
+    md += roc_pr_section(task, y, proba, classes, out)
 
     mistakes = worst_mistakes(task, ids, y, proba, classes, n_mistakes)
     write_csv(out / "mistakes.csv", mistakes)
@@ -530,6 +465,7 @@ def make_report(comp: Competition, submissions: str | Path = "submissions", runs
         md += regression_section(ids, y, proba, classes, out, n_mistakes)
     else:
         md += classification_sections(comp, cv, ids, y, proba, classes, out, runs, folds_path, n_mistakes, n_cam)
+        md += shares_section(comp, cv, y, classes, submissions, stacking, out)
 
     index = out / "index.md"
     write_text(index, "\n".join(md))
