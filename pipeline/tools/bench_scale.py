@@ -43,7 +43,7 @@ from pipeline.core.io import write_json, write_text
 
 BEGIN = "<!-- bench-scale: begin (written by make bench-scale) -->"
 END = "<!-- bench-scale: end -->"
-DATA_VERSION = 1  # bump when the generated data changes, so old cells are written again
+DATA_VERSION = 2  # bump when the generated data changes, so old cells are written again
 
 # (row label, the CLI words, or None for the fabricated level-1 tables, the stage it needs first)
 STAGES: list[tuple[str, list[str] | None, str | None]] = [
@@ -155,7 +155,8 @@ def write_cell(folder: Path, cell: Cell, n_folds: int = 5, seed: int = 0, size: 
 
 def write_jpeg_set(folder: Path, n: int, width: int, height: int, classes: int = 10, n_folds: int = 5,
                    seed: int = 0) -> Path:
-    """`n` training and n/4 test JPEGs of width x height: smooth class templates plus mild noise."""
+    """`n` training and n/4 test JPEGs of width x height: smooth class templates, each image with a smooth field
+    of its own (so no two are near-duplicates for `folds`' perceptual hash) plus mild noise."""
     import cv2
 
     classes = max(2, min(classes, n // (2 * n_folds)))  # a tiny set keeps enough rows per class for its folds
@@ -171,7 +172,8 @@ def write_jpeg_set(folder: Path, n: int, width: int, height: int, classes: int =
     data = folder / "data"
     for split, labels in (("train", y), ("test", y_test)):
         ids = [f"{split[:2]}{i:05d}" for i in range(len(labels))]
-        images = (np.clip(templates[k] + rng.integers(-6, 7, (height, width, 3), dtype=np.int16), 0, 255)
+        images = (np.clip(templates[k] + _smooth_field(rng, width, height) + rng.integers(-6, 7, (height, width, 3),
+                                                                                        dtype=np.int16), 0, 255)
                   .astype(np.uint8) for k in labels)  # one at a time: 9 MB each
         _write_images(data / split, ids, images, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90))
         if split == "train":
@@ -183,6 +185,14 @@ def write_jpeg_set(folder: Path, n: int, width: int, height: int, classes: int =
     write_text(folder / "competition.yaml", json.dumps({**comp, **comp_images}) + "\n")
     write_json(folder / "models" / "bench.yaml", {**MODEL_CONFIG, "img_size": 224, "in_chans": 3})
     return folder
+
+
+def _smooth_field(rng, width: int, height: int) -> np.ndarray:
+    """A low-frequency random field of amplitude about 100 grey levels, one per image."""
+    import cv2
+
+    small = rng.integers(-100, 101, (6, 8, 3)).astype(np.float32)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.int16)
 
 
 def clear_outputs(folder: Path) -> None:
