@@ -101,12 +101,13 @@ class EvalSpec:
     channels_last: bool = False
     bad_images: str = "fail"
     augment: object = "none"  # the training augmentation `aug:N` views draw from: the last stage's
+    cache_dir: str | None = None  # the model's `cache_dir`: images kept decoded and preprocessed on disk
 
     @classmethod
     def of(cls, cfg: ModelConfig, data_config: dict) -> "EvalSpec":
         """Evaluation batches are twice the training batch (no gradients to hold)."""
         return cls(dict(data_config), cfg.in_chans, cfg.batch_size * 2, cfg.num_workers, cfg.amp, cfg.channels_last,
-                   cfg.bad_images, resolve_stages(cfg, "config")[-1].augment)
+                   cfg.bad_images, resolve_stages(cfg, "config")[-1].augment, cfg.cache_dir)
 
     def transform(self):
         return eval_transform(self.data_config, self.in_chans)
@@ -122,7 +123,8 @@ class DrawnViews(ImageDataset):
 
     def __init__(self, paths, spec: EvalSpec, draws: int, cache: ImageCache | None):
         super().__init__(paths, None, spec.transform(), spec.in_chans, spec.bad_images, cache,
-                         short_side=spec.data_config.get("read_side"))
+                         short_side=spec.data_config.get("read_side"), preprocess=spec.data_config.get("preprocess"),
+                         cache_dir=spec.cache_dir)
         self.augment, self.draws = spec.augmentation(), draws
 
     def __getitem__(self, i: int):
@@ -155,7 +157,8 @@ def image_logits(models: list, paths: list[Path], spec: EvalSpec, views: list[st
         dataset = DrawnViews(paths, spec, most, cache)
     else:
         dataset = ImageDataset(paths, None, spec.transform(), spec.in_chans, spec.bad_images, cache,
-                               short_side=spec.data_config.get("read_side"))
+                               short_side=spec.data_config.get("read_side"),
+                               preprocess=spec.data_config.get("preprocess"), cache_dir=spec.cache_dir)
     loader = make_loader(dataset, spec.batch_size, spec.num_workers, rows, dev=dev)
     fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
     for m in models:

@@ -12,12 +12,19 @@ Reduced reads: with `short_side`, every image whose shorter side is longer is re
 (`images.read_image`), by the cache and by the disk path alike, so the cache holds only what training
 needs (about (short_side / shorter side)^2 of the full-resolution bytes) and a cached read gives the
 same array as an uncached one.
+
+Preprocessing: with `preprocess` (a data config's `preprocess` list, see pipeline.nn.preprocess) every image
+is preprocessed right after the read, before any transform; the cache holds the preprocessed images, so a
+cached run preprocesses each image once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +34,35 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from pipeline.core.images import BadImage, read_image
+from pipeline.nn.preprocess import Preprocess
+
+
+def read_preprocessed(path: Path, in_chans: int, short_side: int | None, preprocess: Preprocess,
+                      cache_dir: str | Path | None = None) -> np.ndarray:
+    """`read_image` then the model's preprocessing steps (none: the image as read). With `cache_dir` the
+    result is kept there as a .npy file keyed by (path, its mtime and size, in_chans, short_side, the
+    steps), so later reads (other folds, runs, predict) skip the decode and the preprocessing."""
+    if cache_dir is None:
+        img = read_image(path, in_chans, short_side)
+        return preprocess(img, path) if preprocess else img
+    stat = os.stat(path)
+    key = json.dumps([str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size, in_chans, short_side,
+                      preprocess.digest()])
+    file = Path(cache_dir) / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+    try:
+        return np.load(file)
+    except (OSError, ValueError, EOFError):  # not cached yet (or a damaged file: made again)
+        pass
+    img = read_preprocessed(path, in_chans, short_side, preprocess)
+    tmp = file.with_name(f".{file.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp, img)
+        os.replace(tmp, file)  # atomic: a concurrent reader sees the whole file or none
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        print(f"warning: cannot write the preprocessed image cache {file}: {e}", file=sys.stderr)
+    return img
 
 
 def available_memory() -> int:
@@ -75,7 +111,8 @@ def should_cache(setting: bool | str, paths: list[Path], in_chans: int,
 
 class ImageCache:
     """Every image of `paths` decoded once into one contiguous uint8 buffer; cache[i] is image i, read
-    as `read_image(paths[i], in_chans, short_side)` reads it (reduced when `short_side` is given).
+    as `read_image(paths[i], in_chans, short_side)` reads it (reduced when `short_side` is given), then
+    preprocessed by the `preprocess` steps (a data config's list; None: none).
 
     Unreadable images are remembered as their error, raised again as BadImage on access, so the
     dataset's bad_images policy applies as without a cache. With bad_images="fail" the first bad
@@ -83,20 +120,21 @@ class ImageCache:
     """
 
     def __init__(self, paths: list[Path], in_chans: int, bad_images: str = "fail", threads: int | None = None,
-                 desc: str = "caching images", size_hint: int | None = None, short_side: int | None = None):
+                 desc: str = "caching images", size_hint: int | None = None, short_side: int | None = None,
+                 preprocess: list | None = None, cache_dir: str | None = None):
         from tqdm import tqdm
 
         n = len(paths)
         self.shapes = np.zeros((n, 3), dtype=np.int32)
         self.offsets = np.zeros(n + 1, dtype=np.int64)
         self.errors: dict[int, str] = {}
-        self.short_side = short_side
+        self.short_side, self.preprocess = short_side, Preprocess(preprocess)
         hint = estimate_bytes(paths, in_chans, short_side=short_side) if size_hint is None else size_hint
         buf = np.empty(max(hint * 11 // 10, 1), dtype=np.uint8)
 
         def load(i: int):
             try:
-                return read_image(paths[i], in_chans, short_side)
+                return read_preprocessed(paths[i], in_chans, short_side, self.preprocess, cache_dir)
             except BadImage as e:
                 if bad_images == "fail":
                     raise
@@ -105,6 +143,7 @@ class ImageCache:
         def load_chunk(start: int) -> list:
             return [load(i) for i in range(start, min(start + 64, n))]
 
+        self.preprocess.steps()  # custom steps load here once, not in each thread
         t0, pos = time.time(), 0
         with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:  # cv2 releases the GIL
             chunks = pool.map(load_chunk, range(0, n, 64))
@@ -133,6 +172,7 @@ class ImageCache:
     def _view(self, start: int, stop: int) -> "ImageCache":
         view = object.__new__(ImageCache)
         view.buffer, view.seconds, view.short_side = self.buffer, self.seconds, self.short_side
+        view.preprocess = self.preprocess
         view.shapes, view.offsets = self.shapes[start:stop], self.offsets[start : stop + 1]
         view.errors = {i - start: e for i, e in self.errors.items() if start <= i < stop}
         return view
@@ -149,9 +189,10 @@ class ImageCache:
 
 
 def maybe_cache(setting: bool | str, paths: list[Path], in_chans: int, bad_images: str, what: str,
-                verbose: bool = True, short_side: int | None = None) -> ImageCache | None:
-    """An ImageCache of `paths` (read reduced to `short_side`) when the `cache_images` setting says so,
-    with one line saying why."""
+                verbose: bool = True, short_side: int | None = None,
+                preprocess: list | None = None, cache_dir: str | None = None) -> ImageCache | None:
+    """An ImageCache of `paths` (read reduced to `short_side`, then preprocessed) when the `cache_images`
+    setting says so, with one line saying why."""
     use, need = should_cache(setting, paths, in_chans, short_side)
     if not use:
         if verbose and setting == "auto" and paths:
@@ -162,7 +203,8 @@ def maybe_cache(setting: bool | str, paths: list[Path], in_chans: int, bad_image
     if need > 0.8 * free:
         print(f"warning: caching {what} needs about {need / 2**30:.1f} GiB of the {free / 2**30:.1f} GiB free",
               file=sys.stderr)
-    cache = ImageCache(paths, in_chans, bad_images, desc=f"caching {what}", size_hint=need, short_side=short_side)
+    cache = ImageCache(paths, in_chans, bad_images, desc=f"caching {what}", size_hint=need, short_side=short_side,
+                       preprocess=preprocess, cache_dir=cache_dir)
     if verbose:
         print(f"{what}: {len(paths):,} images cached in RAM ({cache.nbytes / 2**20:.1f} MiB, {cache.seconds:.1f}s)")
     return cache
@@ -172,18 +214,24 @@ class ImageDataset(Dataset):
     """(image tensor, target, index) per row; target is a class index, a soft/multi-hot vector, or -1.
 
     Images are read reduced to `short_side` (see images.read_image). With `cache` (an ImageCache over the
-    same paths, built with the same short_side) images come from RAM instead of disk.
+    same paths, built with the same short_side and preprocess) images come from RAM instead of disk. With
+    `preprocess` (a data config's list) each image read from disk is preprocessed, and with `cache_dir` kept
+    on disk once preprocessed (see read_preprocessed).
     """
 
     def __init__(self, paths: list[Path], targets: np.ndarray | None, transform, in_chans: int, bad_images: str,
-                 cache: ImageCache | None = None, short_side: int | None = None):
+                 cache: ImageCache | None = None, short_side: int | None = None, preprocess: list | None = None,
+                 cache_dir: str | None = None):
         self.paths, self.targets, self.transform = list(paths), targets, transform
         self.in_chans, self.bad_images, self.short_side = in_chans, bad_images, short_side
+        self.preprocess, self.cache_dir = Preprocess(preprocess), cache_dir
         if cache is not None and len(cache) != len(self.paths):
             raise ValueError(f"cache holds {len(cache)} images for {len(self.paths)} paths")
         if cache is not None and cache.short_side != short_side:
             raise ValueError(f"cache holds images read at short_side={cache.short_side}, the dataset reads them "
                              f"at short_side={short_side}")
+        if cache is not None and cache.preprocess.key() != self.preprocess.key():
+            raise ValueError("cache holds images preprocessed otherwise than the dataset preprocesses them")
         self.cache = cache
 
     def __len__(self) -> int:
@@ -194,7 +242,7 @@ class ImageDataset(Dataset):
         try:
             if self.cache is not None:
                 return self.cache[i]
-            return read_image(self.paths[i], self.in_chans, self.short_side)
+            return read_preprocessed(self.paths[i], self.in_chans, self.short_side, self.preprocess, self.cache_dir)
         except BadImage as e:
             if self.bad_images == "fail":
                 raise

@@ -13,10 +13,11 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from pipeline.core.config import StrictModel, competition_default, deep_merge, parse_overrides, read_yaml, validate
 from pipeline.core.errors import ConfigError
+from pipeline.nn.preprocess import check_files, check_name, describe
 
 
 # The names of pipeline.nn.augment.PRESETS (checked there), known here without importing albumentations.
@@ -139,12 +140,22 @@ class ModelConfig(StrictModel):
         "list of {name: <albumentations class>, ...params} (compositions nest: {name: OneOf, transforms: [...]}), run on "
         "the image as read, before the resize to img_size"
     )
+    preprocess: list[str] = Field(
+        default_factory=list, description="domain preprocessing, in order, on each image as read (before "
+        "augmentation; in training, validation, TTA, prediction and the Kaggle kernel alike): ben_graham | "
+        "circle_crop | clahe | trim | path/to/file.py:function (relative to the model config's folder)"
+    )
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="DataLoader worker processes; auto: 0 on CPU (workers would take the cores the "
         "model trains on), else the CPUs per GPU process, at most 8"
     )
     cache_images: bool | Literal["auto"] = Field(
         "auto", description="decode train/val images once into RAM; auto: when they fit in 4 GiB and 1/4 of free RAM"
+    )
+    cache_dir: str | None = Field(
+        None, description="keep each image decoded and preprocessed (read size, preprocess) on disk in this folder "
+        "(relative to where the pipeline runs), keyed by its path, mtime, read size and preprocess steps, so "
+        "other folds, runs and predict skip the decode and the preprocessing; null: off"
     )
     bad_images: Literal["fail", "skip"] = Field(
         default_factory=lambda: competition_default("bad_images"),
@@ -185,6 +196,13 @@ class ModelConfig(StrictModel):
                              "{name: <albumentations transform>, ...})")
         return v
 
+    _config_dir: Path = PrivateAttr(default_factory=lambda: Path("configs/models"))
+
+    @field_validator("preprocess")
+    @classmethod
+    def _preprocess(cls, v: list[str]) -> list[str]:
+        return [check_name(step) for step in v]
+
     @field_validator("pos_weight")
     @classmethod
     def _pos_weight(cls, v: str | list[float] | None) -> str | list[float] | None:
@@ -215,14 +233,14 @@ class ModelConfig(StrictModel):
 
 # Keys that change how a run is carried out but not what it learns: changing them neither retrains a
 # finished fold nor refuses to resume one.
-RESULT_NEUTRAL_KEYS = frozenset({"cache_images", "tensorboard", "log_every", "search"})
+RESULT_NEUTRAL_KEYS = frozenset({"cache_images", "cache_dir", "tensorboard", "log_every", "search"})
 # Keys added after runs were trained: at their defaults they leave a run's stamp as it was, so upgrading
 # does not make finished folds stale (such a run reads images as it was trained: its data config has no
 # read_side, and squash is what it did).
 ADDED_KEYS = {"resize": "squash", "read_scale": 1.5, "pool": None, "gem_p": 3.0, "head": "linear",
               "arcface_scale": 30.0, "arcface_margin": 0.3, "arcface_subcenters": 3, "distill": None,
               "distill_alpha": 0.5, "temperature": 2.0, "cb_beta": 0.999, "pos_weight": None, "ohem": None,
-              "train_fraction": 1.0}
+              "train_fraction": 1.0, "preprocess": []}
 
 
 def stamp_exclusions(cfg: "ModelConfig") -> frozenset[str]:
@@ -232,7 +250,7 @@ def stamp_exclusions(cfg: "ModelConfig") -> frozenset[str]:
 # read_scale: one read size for all stages (data_config's read_side), so the image cache serves every stage
 STAGE_KEYS_FORBIDDEN = {"backbone", "in_chans", "stages", "seed", "tta", "tta_merge", "pseudo", "pretrained",
                         "read_scale", "pool", "head", "arcface_subcenters", "search", "distill",
-                         "train_fraction"}
+                         "train_fraction", "preprocess"}
 
 
 def resolve_stages(cfg: ModelConfig, source: str) -> list[ModelConfig]:
@@ -260,6 +278,8 @@ def load_model_config(path: str | Path, overrides: list[str] | None = None) -> M
     source = f"{path}" + (" with overrides " + " ".join(overrides) if overrides else "")
     cfg = validate(ModelConfig, data, source)
     resolve_stages(cfg, source)  # stage errors surface at load time
+    cfg._config_dir = path.parent  # custom preprocess files are relative to it
+    check_files(cfg.preprocess, cfg._config_dir, source)
     return cfg
 
 
@@ -457,7 +477,8 @@ def data_config(cfg: ModelConfig, model, whole: ModelConfig | None = None) -> di
     """img_size ([height, width]), resize, mean, std and interpolation: the config's values, else the model's
     own defaults; read_side: images are read with the shorter side reduced to at most this (None: full
     resolution), ceil(read_scale x the largest side of the largest img_size of `whole`'s stages). `whole` is
-    the config a stage's config came from (resolve_stages drops `stages`); default cfg itself."""
+    the config a stage's config came from (resolve_stages drops `stages`); default cfg itself. preprocess (only
+    when `whole` sets it): its steps as pipeline.nn.preprocess.describe carries them (custom files' source)."""
     import math
 
     from timm.data import resolve_data_config
@@ -472,7 +493,7 @@ def data_config(cfg: ModelConfig, model, whole: ModelConfig | None = None) -> di
     whole = whole or cfg
     sizes = [whole.img_size] + [stage.get("img_size", whole.img_size) for stage in whole.stages]
     largest = max(max(_hw(size, default_hw)) for size in sizes + [cfg.img_size])
-    return {
+    out = {
         "img_size": _hw(cfg.img_size, default_hw),
         "resize": cfg.resize,
         "mean": mean,
@@ -480,6 +501,9 @@ def data_config(cfg: ModelConfig, model, whole: ModelConfig | None = None) -> di
         "interpolation": _INTERP.get(interpolation, 1),
         "read_side": None if whole.read_scale is None else math.ceil(whole.read_scale * largest),
     }
+    if whole.preprocess:  # only when set: other runs' data configs stay as they were
+        out["preprocess"] = describe(whole.preprocess, whole._config_dir)
+    return out
 
 
 def eval_data_config(cfg: ModelConfig, model, source: str = "config") -> dict[str, Any]:

@@ -84,7 +84,7 @@ def training_rows(comp: Competition, cfg, model):
     d = data_config(cfg, model)
     tf = train_transform(cfg.augment, d, cfg.in_chans)
     return ImageDataset(paths, targets.astype(np.float32), tf, cfg.in_chans, cfg.bad_images,
-                        short_side=d["read_side"])
+                        short_side=d["read_side"], preprocess=d.get("preprocess"))
 
 
 def sweep(model, opt, loss_fn, ds, cfg, dev, lrs: np.ndarray, beta: float, diverge: float,

@@ -312,7 +312,8 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
     import torch
 
     from pipeline.nn.infer import EvalSpec, load_fold_model
-    from pipeline.core.images import read_image
+    from pipeline.nn.loader import read_preprocessed
+    from pipeline.nn.preprocess import Preprocess
 
     picked = mistakes.head(n)
     if picked.empty:
@@ -329,9 +330,10 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
             model, cfg, ckpt = load_fold_model(run, "best", dev)
             spec = EvalSpec.of(cfg, ckpt["data_config"])  # the evaluation geometry and read size
             cache[k] = (model.float().to(memory_format=torch.contiguous_format), cfg, spec.transform(),
-                        spec.data_config.get("read_side"), spec.data_config.get("resize", cfg.resize))
-        model, cfg, tf, read_side, resize = cache[k]
-        img = read_image(comp.image_path("train", m.id), cfg.in_chans, read_side)
+                        spec.data_config.get("read_side"), spec.data_config.get("resize", cfg.resize),
+                        Preprocess(spec.data_config.get("preprocess")))
+        model, cfg, tf, read_side, resize, preprocess = cache[k]
+        img = read_preprocessed(comp.image_path("train", m.id), cfg.in_chans, read_side, preprocess)
         x = tf(image=img)["image"].unsqueeze(0)
         try:
             cam, c = grad_cam(model, x)

@@ -1,9 +1,9 @@
 """`show-batch`: what the model sees -> runs/<model>/show_batch/ train.png, eval.png, tta.png, grid.json.
 
 Training rows, chosen by --seed, go through the model's own pipelines exactly as training and inference
-run them: the read reduction (`read_side`), the training transform (augmentation and geometry), the
-evaluation transform (at the last stage's size), and each TTA view on the normalised tensor (an `aug:N`
-view: each of its N seeded draws of the training augmentation). Each image is then denormalised with the
+run them: the read reduction (`read_side`), the `preprocess` steps, the training transform (augmentation
+and geometry), the evaluation transform (at the last stage's size), and each TTA view on the normalised
+tensor (an `aug:N` view: each of its N seeded draws of the training augmentation). Each image is then denormalised with the
 model's mean and std back to 0..255 and drawn at the model's input size and aspect, titled with its label.
 `batch_arrays` returns the uint8 arrays the PNGs are drawn from.
 """
@@ -50,7 +50,8 @@ def to_uint8(x, mean: list[float], std: list[float]) -> np.ndarray:
 def batch_arrays(comp: Competition, cfg, n: int = 16, seed: int = 0) -> Batch:
     """The images of `n` training rows (a seeded choice) as the model receives them."""
     from pipeline.nn.augment import eval_transform, train_transform
-    from pipeline.core.images import read_image
+    from pipeline.nn.loader import read_preprocessed
+    from pipeline.nn.preprocess import Preprocess
     from pipeline.nn.models import build_model, data_config, eval_data_config, resolve_stages
     from pipeline.nn.infer import EvalSpec
     from pipeline.nn.tta import aug_draws, aug_seed, expand, get_view
@@ -65,7 +66,9 @@ def batch_arrays(comp: Competition, cfg, n: int = 16, seed: int = 0) -> Batch:
     tf_train, tf_eval = train_transform(first.augment, d, cfg.in_chans), eval_transform(d_eval, cfg.in_chans)
     tf_train.set_random_seed(seed)
     ids = [str(train[comp.id_col].iloc[i]) for i in rows]
-    images = [read_image(comp.image_path("train", i), cfg.in_chans, short_side=d.get("read_side")) for i in ids]
+    preprocess = Preprocess(d.get("preprocess"))  # the model's domain preprocessing, as its datasets apply it
+    images = [read_preprocessed(comp.image_path("train", i), cfg.in_chans, d.get("read_side"), preprocess)
+              for i in ids]
     train_x = [tf_train(image=img)["image"] for img in images]
     eval_x = [tf_eval(image=img)["image"] for img in images]
     tta = {}
