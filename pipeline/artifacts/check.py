@@ -10,7 +10,8 @@ One line per check, with its counts, then `ok`, or a CheckFailed listing every p
 3. an evenly spaced sample of images decodes through `images.read_image`, the reader training uses; the
    sizes and stored channels seen are printed, and every file that fails is named (a warning, not a problem,
    under the competition key `bad_images: skip`); a constant regression target is a warning too;
-4. `answers`, when set: the file, its id and target column(s), an answer for every test id;
+4. `answers`, when set: the file, its id and target column(s), an answer for every test id; `extra_train`,
+   when set: the extra table, as training reads it (`data.read_extra`: labels, ids, images);
 5. every model config in `models_dir` validates (`models.load_model`) and names a backbone timm knows.
 6. tracking, when on: its package is installed, and an MLflow `tracking_uri` (else MLFLOW_TRACKING_URI) has
    a form MLflow accepts (`tracking.check_mlflow_uri`), as a fold would open it; nothing is contacted.
@@ -36,7 +37,7 @@ import pandas as pd
 
 from pipeline.core.config import Competition
 from pipeline.core.data import (class_names, constant_target_warning, examples, read_answers, read_csv_text,
-                                read_sample, read_train)
+                                read_extra, read_sample, read_train)
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.images import decode_image, read_bytes, read_image
 from pipeline.nn.models import ModelConfig, check_backbone, load_model, model_config_path, model_names
@@ -84,6 +85,8 @@ def run_check(comp: Competition, models_dir: str | Path | None = None, source: s
         check_decoding(samples, models.in_chans(), report, skip=comp.bad_images == "skip")
         if test_ids is not None:
             check_answers(comp, classes, test_ids, report)
+        check_extra(comp, train, classes, report)
+        check_meta_cols(comp, train, report)
         models.finish(report)
     finally:
         models.close()
@@ -398,6 +401,42 @@ def answers_problem(comp: Competition, path: Path, classes: list[str] | None, te
     except DataError as e:
         return str(e)
     return None
+
+
+def check_extra(comp: Competition, train: pd.DataFrame | None, classes: list[str] | None, report: Report) -> None:
+    """The extra table (competition keys extra_train, extra_images), read as a fold reads it."""
+    if comp.extra_train is None:
+        return
+    path = comp.extra_train_path
+    if train is None or classes is None:  # train.csv failed: its problem is reported already
+        report.line(f"extra: {path} not checked (train.csv failed)")
+        return
+    try:
+        ids, _ = read_extra(comp, classes, list(train[comp.id_col]))
+    except (DataError, ConfigError) as e:
+        report.line(f"extra: {path} FAILED")
+        report.problem(str(e))
+        return
+    report.line(f"extra: {path}: {len(ids)} rows, every label a class and every image found "
+                f"(template {comp.extra_images!r}); they join every fold's training part")
+
+
+def check_meta_cols(comp: Competition, train: pd.DataFrame | None, report: Report) -> None:
+    """meta_cols (when set) are columns of train.csv and of the test table (test_csv, else the sample
+    submission), as `ensemble` reads them (pipeline.blend.meta)."""
+    test = comp.data_dir / comp.test_csv if comp.test_csv else comp.sample_submission_path
+    for path in [comp.train_csv_path, test] if comp.meta_cols else []:
+        try:
+            cols = train.columns if path == comp.train_csv_path and train is not None else read_csv_text(path).columns
+        except DataError as e:
+            report.problem(f"competition key meta_cols: {e}")
+            continue
+        missing = [c for c in [comp.id_col, *comp.meta_cols] if c not in cols]
+        if missing:
+            hint = "" if comp.test_csv or path != test else "; set the competition key test_csv to the test table"
+            report.problem(f"competition key meta_cols: {path} has no column(s) {', '.join(missing)}{hint}")
+        else:
+            report.line(f"meta_cols: {path} has {', '.join(comp.meta_cols)}")
 
 
 # --- tracking --------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Run folders: `runs/<run>/fold<k>/`, and what says a fold is finished. No torch here, so `plan` is quick.
 
 Training writes `done.json` last: the fold's stage record (pipeline.artifacts.record). Its params are the
-config hash (result-neutral keys left out), the classes, the task and the metric; its inputs folds.csv and,
+config hash (result-neutral keys left out), the classes, the task, the metric and, with external data, the
+extra images' template; its inputs folds.csv, the extra table (competition key extra_train) when set and,
 for a distilled student or a pseudo round, the teacher or pseudo-label table; its outputs the files later
 stages read (best.pt, oof.parquet, config.yaml); beside them the command-line overrides (`ARGS`) it was trained
 with, its score and its time. Decided from the record and file stats alone, a fold is
@@ -10,7 +11,7 @@ with, its score and its time. Decided from the record and file stats alone, a fo
 - kept: it was trained with overrides, none are given now, and the config file with *its* overrides still
   gives its config hash (`make train-all ARGS=...` then `make predict`). Nothing retrains it unless asked
   (`make train MODEL= FOLD=`, or `make train-all RETRAIN=1`), and the stages that use it say so;
-- stale: the config file, folds.csv, a teacher or pseudo-label table, the classes, the task or the metric
+- stale: the config file, folds.csv, the extra table, a teacher or pseudo-label table, the classes, the task or the metric
   changed, or an output is missing or changed since written; `plan` says which.
 
 A done.json of the earlier format (the stamp at its top level) is still understood, so folds trained
@@ -106,18 +107,21 @@ EARLIER_MD5 = {"folds.csv": "folds_md5", "teacher table": "distill_md5"}  # an e
 
 def fold_params(cfg: ModelConfig, classes: list[str], comp: Competition) -> dict:
     """What besides files a fold is trained from: the config hash (result-neutral keys left out), the classes,
-    the task, the metric and, when set, the competition's DICOM windows."""
+    the task, the metric and, when set, the competition's DICOM windows and extra images' template."""
     params = {"config_hash": config_hash(cfg, stamp_exclusions(cfg)), "classes": list(classes), "task": comp.task,
               "metric": comp.metric}
     if comp.dicom_windows:  # how DICOM pixels become channels: other windows, another model
         params["dicom_windows"] = [list(w) for w in comp.dicom_windows]
+    if comp.extra_images:  # the extra rows' images: its table is an input (fold_inputs)
+        params["extra_images"] = comp.extra_images
     return params
 
 
-def fold_inputs(cfg: ModelConfig, folds_path: str | Path) -> dict[str, str]:
-    """The files a fold is trained from, by the names `plan` gives them: folds.csv, a distilled student's
-    teacher table, a pseudo round's table."""
-    named = {"folds.csv": folds_path, "teacher table": cfg.distill, "pseudo-label table": cfg.pseudo}
+def fold_inputs(cfg: ModelConfig, folds_path: str | Path, comp: Competition | None = None) -> dict[str, str]:
+    """The files a fold is trained from, by the names `plan` gives them: folds.csv, the competition's extra
+    table (key extra_train), a distilled student's teacher table, a pseudo round's table."""
+    named = {"folds.csv": folds_path, "extra table": comp.extra_train_path if comp else None,
+             "teacher table": cfg.distill, "pseudo-label table": cfg.pseudo}
     return {name: str(Path(p)) for name, p in named.items() if p}
 
 
@@ -235,7 +239,7 @@ def fold_runs(comp: Competition, run: str, folds: list[int], runs: str | Path, f
             continue
         recorded = list(done.get("overrides", []))  # judged by the config file with its own overrides
         cfg = load_model(comp.models_dir, model, recorded)[0]
-        status = fold_status(d, fold_params(cfg, classes, comp), fold_inputs(cfg, folds_path), comp.models_dir,
+        status = fold_status(d, fold_params(cfg, classes, comp), fold_inputs(cfg, folds_path, comp), comp.models_dir,
                              model, recorded)
         if status.state != "done":
             problems.append(f"fold{k} ({status.reason})")
@@ -269,7 +273,7 @@ def plan_training(comp: Competition, models_dir: str | Path, models: list[str], 
     classes = class_names(comp, read_train(comp))
     jobs = []
     for m, cfg in configs.items():
-        params, inputs = fold_params(cfg, classes, comp), fold_inputs(cfg, folds_path)
+        params, inputs = fold_params(cfg, classes, comp), fold_inputs(cfg, folds_path, comp)
         run = run_name(m, cfg)
         for k in folds:
             out = run_dir(run, k, runs)

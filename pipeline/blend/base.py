@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_regressor
 from sklearn.utils.validation import check_is_fitted
 
+from pipeline.blend.meta import split_meta
 from pipeline.core.metrics import Metric, get_metric
 
 LOG_EPS = 1e-6
@@ -143,6 +144,8 @@ class BlendBase(BaseEstimator):
 
     def fit(self, X, y):
         X = self._X(X, fitting=True)
+        width = X.shape[1]
+        X, self._meta_rows = split_meta(X, getattr(self, "meta_kinds", None))  # metadata columns: pipeline.blend.meta
         y = np.asarray(y)
         if self.n_classes is not None:
             c = int(self.n_classes)
@@ -152,9 +155,10 @@ class BlendBase(BaseEstimator):
             raise ValueError(f"X has {X.shape[1]} columns, not a multiple of n_classes={c}")
         self.n_classes_ = c
         self.n_models_ = X.shape[1] // c
-        self.n_features_in_ = X.shape[1]
+        self.n_features_in_ = width
         self.classes_ = np.arange(c)
         self._fit(unstack(X, c), X, y)
+        self._meta_rows = None
         return self
 
     def _fit(self, P: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:
@@ -162,8 +166,11 @@ class BlendBase(BaseEstimator):
 
     def _output(self, X) -> np.ndarray:
         check_is_fitted(self, "n_features_in_")
-        X = self._X(X)
-        return self._predict(unstack(X, self.n_classes_), X)
+        X, self._meta_rows = split_meta(self._X(X), getattr(self, "meta_kinds", None))
+        try:
+            return self._predict(unstack(X, self.n_classes_), X)
+        finally:
+            self._meta_rows = None
 
     def _predict(self, P: np.ndarray, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError

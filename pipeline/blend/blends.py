@@ -139,6 +139,16 @@ class FittedBlend:
     method: str
     learned: bool
     learners: list
+    meta: dict | None = None  # the metadata encoding (pipeline.blend.meta) of a stacker fitted with meta_cols
+
+    def with_meta(self, X_test: np.ndarray, comp, test_ids: list[str]) -> np.ndarray:
+        """X_test with the test rows' metadata after it, coded as at fitting (read from the competition's
+        test table), for a blend fitted with metadata; X_test itself otherwise."""
+        if self.meta is None:
+            return X_test
+        from pipeline.blend.meta import MetaEncoding, test_meta
+
+        return np.hstack([X_test, test_meta(comp, MetaEncoding.from_export(self.meta), test_ids)])
 
     def predict_proba(self, X_test: np.ndarray, task: str) -> np.ndarray:
         """The blend's test output: probabilities (n, C), or values (n, T) for regression."""
@@ -148,9 +158,11 @@ class FittedBlend:
         for learner in self.learners:
             if not hasattr(learner, "export_state"):
                 raise ConfigError(f"blend {self.method!r} cannot be exported to JSON")
+        meta = {"meta": self.meta} if self.meta is not None else {}
         return {"method": self.method, "learned": self.learned,
-                "learners": [learner.export_state() for learner in self.learners]}
+                "learners": [learner.export_state() for learner in self.learners], **meta}
 
     @classmethod
     def from_export(cls, data: dict) -> "FittedBlend":
-        return cls(data["method"], bool(data["learned"]), [import_blend_state(s) for s in data["learners"]])
+        return cls(data["method"], bool(data["learned"]), [import_blend_state(s) for s in data["learners"]],
+                   data.get("meta"))

@@ -37,6 +37,7 @@ import tempfile
 import numpy as np
 
 from pipeline.blend.base import FIT_BUDGET_S, Blend, assemble, targets
+from pipeline.blend.meta import cat_index
 from pipeline.blend.perclass import (CANDIDATE_CELL_S, candidate_features, candidate_labels, candidate_output,
                                      candidates)
 from pipeline.core.errors import ConfigError
@@ -75,13 +76,13 @@ def sigmoid(raw: np.ndarray) -> np.ndarray:
 UNSTABLE_INFO = ("train_finish_time", "model_guid", "training")  # a clock, a random id, the metric history
 
 
-def model_json(model) -> str:
+def model_json(model, pool=None) -> str:
     """A fitted CatBoost model as CatBoost's JSON, less UNSTABLE_INFO (so a rerun writes the same text) and
     its indentation (numbers written back in Python's shortest exact form: the same doubles); as CatBoost
     wrote it when it holds NaN or Inf."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.json")
-        model.save_model(path, format="json")
+        model.save_model(path, format="json", pool=pool)  # a model with cat_features needs its pool
         with open(path) as f:
             text = f.read()
     data = json.loads(text)
@@ -146,7 +147,7 @@ class CatBoostStacker(Blend):
     def __init__(self, task="multiclass", n_classes=None, metric=None, seed=0, iterations: int = 200,
                  learning_rate: float = 0.1, depth: int = 4, l2_leaf_reg: float = 3.0,
                  early_stopping_rounds: int = 30, inner_valid: float = 0.2, thread_count: int = 1,
-                 formulation: str = "auto", candidates: int = 10):
+                 formulation: str = "auto", candidates: int = 10, meta_kinds: tuple = ()):
         super().__init__(task, n_classes, metric, seed)
         self.iterations = iterations
         self.learning_rate = learning_rate
@@ -157,6 +158,27 @@ class CatBoostStacker(Blend):
         self.thread_count = thread_count
         self.formulation = formulation
         self.candidates = candidates
+        self.meta_kinds = meta_kinds
+
+    def _with_meta(self, F, repeat: int = 1):
+        """(features and the rows' metadata columns after them, the categorical ones' indexes) (pipeline.blend.meta)."""
+        M = getattr(self, "_meta_rows", None)
+        if M is None:
+            return F, []
+        return np.hstack([F, np.repeat(M, repeat, axis=0)]), cat_index(self.meta_kinds, F.shape[1])
+
+    @staticmethod
+    def _data(F, cats: list):
+        """What CatBoost reads: the array, or with cat_features a frame whose categorical codes are integers
+        (-1: missing)."""
+        if not cats:
+            return F
+        import pandas as pd
+
+        df = pd.DataFrame(np.asarray(F, dtype=np.float64), columns=[str(i) for i in range(F.shape[1])])
+        for c in cats:
+            df[str(c)] = np.where(np.isnan(F[:, c]), -1, F[:, c]).astype(np.int64)
+        return df
 
     # --- formulation and cost ---
 
@@ -186,7 +208,7 @@ class CatBoostStacker(Blend):
         except ValueError:  # a class with one row: no stratified split
             return train_test_split(idx, test_size=self.inner_valid, random_state=self.seed)
 
-    def _train(self, n_cls: int, X_tr, t_tr, X_va, t_va) -> tuple[str, int]:
+    def _train(self, n_cls: int, X_tr, t_tr, X_va, t_va, cats=()) -> tuple[str, int]:
         """(the fitted model as JSON text, its best iteration)."""
         CatBoost = catboost_module().CatBoost
 
@@ -197,15 +219,19 @@ class CatBoostStacker(Blend):
                   "logging_level": "Silent"}
         if n_cls > 2:
             params["classes_count"] = n_cls  # one output per class, also for a class absent from these rows
-        model = CatBoost(params).fit(X_tr, t_tr, eval_set=(X_va, t_va))
+        Pool = catboost_module().Pool
+        train = Pool(self._data(X_tr, cats), t_tr, cat_features=list(cats) or None)
+        valid = Pool(self._data(X_va, cats), t_va, cat_features=list(cats) or None)
+        model = CatBoost(params).fit(train, eval_set=valid)
         best = model.get_best_iteration()
-        return model_json(model), int(self.iterations - 1 if best is None else best)
+        return model_json(model, train if cats else None), int(self.iterations - 1 if best is None else best)
 
     def _fit(self, P, X, y):
         self.formulation_ = self.formulation_for(len(X), self.n_classes_, self.n_models_)
         if self.formulation_ == "per_class":
             return self._fit_per_class(X, y)
         texts, self.best_iterations_ = [], []
+        X, cats = self._with_meta(X)
         for t, n_cls in targets(self.task, y, self.n_classes_):
             if len(np.unique(t)) < 2:  # a constant target: its class frequencies
                 texts.append(np.bincount(t, minlength=n_cls) / len(t))
@@ -216,7 +242,7 @@ class CatBoostStacker(Blend):
                 texts.append(np.bincount(t, minlength=n_cls) / len(t))
                 self.best_iterations_.append(0)
                 continue
-            text, best = self._train(n_cls, X[tr], t[tr], X[va], t[va])
+            text, best = self._train(n_cls, X[tr], t[tr], X[va], t[va], cats)
             texts.append(text)
             self.best_iterations_.append(best)
         self._load(texts)
@@ -232,22 +258,24 @@ class CatBoostStacker(Blend):
         if len(np.unique(labels[pairs(tr)])) < 2:  # every pair a hit or every one a miss: that rate
             self.best_iterations_ = [0]
             return self._load([np.array([labels.mean()])])
-        feats = candidate_features(X, cand, M, C)
-        text, best = self._train(2, feats[pairs(tr)], labels[pairs(tr)], feats[pairs(va)], labels[pairs(va)])
+        feats, cats = self._with_meta(candidate_features(X, cand, M, C), k)
+        text, best = self._train(2, feats[pairs(tr)], labels[pairs(tr)], feats[pairs(va)], labels[pairs(va)], cats)
         self.best_iterations_ = [best]
         self._load([text])
 
     def _load(self, texts: list) -> None:
         """Keep each model as its JSON text and predict with the model read back from it (as the kernel does)."""
         self.model_texts_ = texts
-        width = 2 * self.n_models_ + 2 if self.formulation_ == "per_class" else self.n_features_in_
+        width = 2 * self.n_models_ + 2 + len(self.meta_kinds or ()) if self.formulation_ == "per_class" \
+            else self.n_features_in_
         self.models_ = [t if isinstance(t, np.ndarray) else load_json_model(t, f"model {i}", width)
                         for i, t in enumerate(texts)]
 
     # --- prediction ---
 
-    def _raw_proba(self, model, X) -> np.ndarray:
+    def _raw_proba(self, model, X, repeat: int = 1) -> np.ndarray:
         """(n, outputs) probabilities of one model from its raw values: (n, 2) for a binary model."""
+        X = self._data(*self._with_meta(X, repeat))
         raw = np.asarray(model.predict(X, prediction_type="RawFormulaVal", thread_count=self.thread_count),
                          dtype=np.float64)
         if raw.ndim == 1:
@@ -263,7 +291,8 @@ class CatBoostStacker(Blend):
             if isinstance(model, np.ndarray):
                 q = np.full(cand.shape, float(model[0]))
             else:
-                q = self._raw_proba(model, candidate_features(X, cand, M, C))[:, 1].reshape(cand.shape)
+                q = self._raw_proba(model, candidate_features(X, cand, M, C), self.candidates_)[:, 1]
+                q = q.reshape(cand.shape)
             return candidate_output(self.task, X, cand, q, M, C)
         parts = []
         for model in self.models_:

@@ -35,8 +35,9 @@ from sklearn.base import clone
 from tqdm import tqdm
 
 from pipeline.blend.base import as_float
-from pipeline.blend.blends import (FittedBlend, blend_output, blend_test_prediction, candidate_names, make_blend,
-                                   plan_blend, stack)
+from pipeline.blend.blends import (FittedBlend, ThresholdWrapper, blend_output, blend_test_prediction,
+                                   candidate_names, make_blend, plan_blend, stack)
+from pipeline.blend.meta import check_meta, features_line, takes_meta, test_meta, train_meta
 from pipeline.core.config import NEUTRAL_KEYS, Competition, config_hash
 from pipeline.core.data import read_answers, read_sample
 from pipeline.core.errors import DataError
@@ -119,19 +120,26 @@ def _duration(seconds: float) -> str:
 
 
 def score_blends(names: list[str], method: str, comp: Competition, n_classes: int, X, y, fold, X_test,
-                 y_test) -> tuple[list[BlendResult], dict[str, str]]:
+                 y_test, meta: tuple | None = None) -> tuple[list[BlendResult], dict[str, str]]:
     """Every candidate blend scored by (nested) CV, in order -> (results, {name: why it failed or was skipped}).
 
     A blend whose (nested) CV is estimated (plan_blend) over the competition's `blend_budget_minutes` is
     skipped in `auto`, with the reason (a `Skipped`); one named by --method runs anyway. In `auto` a failing
     blend is reported, not raised. Only the blend the stage will choose (best CV, the first on a tie) keeps
-    its oof and test arrays; the others' are dropped as they are scored: memory holds two blends' outputs."""
+    its oof and test arrays; the others' are dropped as they are scored: memory holds two blends' outputs.
+    `meta` (encoding, train rows, test rows; pipeline.blend.meta): the stackers that take metadata get its
+    columns after the probabilities."""
     metric, task, seed, budget = comp.scoring(), comp.task, comp.seed, 60.0 * comp.blend_budget_minutes
     n, n_folds = len(y), len(np.unique(fold))
     n_models = X.shape[1] // n_classes
     blends, errors, best = [], {}, None
     for name in tqdm(names, desc="blends", leave=False, disable=None):  # None: off outside a terminal
         est = make_blend(name, task, n_classes, metric, seed)
+        Xb, Xb_test = X, X_test
+        if meta is not None and takes_meta(name):
+            inner = est.estimator if isinstance(est, ThresholdWrapper) else est
+            inner.set_params(meta_kinds=tuple(meta[0].kinds))
+            Xb, Xb_test = np.hstack([X, meta[1]]), np.hstack([X_test, meta[2]])
         seconds = plan_blend(est, n, n_classes, n_models, n_folds)
         if seconds > budget:
             why = (f"{n:,} rows x {n_classes:,} classes x {n_models} models: est. {_duration(seconds)} > budget "
@@ -142,7 +150,7 @@ def score_blends(names: list[str], method: str, comp: Competition, n_classes: in
                 continue
             print(f"note: blend {name}: {why}; running it as --method names it")
         try:
-            b = evaluate_blend(name, est, X, y, fold, X_test, metric)
+            b = evaluate_blend(name, est, Xb, y, fold, Xb_test, metric)
         except Exception as e:  # in auto, one failing blend must not sink the others
             if method != "auto":
                 raise
@@ -195,7 +203,7 @@ def blend_inputs(level1: Level1) -> Level1:
 
 
 def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[BlendResult], errors: dict[str, str],
-                 chosen: str, has_answers: bool, submission: dict) -> tuple[str, dict]:
+                 chosen: str, has_answers: bool, submission: dict, meta_enc=None) -> tuple[str, dict]:
     folds = sorted(int(k) for k in np.unique(level1.fold))
     report = {
         "metric": comp.metric, "greater_is_better": comp.scoring().greater_is_better, "task": comp.task,
@@ -245,6 +253,10 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
         report["models"][name]["tuned_on_folds"] = on
         lines += ["", f"{name}: tuned on fold {', '.join(map(str, on))}'s validation rows: its CV is optimistic "
                   "(`make tune` picked its settings on them); judge it by the other folds or a test score."]
+    stackers = [features_line(b.name, len(level1.models), meta_enc) for b in blends if takes_meta(b.name)]
+    if stackers:  # what each stacker took (competition key meta_cols: pipeline.blend.meta)
+        report["stacker_features"] = stackers
+        lines += ["", "Stacker features:", *[f"- {line}" for line in stackers]]
     lines += ["", f"Test prediction: {TEST_PREDICTION_RULE}.",
               f"Submission: {submission.get('submission')} ({submission.get('format')}); "
               f"archived as {submission.get('history')}.", ""]
@@ -270,6 +282,7 @@ def ensemble_inputs(comp: Competition, stacking: str | Path, folds_path: str | P
     stacking = Path(stacking)
     files = sorted(p for p in stacking.iterdir() if p.is_file()) if stacking.is_dir() else []
     answers = [Path(comp.answers)] if comp.answers is not None and Path(comp.answers).is_file() else []
+    answers += [comp.data_dir / comp.test_csv] if comp.meta_cols and comp.test_csv else []  # the test metadata
     return [p for p in [Path(folds_path), comp.train_csv_path, comp.sample_submission_path, *answers, *files]
             if p.is_file()]
 
@@ -375,6 +388,11 @@ def run_ensemble(comp: Competition, method: str | None = None, stacking: str | P
     fmt = infer_format(comp, sample, level1.classes)  # fail on a bad sample before any work
     y_test = read_answers(comp, level1.classes, level1.test_ids)
     X, X_test, y, fold = stack(level1.oof), stack(level1.test), level1.y, level1.fold
+    metadata = None
+    if comp.meta_cols:  # per-image metadata for the stackers; the encoding from train.csv only
+        check_meta(comp)
+        enc, M = train_meta(comp, level1.train_ids)
+        metadata = (enc, M, test_meta(comp, enc, level1.test_ids))
 
     model_rows = []
     for m, name in enumerate(everything.models):
@@ -384,7 +402,7 @@ def run_ensemble(comp: Competition, method: str | None = None, stacking: str | P
             r["test"] = metric.score(y_test, everything.test[m])
         model_rows.append(r)
 
-    blends, errors = score_blends(names, method, comp, C, X, y, fold, X_test, y_test)
+    blends, errors = score_blends(names, method, comp, C, X, y, fold, X_test, y_test, metadata)
 
     best = None
     for b in blends:
@@ -399,11 +417,13 @@ def run_ensemble(comp: Competition, method: str | None = None, stacking: str | P
                               meta={**meta, "models": level1.models})
     write_table(table_path(out, "blend.oof"), level1.train_ids, best.oof, level1.classes, comp.id_col,  # for `make report`
                 meta=meta)
-    write_blend_state(out / BLEND_STATE, FittedBlend(best.name, best.learned, best.learners), level1, stacking,
-                      best.cv)
+    best_meta = metadata[0].export() if metadata is not None and takes_meta(best.name) else None
+    write_blend_state(out / BLEND_STATE, FittedBlend(best.name, best.learned, best.learners, best_meta), level1,
+                      stacking, best.cv)
     submission = {"submission": str(path), "history": str(history), "format": fmt.kind,
                   "blend_test_table": str(blend_table), "submission_test": _num(best.test_score)}
-    text, report = build_report(comp, level1, model_rows, blends, errors, best.name, y_test is not None, submission)
+    text, report = build_report(comp, level1, model_rows, blends, errors, best.name, y_test is not None, submission,
+                                metadata[0] if metadata is not None else None)
     write_text(out / "cv.md", text)
     write_json(out / "cv.json", report)
     write_record(record, "ensemble", params, inputs, [out / name for name in OUTPUTS],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.blend.base import FIT_BUDGET_S, LOG_EPS, Blend, RegressionBlend, assemble, logit, stack, targets
+from pipeline.blend.meta import MetaFeatures, cat_index
 from pipeline.blend.perclass import (candidate_features, candidate_labels, candidate_output, candidates,
                                      fit_conditional_logit, lgbm_seconds, logreg_seconds,
                                      predict_conditional_logit)
@@ -47,7 +48,7 @@ class _LGBMRule:
     learned = True
 
     def _set_params(self, n_estimators, learning_rate, num_leaves, min_child_samples, early_stopping_rounds,
-                    inner_valid, num_threads, formulation="joint", candidates=10) -> None:
+                    inner_valid, num_threads, formulation="joint", candidates=10, meta_kinds=()) -> None:
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -57,6 +58,14 @@ class _LGBMRule:
         self.num_threads = num_threads
         self.formulation = formulation
         self.candidates = candidates
+        self.meta_kinds = meta_kinds
+
+    def _with_meta(self, F, repeat: int = 1):
+        """(features and the rows' metadata columns after them, the categorical ones' indexes) (pipeline.blend.meta)."""
+        M = getattr(self, "_meta_rows", None)
+        if M is None:
+            return F, "auto"
+        return np.hstack([F, np.repeat(M, repeat, axis=0)]), cat_index(self.meta_kinds, F.shape[1])
 
     def formulation_for(self, n_rows: int, n_classes: int, n_models: int) -> str:
         """The formulation a fit on these sizes uses (see the module)."""
@@ -76,10 +85,10 @@ class _LGBMRule:
         except ValueError:
             return train_test_split(idx, test_size=self.inner_valid, random_state=self.seed)
 
-    def _train(self, n_cls: int, X_tr, t_tr, X_va, t_va):
+    def _train(self, n_cls: int, X_tr, t_tr, X_va, t_va, cats="auto"):
         import lightgbm as lgb
 
-        dtrain = lgb.Dataset(X_tr, t_tr, params={"verbose": -1})
+        dtrain = lgb.Dataset(X_tr, t_tr, params={"verbose": -1}, categorical_feature=cats)
         dvalid = lgb.Dataset(X_va, t_va, reference=dtrain)
         booster = lgb.train(
             self._params(n_cls), dtrain, num_boost_round=self.n_estimators, valid_sets=[dvalid],
@@ -96,6 +105,8 @@ class _LGBMRule:
         }
         if n_cls > 2:
             params["num_class"] = n_cls
+        if self.meta_kinds:  # categorical metadata: groups as small as the leaves
+            params.update(min_data_per_group=self.min_child_samples, cat_smooth=1.0)
         return params
 
     def _fit(self, P, X, y):
@@ -103,13 +114,14 @@ class _LGBMRule:
         if self.formulation_ == "per_class":
             return self._fit_per_class(X, y)
         self.boosters_, self.best_iterations_ = [], []
+        X, cats = self._with_meta(X)
         for t, n_cls in targets(self.task, y, self.n_classes_):
             if len(np.unique(t)) < 2:  # a constant target: its class frequencies (regression: its value)
                 self.boosters_.append(np.bincount(t, minlength=n_cls) / len(t) if n_cls else t[:1].copy())
                 self.best_iterations_.append(0)
                 continue
             tr, va = self._inner_split(len(t), t if n_cls else None)
-            booster, best = self._train(n_cls, X[tr], t[tr], X[va], t[va])
+            booster, best = self._train(n_cls, X[tr], t[tr], X[va], t[va], cats)
             self.boosters_.append(booster)
             self.best_iterations_.append(best)
 
@@ -122,10 +134,11 @@ class _LGBMRule:
         if len(np.unique(labels)) < 2:  # every pair a hit or every one a miss: that rate
             self.boosters_, self.best_iterations_ = [np.array([labels.mean()])], [0]
             return
-        feats = candidate_features(X, cand, M, C)
+        feats, cats = self._with_meta(candidate_features(X, cand, M, C), k)
         tr, va = self._inner_split(len(X), None if self.task == "multilabel" else y)
         pairs = lambda rows: (np.sort(rows)[:, None] * k + np.arange(k)).ravel()  # noqa: E731
-        booster, best = self._train(2, feats[pairs(tr)], labels[pairs(tr)], feats[pairs(va)], labels[pairs(va)])
+        booster, best = self._train(2, feats[pairs(tr)], labels[pairs(tr)], feats[pairs(va)], labels[pairs(va)],
+                                    cats)
         self.boosters_, self.best_iterations_ = [booster], [best]
 
     def _predict_per_class(self, X):
@@ -135,18 +148,20 @@ class _LGBMRule:
         if isinstance(booster, np.ndarray):
             q = np.full(cand.shape, float(booster[0]))
         else:
-            q = booster.predict(candidate_features(X, cand, M, C), num_iteration=self.best_iterations_[0])
+            q = booster.predict(self._with_meta(candidate_features(X, cand, M, C), self.candidates_)[0],
+                                num_iteration=self.best_iterations_[0])
         return candidate_output(self.task, X, cand, np.asarray(q, dtype=np.float64).reshape(cand.shape), M, C)
 
     def _predict(self, P, X):
         if self.formulation_ == "per_class":
             return self._predict_per_class(X)
         parts = []
+        F = self._with_meta(X)[0]
         for booster, best in zip(self.boosters_, self.best_iterations_):
             if isinstance(booster, np.ndarray):  # a constant target: its class frequencies
                 p = np.tile(booster, (len(X), 1))
             else:
-                p = booster.predict(X, num_iteration=best)
+                p = booster.predict(F, num_iteration=best)
                 if self.task == "regression":
                     parts.append(p)
                     continue
@@ -181,10 +196,10 @@ class LGBMStacker(_LGBMRule, Blend):
     def __init__(self, task="multiclass", n_classes=None, metric=None, seed=0, n_estimators: int = 500,
                  learning_rate: float = 0.05, num_leaves: int = 8, min_child_samples: int = 10,
                  early_stopping_rounds: int = 30, inner_valid: float = 0.2, num_threads: int = 1,
-                 formulation: str = "auto", candidates: int = 10):
+                 formulation: str = "auto", candidates: int = 10, meta_kinds: tuple = ()):
         super().__init__(task, n_classes, metric, seed)
         self._set_params(n_estimators, learning_rate, num_leaves, min_child_samples, early_stopping_rounds,
-                         inner_valid, num_threads, formulation, candidates)
+                         inner_valid, num_threads, formulation, candidates, meta_kinds)
 
 
 class LGBMRegressionStacker(_LGBMRule, RegressionBlend):
@@ -192,10 +207,11 @@ class LGBMRegressionStacker(_LGBMRule, RegressionBlend):
 
     def __init__(self, task="regression", n_classes=None, metric=None, seed=0, n_estimators: int = 500,
                  learning_rate: float = 0.05, num_leaves: int = 8, min_child_samples: int = 10,
-                 early_stopping_rounds: int = 30, inner_valid: float = 0.2, num_threads: int = 1):
+                 early_stopping_rounds: int = 30, inner_valid: float = 0.2, num_threads: int = 1,
+                 meta_kinds: tuple = ()):
         super().__init__(task, n_classes, metric, seed)
         self._set_params(n_estimators, learning_rate, num_leaves, min_child_samples, early_stopping_rounds,
-                         inner_valid, num_threads)
+                         inner_valid, num_threads, meta_kinds=meta_kinds)
 
 
 class LogRegStacker(Blend):
@@ -208,15 +224,16 @@ class LogRegStacker(Blend):
     learned = True
 
     def __init__(self, task="multiclass", n_classes=None, metric=None, seed=0, C: float = 1.0,
-                 max_iter: int = 1000, formulation: str = "auto"):
+                 max_iter: int = 1000, formulation: str = "auto", meta_kinds: tuple = ()):
         super().__init__(task, n_classes, metric, seed)
         self.C = C
         self.max_iter = max_iter
         self.formulation = formulation
+        self.meta_kinds = meta_kinds
 
     def formulation_for(self, n_rows: int, n_classes: int, n_models: int) -> str:
         """The formulation a fit on these sizes uses (binary and multilabel: joint, already linear in C)."""
-        joint_only = self.task == "multilabel" or n_classes <= 2
+        joint_only = self.task == "multilabel" or n_classes <= 2 or bool(self.meta_kinds)  # metadata: joint
         return _choose(self.formulation, joint_only, lambda: logreg_seconds(
             "joint", self.task, n_rows, n_classes, n_models, self.max_iter))
 
@@ -226,10 +243,13 @@ class LogRegStacker(Blend):
 
     def _features(self, P: np.ndarray, label: int | None = None) -> np.ndarray:
         if self.task == "multilabel":
-            return logit(P[:, :, label]).T
-        if self.n_classes_ == 2:
-            return logit(P[:, :, 1]).T
-        return stack(np.log(np.clip(P, LOG_EPS, 1.0)))
+            F = logit(P[:, :, label]).T
+        elif self.n_classes_ == 2:
+            F = logit(P[:, :, 1]).T
+        else:
+            F = stack(np.log(np.clip(P, LOG_EPS, 1.0)))
+        M = getattr(self, "_meta_rows", None)
+        return F if M is None else np.hstack([F, self.meta_features_.transform(M)])
 
     def _fit(self, P, X, y):
         from sklearn.linear_model import LogisticRegression
@@ -240,6 +260,8 @@ class LogRegStacker(Blend):
                 X, y, self.n_models_, self.n_classes_, self.C, self.max_iter)
             return
         self.estimators_ = []
+        if self._meta_rows is not None:  # imputed and standardised on this training fold (pipeline.blend.meta)
+            self.meta_features_ = MetaFeatures.fit(self.meta_kinds, self._meta_rows)
         for j, (t, n_cls) in enumerate(targets(self.task, y, self.n_classes_)):
             if len(np.unique(t)) < 2:
                 self.estimators_.append(np.bincount(t, minlength=n_cls) / len(t))
@@ -273,7 +295,8 @@ class LogRegStacker(Blend):
                 out.append({"params": est.get_params(), "coef": est.coef_.tolist(),
                             "intercept": est.intercept_.tolist(), "classes": est.classes_.tolist(),
                             "n_iter": np.asarray(est.n_iter_).tolist()})
-        return {"formulation": "joint", "estimators": out}
+        meta = {"meta_features": self.meta_features_.export()} if self.meta_kinds else {}
+        return {"formulation": "joint", "estimators": out, **meta}
 
     def _import_fitted(self, state: dict) -> None:
         from sklearn.linear_model import LogisticRegression
@@ -284,6 +307,8 @@ class LogRegStacker(Blend):
             self.intercept_ = np.asarray(state["intercept"], dtype=np.float64)
             self.n_iter_ = int(state["n_iter"])
             return
+        if "meta_features" in state:
+            self.meta_features_ = MetaFeatures.from_export(state["meta_features"])
         self.estimators_ = []
         for e in state["estimators"]:
             if "constant" in e:

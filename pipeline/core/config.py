@@ -30,7 +30,8 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 TASKS = ("binary", "multiclass", "multilabel", "ordinal", "regression")
 # Competition keys added after projects were built: at these defaults they are left out of the dump.
-ADDED_COMPETITION_KEYS: dict[str, Any] = {"dicom_windows": None}
+ADDED_COMPETITION_KEYS: dict[str, Any] = {"dicom_windows": None, "meta_cols": None, "test_csv": None,
+                                          "extra_train": None, "extra_images": None}
 DEFAULT_METRIC = {"regression": "rmse"}  # every other task: accuracy
 
 
@@ -93,6 +94,13 @@ class Competition(StrictModel):
         None, description="[[center, width], ...]: a grayscale DICOM slice (rescale slope/intercept applied) "
         "becomes one channel per window, clipped and scaled to 0..255; 1 window (grayscale) or 3 (RGB, "
         "in_chans: 3), e.g. [[40, 80], [80, 200], [600, 2800]]; null: the file's own window")
+    extra_train: str | None = Field(
+        None, description="external labelled data: a CSV in train.csv's format (id_col and target columns) under "
+        "data_dir, or an absolute path; its rows join every fold's training part, never its validation part, "
+        "folds.csv or the CV; needs extra_images")
+    extra_images: str | None = Field(
+        None, description="image path template of extra_train's rows under data_dir, like train_images "
+        "(e.g. extra/{id}.jpg)")
     tracking: Literal["none", "mlflow", "wandb"] = Field(
         "none", description="log every fold and ensemble to MLflow (sqlite:///mlruns.db by default) or W&B"
     )
@@ -107,15 +115,23 @@ class Competition(StrictModel):
     time_limit_hours: float = Field(
         9.0, gt=0, description="the competition's notebook run-time limit; `make package` warns when the kernel may pass it"
     )
+    meta_cols: list[str] | None = Field(
+        None, description="per-image metadata columns of train.csv (e.g. age, sex, site) that the lgbm, logreg and "
+        "catboost stackers take beside the models' probabilities; numbers as numbers, other text as categories"
+    )
+    test_csv: str | None = Field(
+        None, description="under data_dir: the test table holding id_col and meta_cols (default: "
+        "sample_submission when it holds them)"
+    )
     blend_budget_minutes: float = Field(
         5.0, gt=0, description="`ensemble --method auto` skips a blend whose (nested) CV is estimated, from the rows, "
         "classes and models, to take longer than this on a 2-core machine, and says so in cv.md"
     )
 
-    @field_validator("train_images", "test_images")
+    @field_validator("train_images", "test_images", "extra_images")
     @classmethod
-    def _has_id(cls, v: str) -> str:
-        if "{id}" not in v:
+    def _has_id(cls, v: str | None) -> str | None:
+        if v is not None and "{id}" not in v:
             raise ValueError(f"path template must contain '{{id}}', got {v!r}")
         return v
 
@@ -151,8 +167,19 @@ class Competition(StrictModel):
     def _task_matches_target(self) -> "Competition":
         if self.task not in ("multilabel", "regression") and isinstance(self.target, list):
             raise ValueError(f"task {self.task} expects target to be one column name, not a list")
+        if (self.extra_train is None) != (self.extra_images is None):
+            given, lacking = ("extra_train", "extra_images") if self.extra_images is None else ("extra_images",
+                                                                                                "extra_train")
+            raise ValueError(f"key '{lacking}': required with '{given}' (extra_train: the extra table, e.g. "
+                             "extra.csv; extra_images: its image path template, e.g. extra/{id}.jpg)")
         if self.submission_format == "topk" and self.task not in ("binary", "multiclass", "ordinal"):
             raise ValueError(f"submission_format topk needs a single-label task, not {self.task}")
+        if self.meta_cols is not None:
+            bad = sorted({c for c in self.meta_cols if c == self.id_col or c in self.target_cols})
+            dup = sorted({c for c in self.meta_cols if self.meta_cols.count(c) > 1})
+            if bad or dup or not self.meta_cols:
+                raise ValueError("key 'meta_cols': " + (f"{', '.join(bad)}: the id or target column, not metadata"
+                                 if bad else f"{', '.join(dup)} listed twice" if dup else "empty; leave it out"))
         try:
             self.scoring()  # an unknown metric, or one that does not fit the task, fails here
         except ConfigError as e:
@@ -182,9 +209,23 @@ class Competition(StrictModel):
     def sample_submission_path(self) -> Path:
         return self.data_dir / self.sample_submission
 
-    def image_path(self, split: Literal["train", "test"], image_id: str) -> Path:
-        template = self.train_images if split == "train" else self.test_images
-        return self.data_dir / template.format(id=image_id)
+    @property
+    def extra_train_path(self) -> Path | None:
+        """The extra table (key extra_train): under data_dir, or the absolute path given; None when not set."""
+        if self.extra_train is None:
+            return None
+        path = Path(self.extra_train)
+        return path if path.is_absolute() else self.data_dir / path
+
+    def template(self, split: Literal["train", "test", "extra"]) -> str:
+        """The image path template of a split: train_images, test_images or extra_images."""
+        template = {"train": self.train_images, "test": self.test_images, "extra": self.extra_images}[split]
+        if template is None:
+            raise ConfigError("key 'extra_images': not set, so the extra rows have no images")
+        return template
+
+    def image_path(self, split: Literal["train", "test", "extra"], image_id: str) -> Path:
+        return self.data_dir / self.template(split).format(id=image_id)
 
 
 @functools.lru_cache(maxsize=16)
@@ -375,9 +416,10 @@ def open_competition(path: str | Path, overrides: list[str] | None = None) -> Co
 # competition's hash, so setting them makes nothing stale.
 # bad_images decides only whether an unreadable image stops a stage; the model configs that inherit it carry
 # it into their own stamps. duplicates changes only folds.csv, whose record holds it: later stages follow
-# folds.csv itself.
+# folds.csv itself. extra_train and extra_images change no fold split: a trained fold's record holds the
+# extra table (an input, by md5) and its template (a param), and later stages follow the folds' records.
 NEUTRAL_KEYS = frozenset({"tracking", "tracking_uri", "code_competition", "max_image_pixels", "bad_images",
-                          "duplicates"})
+                          "duplicates", "extra_train", "extra_images"})
 
 
 def config_hash(cfg: BaseModel, exclude: set[str] | frozenset[str] = frozenset()) -> str:

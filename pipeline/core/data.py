@@ -81,7 +81,7 @@ def check_ids(comp: Competition, path: Path, ids: pd.Series, split: str) -> None
     if comp.images_outside_data_dir:
         return
     root = os.path.abspath(comp.data_dir)
-    template = comp.train_images if split == "train" else comp.test_images
+    template = comp.template(split)
     paths = [os.path.abspath(comp.image_path(split, i)) for i in ids]
     outside = [i for i, p in zip(ids, paths) if os.path.commonpath([p, root]) != root]
     if outside:
@@ -306,6 +306,53 @@ def encode_targets(comp: Competition, table: pd.DataFrame, classes: list[str], s
                         f"{examples(classes, 12)}")
     index = {c: i for i, c in enumerate(classes)}
     return labels.map(index).to_numpy(dtype=np.int64)
+
+
+def read_extra(comp: Competition, classes: list[str], train_ids: list[str]) -> tuple[list[str], np.ndarray]:
+    """The extra labelled rows (competition keys extra_train, extra_images): (ids, targets encoded as
+    encode_targets does). Checked like train.csv (columns, ids, empty and hollow labels), and more: every label
+    a class of train.csv, no id of train.csv, every image present; each refusal names the file and lines."""
+    path = comp.extra_train_path
+    df = _read_csv(path, "extra_train", comp.id_col)
+    missing = [c for c in comp.target_cols if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: target column(s) {missing} (competition key 'target') not found; "
+                        f"columns are {list(df.columns)} (competition key 'extra_train')")
+    if df.empty:
+        raise DataError(f"{path}: has no rows (competition key 'extra_train')")
+    ids = df[comp.id_col]
+    check_ids(comp, path, ids, "extra")
+    taken = ids.isin(set(train_ids))
+    if taken.any():
+        raise DataError(f"{path}: id(s) {examples(ids[taken])} in line(s) {lines(taken)} are also ids of "
+                        f"{comp.train_csv_path}; an extra row needs an id of its own")
+    for col in comp.target_cols:
+        empty = df[col].str.strip() == ""
+        if empty.any():
+            raise DataError(f"{path}: empty value in column '{col}' in line(s) {lines(empty)}")
+    df = check_targets(comp, path, df)
+    unknown = unknown_labels(comp, df, classes)
+    if unknown.any():
+        raise DataError(f"{path}: label(s) {examples(sorted(set(df[comp.target][unknown])))} in line(s) "
+                        f"{lines(unknown)} are not classes of {comp.train_csv_path} ({examples(classes, 12)}); "
+                        "fix them, or list every class in the competition key 'classes'")
+    absent = np.array([not os.path.isfile(comp.image_path("extra", i)) for i in ids])
+    if absent.any():
+        raise DataError(f"{path}: {int(absent.sum())} image(s) not found through the template {comp.extra_images!r} "
+                        f"(competition key 'extra_images'): "
+                        f"{examples(str(comp.image_path('extra', i)) for i in ids[absent])} (line(s) {lines(absent)})")
+    return ids.tolist(), encode_targets(comp, df, classes, source=path)
+
+
+def unknown_labels(comp: Competition, df: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """Rows whose label (or one of its tags) is not one of `classes`; none for 0/1 columns and regression."""
+    if comp.task == "regression" or (comp.task == "multilabel" and not comp.is_tags):
+        return np.zeros(len(df), dtype=bool)
+    known = set(classes)
+    if comp.is_tags:
+        return np.array([any(t not in known for t in row) for row in split_tags(df[comp.target], comp.label_sep)],
+                        dtype=bool)
+    return ~labels_as_text(comp, df[comp.target]).isin(known).to_numpy()
 
 
 def read_answers(comp: Competition, classes: list[str], test_ids: list[str]) -> np.ndarray | None:

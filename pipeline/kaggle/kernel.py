@@ -85,7 +85,9 @@ def load_models(bundle: Path, entry: dict, dev, paths: list[Path]) -> PackagedMo
     from pipeline.nn.models import ModelConfig
 
     cfg_data = json.loads((bundle / entry["config"]).read_text())
-    cfg = ModelConfig.model_validate(cfg_data["config"])
+    # cache_dir is a training-machine folder: the kernel reads each test image once anyway, and a cache
+    # would only fill Kaggle's small working disk
+    cfg = ModelConfig.model_validate({**cfg_data["config"], "cache_dir": None})
     models = [model_from_state(cfg, len(cfg_data["classes"]), load_weights(bundle / w), dev) for w in entry["weights"]]
     return PackagedModel(entry["name"], models, EvalSpec.of(cfg, cfg_data["data_config"]), paths, cfg_data["tta"],
                          cfg_data["tta_merge"])
@@ -152,7 +154,8 @@ def run_kernel(bundle: str | Path, data_dir: str | Path, out: str | Path, work_d
         P.append(read_table(path, comp.id_col, classes, test_ids, task=comp.task).to_numpy())  # the values ensemble read
 
     blend = FittedBlend.from_export(json.loads((bundle / BLEND_FILE).read_text()))
-    df = make_submission(fmt, sample, classes, test_ids, blend.predict_proba(stack(np.stack(P)), comp.task))
+    X_test = blend.with_meta(stack(np.stack(P)), comp, test_ids)  # + the test table's metadata, if it took any
+    df = make_submission(fmt, sample, classes, test_ids, blend.predict_proba(X_test, comp.task))
     path = write_submission(out, df, fmt, sample, classes, comp.task)
     seconds = time.monotonic() - start
     report = {"submission": str(path), "blend": blend.method, "seconds": round(seconds, 2),

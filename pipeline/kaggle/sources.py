@@ -59,7 +59,8 @@ def chosen_blend(comp: Competition, method: str | None, stacking: Path, folds: P
     if not table.is_file():
         raise PackageError(f"{table}: not found; rerun `make ensemble`")
     written = read_table(table, comp.id_col, classes, test_ids, task=comp.task).to_numpy()
-    if not np.allclose(written, blend.predict_proba(stack(np.stack(test)), comp.task), atol=1e-5):
+    X_test = blend.with_meta(stack(np.stack(test)), comp, test_ids)  # + the test table's metadata, if it took any
+    if not np.allclose(written, blend.predict_proba(X_test, comp.task), atol=1e-5):
         raise PackageError(f"{table} does not match the blend saved in {state}; rerun `make ensemble`")
     return SavedBlend(text, blend.method, list(data["models"]), classes, test_ids, fold_numbers(folds))
 

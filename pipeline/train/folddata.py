@@ -1,5 +1,6 @@
 """The rows one fold trains and validates on, and their training targets: one-hot labels, multi-hot tags or
-regression values; pseudo-labelled test rows (folds/pseudo.csv); a teacher's softened probabilities mixed
+regression values; external labelled rows (competition keys extra_train, extra_images) and pseudo-labelled test
+rows (folds/pseudo.csv), both in training only; a teacher's softened probabilities mixed
 into a distilled student's targets (folds/distill.parquet). No model here."""
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import numpy as np
 from pipeline.artifacts.folds import fold_of
 from pipeline.artifacts.tables import read_table
 from pipeline.core.config import Competition
-from pipeline.core.data import class_names, encode_targets, lines, numbers, read_csv_text, read_sample, read_train
+from pipeline.core.data import (class_names, encode_targets, lines, numbers, read_csv_text, read_extra, read_sample,
+                                read_train)
 from pipeline.core.errors import ConfigError, DataError
 
 
@@ -26,7 +28,8 @@ class FoldData:
     val_y: np.ndarray  # class index (n,), multi-hot (n, C) or values (n, T)
     distilled_ids: list[str] = field(default_factory=list)  # training rows whose target mixes in the teacher
     fold_train_rows: int = 0  # the fold's labelled training rows, before `train_fraction` kept some of them
-    labelled_rows: int = 0  # the labelled rows it trains on (train_paths also holds pseudo-labelled test rows)
+    labelled_rows: int = 0  # the train.csv rows it trains on (train_paths also holds extra and pseudo rows)
+    extra_rows: int = 0  # extra_train rows it trains on (in train_paths after the labelled rows, before pseudo)
 
     def target_scale(self) -> tuple[np.ndarray, np.ndarray]:
         """Regression: the training targets' mean and std per column (a constant column gets std 1), computed
@@ -135,7 +138,9 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
     teacher's softened probabilities for it. The teacher table is the blend's OOF, so each row's soft label
     comes from models that never saw that row; validation rows keep their true labels, untouched.
     `train_fraction` < 1 keeps that fraction of the fold's labelled training rows, stratified (`strata`) and
-    drawn from (seed, fold); the validation rows are all kept, so the fold's score compares with a full run's."""
+    drawn from (seed, fold); the validation rows are all kept, so the fold's score compares with a full run's.
+    The extra table's rows (competition key extra_train) all join training, with their own labels (a distilled
+    student's teacher covers train.csv's rows only); no validation row is ever one of them."""
     train = read_train(comp)
     classes = class_names(comp, train)
     ids = train[comp.id_col]
@@ -157,6 +162,12 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
         teacher = read_table(table, comp.id_col, classes, ids.tolist(), task=comp.task).loc[ids[tr]].to_numpy()
         train_targets = alpha * train_targets + (1 - alpha) * soften(teacher, comp.task, temperature)
         distilled = ids[tr].tolist()
+    extra_ids: list[str] = []
+    if comp.extra_train:
+        extra_ids, extra_y = read_extra(comp, classes, ids.tolist())
+        extra_targets = extra_y if comp.task in ("multilabel", "regression") else one_hot(extra_y, len(classes))
+        train_paths += [comp.image_path("extra", i) for i in extra_ids]
+        train_targets = np.concatenate([train_targets, extra_targets])
     if pseudo:
         p_ids, p_targets = read_pseudo(pseudo, comp, classes)
         train_paths += [comp.image_path("test", i) for i in p_ids]
@@ -165,4 +176,4 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
     return FoldData(classes=classes, train_paths=train_paths, train_targets=train_targets.astype(np.float32),
                     val_ids=ids[va].tolist(), val_paths=[comp.image_path("train", i) for i in ids[va]],
                     val_y=y[va], distilled_ids=distilled, fold_train_rows=fold_train_rows,
-                    labelled_rows=int(tr.sum()))
+                    labelled_rows=int(tr.sum()), extra_rows=len(extra_ids))

@@ -153,8 +153,10 @@ def build_engine(comp, cfg, name, fold, data, rank, local_rank, world) -> Engine
     dtype = amp_dtype(cfg.amp, dev)
     # One decision for the fold's images (train + val) against the cache budget, one decoding pass.
     # Read reduced to the short side the model's data config asks for (the same config as evaluation's spec).
+    d = data_config(cfg, model)
     cache = maybe_cache(cfg.cache_images, data.train_paths + data.val_paths, cfg.in_chans, cfg.bad_images,
-                        f"{name} fold{fold}", verbose=rank == 0, short_side=data_config(cfg, model).get("read_side"))
+                        f"{name} fold{fold}", verbose=rank == 0, short_side=d.get("read_side"),
+                        preprocess=d.get("preprocess"), cache_dir=cfg.cache_dir)
     train_cache, val_cache = cache.split(len(data.train_paths)) if cache is not None else (None, None)
     return Engine(comp, cfg, name, fold, data, model, net, dev, dtype, ema,
                   StepGuard(dev, fp16=dtype == torch.float16), rank, world, train_cache, val_cache)
@@ -170,7 +172,7 @@ def start_stage(eng: Engine, stages: list[ModelConfig], index: int) -> Stage:
     if cache is not None and cache.short_side != d.get("read_side"):
         cache = None
     dataset = ImageDataset(data.train_paths, data.train_targets, tf, cfg.in_chans, cfg.bad_images, cache,
-                           short_side=d.get("read_side"))
+                           short_side=d.get("read_side"), preprocess=d.get("preprocess"), cache_dir=cfg.cache_dir)
     counts = data.train_targets.sum(axis=0)
     sample_weights, task = None, eng.comp.task  # check_recipe has refused what does not fit the task
     if cfg.sampler == "balanced":
@@ -431,7 +433,7 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
     stages = resolve_stages(cfg, source)
     check_recipe(stages, comp.task, data.classes, source)
     out, overrides = run_dir(model_name, fold, runs), list(overrides)
-    params, inputs = fold_params(cfg, data.classes, comp), fold_inputs(cfg, folds_path)
+    params, inputs = fold_params(cfg, data.classes, comp), fold_inputs(cfg, folds_path, comp)
     rank, local_rank, world = dist_info()
     if rank == 0 and read_done(staging_dir(out)) is not None:  # finished, but killed before it moved into place
         publish(staging_dir(out), out)
@@ -451,6 +453,9 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
             print(f"{model_name} fold{fold}: train_fraction {cfg.train_fraction:g}: training on {data.labelled_rows} "
                   f"of the fold's {data.fold_train_rows} training rows (stratified); validating on all "
                   f"{len(data.val_paths)} validation rows", flush=True)
+        if data.extra_rows:
+            print(f"{model_name} fold{fold}: training on {data.labelled_rows} train rows + {data.extra_rows} extra "
+                  f"rows ({comp.extra_train_path}); validating on {len(data.val_paths)} train rows only", flush=True)
         resolved = write_run_config(eng, work, spec.data_config, overrides)
         tracker = competition_tracker(comp, f"{model_name}/fold{fold}", resolved, {"model": model_name, "fold": fold})
     progress = restore(eng, resume) if resume is not None else Progress()
@@ -517,5 +522,6 @@ def finish(eng: Engine, work: Path, out: Path, spec: EvalSpec, progress: Progres
         "greater_is_better": comp.scoring().greater_is_better, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "finished_at": time.time(), "seconds": round(time.time() - progress.started, 1), "overrides": overrides,
         "train_rows": data.labelled_rows, "fold_train_rows": data.fold_train_rows,
+        "extra_rows": data.extra_rows,
     })
     print(f"{eng.name} fold{eng.fold}: {comp.metric} {fold_score:.4f} (best epoch {progress.best_epoch + 1})")
