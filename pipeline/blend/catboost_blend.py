@@ -37,7 +37,7 @@ import tempfile
 import numpy as np
 
 from pipeline.blend.base import FIT_BUDGET_S, Blend, assemble, targets
-from pipeline.blend.meta import cat_index
+from pipeline.blend.meta import with_meta
 from pipeline.blend.perclass import (CANDIDATE_CELL_S, candidate_features, candidate_labels, candidate_output,
                                      candidates)
 from pipeline.core.errors import ConfigError
@@ -162,10 +162,7 @@ class CatBoostStacker(Blend):
 
     def _with_meta(self, F, repeat: int = 1):
         """(features and the rows' metadata columns after them, the categorical ones' indexes) (pipeline.blend.meta)."""
-        M = getattr(self, "_meta_rows", None)
-        if M is None:
-            return F, []
-        return np.hstack([F, np.repeat(M, repeat, axis=0)]), cat_index(self.meta_kinds, F.shape[1])
+        return with_meta(F, getattr(self, "_meta_rows", None), self.meta_kinds, repeat, none=[])
 
     @staticmethod
     def _data(F, cats: list):

@@ -153,6 +153,14 @@ def cat_index(meta_kinds, offset: int) -> list[int]:
     return [offset + j for j, kind in enumerate(meta_kinds or ()) if kind == "cat"]
 
 
+def with_meta(F: np.ndarray, M: np.ndarray | None, meta_kinds, repeat: int = 1, none=None):
+    """(F with each row's metadata columns after it, repeated `repeat` times per row for per-class rows; the
+    categorical columns' indexes), or (F, `none`) without metadata: the tree stackers' shared feature step."""
+    if M is None:
+        return F, none
+    return np.hstack([F, np.repeat(M, repeat, axis=0)]), cat_index(meta_kinds, F.shape[1])
+
+
 class MetaFeatures:
     """logreg's view of metadata, fitted on a training fold: numeric columns imputed with the fold's median and
     standardised; categorical codes one-hot (a code the fold lacks, or a missing one, is all zeros)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.blend.base import FIT_BUDGET_S, LOG_EPS, Blend, RegressionBlend, assemble, logit, stack, targets
-from pipeline.blend.meta import MetaFeatures, cat_index
+from pipeline.blend.meta import MetaFeatures, with_meta
 from pipeline.blend.perclass import (candidate_features, candidate_labels, candidate_output, candidates,
                                      fit_conditional_logit, lgbm_seconds, logreg_seconds,
                                      predict_conditional_logit)
@@ -62,10 +62,7 @@ class _LGBMRule:
 
     def _with_meta(self, F, repeat: int = 1):
         """(features and the rows' metadata columns after them, the categorical ones' indexes) (pipeline.blend.meta)."""
-        M = getattr(self, "_meta_rows", None)
-        if M is None:
-            return F, "auto"
-        return np.hstack([F, np.repeat(M, repeat, axis=0)]), cat_index(self.meta_kinds, F.shape[1])
+        return with_meta(F, getattr(self, "_meta_rows", None), self.meta_kinds, repeat, none="auto")
 
     def formulation_for(self, n_rows: int, n_classes: int, n_models: int) -> str:
         """The formulation a fit on these sizes uses (see the module)."""
