@@ -186,24 +186,32 @@ def share_warning(shares: pd.DataFrame, show: int = 5) -> str | None:
             f"{SHARE_MIN_ROWS} training rows; class_shares.csv)")
 
 
-def predicted_test(comp, cv: dict, classes: list[str], submissions: Path, stacking: Path
-                    ) -> tuple[np.ndarray | None, str]:
-    """(test probabilities in the sample's order, where they come from): the chosen blend's blend.test
-    table, else the mean of the models' test tables; (None, why) when there is neither."""
+def blend_table(comp, cv: dict, part: str, ids: list[str], classes: list[str], submissions: Path, stacking: Path
+                ) -> tuple[np.ndarray | None, str]:
+    """(probabilities of `part` ("oof" or "test") in `ids` order, where they come from): the chosen blend's
+    blend.<part> table, else the mean of the models' <part> tables; (None, why) when there is neither."""
     from pipeline.artifacts.tables import find_table, read_table
+
+    path = find_table(submissions, f"blend.{part}")
+    if path.is_file():
+        p = read_table(path, comp.id_col, classes, ids, task=comp.task).to_numpy()
+        return p, f"the chosen blend `{cv.get('chosen')}` (`{path}`)"
+    what = "OOF" if part == "oof" else part
+    models = [m for m in cv.get("models", {}) if find_table(stacking, f"{m}.{part}").is_file()]
+    if not models:
+        return None, f"`{path}` is missing and `{stacking}` holds no {what} table of the models in cv.json"
+    p = np.mean([read_table(find_table(stacking, f"{m}.{part}"), comp.id_col, classes, ids, task=comp.task)
+                 .to_numpy() for m in models], axis=0)
+    return p, f"the mean of the models' {what} tables ({', '.join(models)}); `{path}` was not found"
+
+
+def predicted_test(comp, cv: dict, classes: list[str], submissions: Path, stacking: Path
+                   ) -> tuple[np.ndarray | None, str]:
+    """(test probabilities in the sample's order, where they come from); (None, why) when there are none."""
     from pipeline.core.data import read_sample
 
     test_ids = read_sample(comp)[comp.id_col].astype(str).tolist()
-    path = find_table(submissions, "blend.test")
-    if path.is_file():
-        p = read_table(path, comp.id_col, classes, test_ids, task=comp.task).to_numpy()
-        return p, f"the chosen blend `{cv.get('chosen')}` (`{path}`)"
-    models = [m for m in cv.get("models", {}) if find_table(stacking, f"{m}.test").is_file()]
-    if not models:
-        return None, f"`{path}` is missing and `{stacking}` holds no test table of the models in cv.json"
-    p = np.mean([read_table(find_table(stacking, f"{m}.test"), comp.id_col, classes, test_ids, task=comp.task)
-                 .to_numpy() for m in models], axis=0)
-    return p, f"the mean of the models' test tables ({', '.join(models)}); `{path}` was not found"
+    return blend_table(comp, cv, "test", test_ids, classes, submissions, stacking)
 
 
 def shares_section(comp, cv: dict, y: np.ndarray, classes: list[str], submissions: Path, stacking: Path,

@@ -21,7 +21,7 @@ import pandas as pd
 from pipeline.core.config import Competition
 from pipeline.core.data import class_names, encode_targets, read_train
 from pipeline.core.errors import DataError
-from pipeline.tools.classchecks import plot_roc_pr, roc_pr_section, shares_section  # noqa: F401 (tests use plot_roc_pr)
+from pipeline.tools.classchecks import blend_table, plot_roc_pr, roc_pr_section, shares_section  # noqa: F401 (tests use plot_roc_pr)
 from pipeline.tools.figures import md_table, pyplot, save_fig  # noqa: F401 (eda, lr_find, show_batch import them here)
 from pipeline.tools.htmlreport import write_html
 from pipeline.core.io import write_csv, write_text
@@ -128,19 +128,10 @@ def plot_curves(runs: Path, model: str, metric: str, out: Path, task: str = "mul
 def blend_oof(comp: Competition, cv: dict, train_ids: list[str], classes: list[str], submissions: Path,
               stacking: Path) -> tuple[np.ndarray, str]:
     """(OOF probabilities in train_ids order, a sentence saying where they come from)."""
-    from pipeline.artifacts.tables import find_table, read_table
-
-    path = find_table(submissions, "blend.oof")
-    if path.is_file():
-        p = read_table(path, comp.id_col, classes, train_ids, task=comp.task).to_numpy()
-        return p, f"the chosen blend `{cv.get('chosen')}` (`{path}`)"
-    models = [m for m in cv.get("models", {}) if find_table(stacking, f"{m}.oof").is_file()]
-    if not models:
-        raise DataError(f"{path} is missing and {stacking} holds no OOF table of the models in cv.json; "
-                        "run `make ensemble` first")
-    p = np.mean([read_table(find_table(stacking, f"{m}.oof"), comp.id_col, classes, train_ids, task=comp.task)
-                 .to_numpy() for m in models], axis=0)
-    return p, f"the mean of the models' OOF tables ({', '.join(models)}); `{path}` was not found"
+    p, source = blend_table(comp, cv, "oof", train_ids, classes, submissions, stacking)
+    if p is None:
+        raise DataError(f"{source.replace('`', '')}; run `make ensemble` first")
+    return p, source
 
 
 def confusion(task: str, y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, pd.DataFrame]:
