@@ -1,8 +1,10 @@
 """Image geometry (squash / pad / crop to [h, w]), presets, explicit lists through albumentations'
-serialisation, and the data config every pipeline is built from."""
+serialisation, the data config every pipeline is built from, and augmix_jsd (AugMix's consistency loss)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 import albumentations as A
@@ -277,3 +279,146 @@ def test_tta_scale_views_keep_a_non_square_size():
     x = torch.rand(2, 3, 48, 80)
     for factor in ("0.8", "1.25"):
         assert get_view(f"scale:{factor}")(x).shape == x.shape
+
+
+# --- augmix_jsd: AugMix's Jensen-Shannon consistency loss ---------------------------------------------------
+
+JSD_MODEL = {"backbone": "test_resnet", "img_size": 16, "in_chans": 1, "augment": "augmix", "augmix_jsd": 12.0}
+
+
+def test_jsd_is_zero_for_identical_views_and_matches_numpy():
+    from pipeline.train.recipe import jsd
+
+    logits = torch.randn(3, 6, 5, generator=torch.Generator().manual_seed(0)) * 3
+    same = logits[:1].expand(3, 6, 5)
+    assert torch.allclose(jsd(same), torch.zeros(6), atol=1e-6)
+    got = jsd(logits)
+    assert got.shape == (6,) and (got > 1e-4).all()
+    p = np.exp(logits.double().numpy())
+    p /= p.sum(axis=-1, keepdims=True)
+    log_m = np.log(np.clip(p.mean(axis=0), 1e-7, 1))
+    expected = (p * (np.log(p) - log_m)).sum(axis=-1).mean(axis=0)  # mean over the views of KL(p_v || M)
+    assert np.allclose(got.numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert (got.numpy() <= np.log(3) + 1e-6).all()  # a JSD of 3 distributions is at most log 3
+
+
+def test_jsd_loss_is_the_clean_views_loss_plus_lambda_jsd():
+    from pipeline.train.recipe import JsdLoss, jsd, make_loss
+
+    cfg = ModelConfig(**JSD_MODEL, label_smoothing=0.1, ohem=0.5)
+    base = make_loss(cfg, "multiclass", None)
+    loss_fn = JsdLoss(base, cfg.augmix_jsd)
+    logits = torch.randn(3 * 4, 3, generator=torch.Generator().manual_seed(1))  # clean, draw 1, draw 2
+    target = torch.eye(3)[torch.tensor([0, 1, 2, 0])]
+    views = logits.reshape(3, 4, 3)
+    expected = base(views[0], target) + 12.0 * jsd(views).mean()
+    assert torch.allclose(loss_fn(logits, target), expected)
+    assert torch.allclose(loss_fn.last, jsd(views).mean())
+    assert torch.allclose(loss_fn(views[0].repeat(3, 1), target), base(views[0], target), atol=1e-5)
+    with pytest.raises(ValueError, match="3 views"):
+        loss_fn(logits[:8], target)
+
+
+def test_augmix_views_are_a_clean_view_and_two_seeded_augmix_draws(model):
+    from pipeline.nn.augment import AugMixViews, augmix_views
+    from pipeline.train.train import to_device
+
+    cfg = ModelConfig(**{**JSD_MODEL, "in_chans": 3, "img_size": [24, 32]})
+    d = data_config(cfg, model)
+    tf = augmix_views(d, 3)
+    assert isinstance(tf, AugMixViews)
+    img = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    tf.set_random_seed(5)
+    x = tf(image=img)["image"]
+    tf.set_random_seed(5)
+    assert x.shape == (3, 3, 24, 32) and torch.equal(x, tf(image=img)["image"])
+    assert not torch.equal(x[1], x[2]) and not torch.equal(x[0], x[1]) and not torch.equal(x[0], x[2])
+    # the clean view is the augmix preset's crop and flip, normalised, without the AugMix policy
+    clean = A.Compose([*tf.base.transforms, *tf.clean.transforms])
+    clean.set_random_seed(5)
+    assert torch.equal(x[0], clean(image=img)["image"])
+    # a batch (n, 3, C, H, W) goes to the model as the clean views, then the first draws, then the second
+    batch = torch.stack([x, x + 1])
+    flat = to_device(batch, torch.device("cpu"), torch.channels_last)
+    assert flat.shape == (6, 3, 24, 32) and torch.equal(flat[1], x[0] + 1) and torch.equal(flat[4], x[2])
+    assert flat.is_contiguous(memory_format=torch.channels_last)
+
+
+JSD_ERRORS = [
+    ({"augment": "light"}, "key 'augmix_jsd': AugMix's consistency loss compares AugMix views, so it needs augment: "
+                           "augmix, not light"),
+    ({"augmix_jsd": -1.0}, "key 'augmix_jsd': Input should be greater than 0 (got -1.0)"),
+    ({"augmix_jsd": 0}, "key 'augmix_jsd': Input should be greater than 0 (got 0)"),
+    ({"mixup": 0.2}, "key 'augmix_jsd': does not combine with mixup or cutmix"),
+    ({"cutmix": 1.0}, "key 'augmix_jsd': does not combine with mixup or cutmix"),
+    ({"stages": [{"epochs": 1, "augment": "none"}]}, "stages[0]: invalid configuration\n  key 'augmix_jsd': "
+                                                     "AugMix's consistency loss compares AugMix views"),
+]
+
+
+@pytest.mark.parametrize("keys,message", JSD_ERRORS, ids=[str(k) for k, _ in JSD_ERRORS])
+def test_bad_augmix_jsd_configs_are_refused_naming_the_key(tmp_path, keys, message):
+    """As `train`, `plan` and `make check` load a model config: the file, the key and why."""
+    from pipeline.nn.models import load_model
+    from tests.conftest import write_yaml
+
+    path = write_yaml(tmp_path / "models" / "m.yaml", {**JSD_MODEL, **keys})
+    with pytest.raises(ConfigError) as err:
+        load_model(tmp_path / "models", "m")
+    assert str(path) in str(err.value) and message in str(err.value), str(err.value)
+
+
+def test_augmix_jsd_is_refused_for_multilabel_and_regression_and_its_stage_may_turn_it_off():
+    from pipeline.train.recipe import check_recipe
+
+    stages = resolve_stages(ModelConfig(**JSD_MODEL), "m.yaml")
+    for task in ("binary", "multiclass", "ordinal"):
+        check_recipe(stages, task, ["a", "b"], "m.yaml")
+    for task, why in (("multilabel", "independent sigmoids"), ("regression", "no class distribution")):
+        loss = {"regression": "mse"}.get(task, "auto")
+        with pytest.raises(ConfigError, match=rf"^m.yaml: key 'augmix_jsd': .*task {task} has {why}; set augmix_jsd"):
+            check_recipe(resolve_stages(ModelConfig(**JSD_MODEL, loss=loss), "m.yaml"), task, ["a", "b"], "m.yaml")
+    staged = resolve_stages(ModelConfig(**JSD_MODEL, stages=[{"epochs": 1}, {"epochs": 1, "augment": "none",
+                                                                                 "augmix_jsd": None}]), "m.yaml")
+    assert [s.augmix_jsd for s in staged] == [12.0, None]
+
+
+def test_augmix_jsd_unset_keeps_the_config_hash_and_set_changes_it():
+    from pipeline.core.config import config_hash
+    from pipeline.nn.models import ADDED_KEYS, stamp_exclusions
+
+    assert ADDED_KEYS["augmix_jsd"] is None
+    plain = ModelConfig(**{**JSD_MODEL, "augmix_jsd": None})
+    dump = {k: v for k, v in plain.model_dump(mode="json").items() if k != "augmix_jsd"}
+    before = hashlib.md5(json.dumps({k: v for k, v in dump.items() if k not in stamp_exclusions(plain)},
+                                    sort_keys=True).encode()).hexdigest()  # as before the key existed
+    assert config_hash(plain, stamp_exclusions(plain)) == before
+    on = ModelConfig(**JSD_MODEL)
+    assert config_hash(on, stamp_exclusions(on)) != before
+
+
+@pytest.mark.slow
+def test_augmix_jsd_trains_a_fold_through_the_cli_and_logs_its_jsd(tmp_path):
+    """One fold of the tiny competition with augment: augmix and augmix_jsd: 12, through the CLI: log.csv has
+    the train_jsd column (finite, > 0) and train_loss includes 12 x it; validation and OOF as always; show-batch
+    still draws the model."""
+    import pandas as pd
+
+    from tests.conftest import TINY_MODEL, make_competition, run_cli, write_yaml
+
+    make_competition(tmp_path, n_train=60, models_dir="models")
+    write_yaml(tmp_path / "models" / "tiny.yaml", {**TINY_MODEL, "epochs": 1, "augment": "augmix"})
+    run_cli("folds", "-c", "competition.yaml", cwd=tmp_path)
+    fold0 = tmp_path / "runs" / "tiny" / "fold0"
+    proc = run_cli("train", "-c", "competition.yaml", "--model", "tiny", "--fold", "0", "augmix_jsd=12",
+                   cwd=tmp_path)
+    assert "| jsd " in proc.stdout, proc.stdout
+    log = pd.read_csv(fold0 / "log.csv")
+    done = json.loads((fold0 / "done.json").read_text())
+    assert done["overrides"] == ["augmix_jsd=12"]
+    jsd_mean, loss = float(log["train_jsd"].iloc[0]), float(log["train_loss"].iloc[0])
+    assert np.isfinite(jsd_mean) and 0 < jsd_mean <= math.log(3)
+    assert loss > 12 * jsd_mean and np.isfinite(log["val_loss"].iloc[0])  # the clean view's ce + 12 x jsd
+    assert (fold0 / "oof.parquet").is_file()  # validation and OOF: one view, as always
+    run_cli("show-batch", "-c", "competition.yaml", "--model", "tiny", "--n", "4", "augmix_jsd=12", cwd=tmp_path)
+    assert (tmp_path / "runs" / "tiny" / "show_batch" / "train.png").is_file()

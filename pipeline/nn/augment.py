@@ -13,7 +13,8 @@ crop they start with the geometry, and their random crops keep the aspect h:w, s
 stretched. `randaugment` draws N ops of a fixed magnitude per image (A.SomeOf), `trivialaugment`
 one op of a random magnitude (A.OneOf); `autoaugment` (AutoAugment's ImageNet policy) and `augmix`
 (AugMix) are timm's policies run as one albumentations transform (TimmPolicy); all after the geometry, a
-zoom crop and a flip.
+zoom crop and a flip. With `augmix_jsd` (AugMix's consistency loss) training uses `augmix_views` instead:
+the crop and flip once, then a clean view and two AugMix draws of it (AugMixViews).
 
 An explicit list (`augment: [{name: <albumentations class>, ...params}, ...]`) is built with
 albumentations' own serialisation (A.from_dict), so compositions nest:
@@ -196,10 +197,10 @@ def _trivialaugment(h: int, w: int, resize: str, interp: int, color: bool) -> li
 class TimmPolicy(A.ImageOnlyTransform):
     """One of timm's PIL augmentation policies as an albumentations transform, so it runs inside the one
     pipeline (after the geometry, before Normalize): `original` is AutoAugment's ImageNet policy
-    (auto_augment_transform), `augmix-m3-w3` AugMix (augment_and_mix_transform; no JSD loss). timm draws from
-    python's and numpy's global generators; each call seeds them from this transform's own generator and puts
-    them back, so albumentations' `set_random_seed` (and the DataLoader's per-worker seed) decides every draw.
-    Grayscale images go through as RGB and come back gray."""
+    (auto_augment_transform), `augmix-m3-w3` AugMix (augment_and_mix_transform; its JSD loss: AugMixViews).
+    timm draws from python's and numpy's global generators; each call seeds them from this transform's own
+    generator and puts them back, so albumentations' `set_random_seed` (and the DataLoader's per-worker seed)
+    decides every draw. Grayscale images go through as RGB and come back gray."""
 
     def __init__(self, policy: str = "original", p: float = 1.0):
         super().__init__(p=p)
@@ -241,11 +242,19 @@ class TimmPolicy(A.ImageOnlyTransform):
         return ("policy",)
 
 
+def _policy_base(h: int, w: int, resize: str, interp: int) -> list:
+    """What the timm policies run after: a zoom crop and a flip."""
+    return [*_zoom_crop(h, w, resize, interp, (0.5, 1.0)), A.HorizontalFlip(p=0.5)]
+
+
 def _timm_preset(policy: str) -> Callable[[int, int, str, int, bool], list]:
     def preset(h: int, w: int, resize: str, interp: int, color: bool) -> list:
-        return [*_zoom_crop(h, w, resize, interp, (0.5, 1.0)), A.HorizontalFlip(p=0.5), TimmPolicy(policy)]
+        return [*_policy_base(h, w, resize, interp), TimmPolicy(policy)]
 
     return preset
+
+
+AUGMIX_POLICY = "augmix-m3-w3"
 
 
 Preset = Callable[[int, int, str, int, bool], list]
@@ -257,7 +266,7 @@ PRESETS: dict[str, Preset] = {
     "randaugment": _randaugment,
     "trivialaugment": _trivialaugment,
     "autoaugment": _timm_preset("original"),
-    "augmix": _timm_preset("augmix-m3-w3"),
+    "augmix": _timm_preset(AUGMIX_POLICY),
 }
 assert tuple(PRESETS) == AUGMENT_PRESETS, "pipeline.nn.models.AUGMENT_PRESETS lists the presets for config loading"
 
@@ -426,6 +435,36 @@ def _from_data_config(augment, data_config: dict, in_chans: int, train: bool) ->
 def train_transform(augment: str | list[dict[str, Any]], data_config: dict, in_chans: int) -> A.Compose:
     """The training pipeline of `augment` for a resolved data config (models.data_config)."""
     return _from_data_config(augment, data_config, in_chans, train=True)
+
+
+class AugMixViews:
+    """AugMix's three views of one training image for its Jensen-Shannon consistency loss (`augmix_jsd`), as
+    timm's AugMixDataset (split 3) makes them: the augmix preset's zoom crop and flip, shared, then the clean
+    view (normalised as it is) and two independent AugMix draws -> {"image": (3, C, H, W)}. Seeded like a
+    Compose (`set_random_seed`), so the loader's per-epoch and per-worker seeds decide every draw."""
+
+    def __init__(self, base: A.Compose, clean: A.Compose, mix: A.Compose):
+        self.base, self.clean, self.mix = base, clean, mix
+
+    def __call__(self, *, image):
+        import torch
+
+        img = self.base(image=image)["image"]
+        views = [self.clean(image=img)["image"], self.mix(image=img)["image"], self.mix(image=img)["image"]]
+        return {"image": torch.stack(views)}
+
+    def set_random_seed(self, seed: int | None) -> None:
+        self.base.set_random_seed(seed)
+        self.mix.set_random_seed(None if seed is None else (seed + 1) % 2**32)  # not the base's draws again
+
+
+def augmix_views(data_config: dict, in_chans: int) -> AugMixViews:
+    """The training transform of `augmix_jsd` (augment: augmix) for a resolved data config: AugMixViews."""
+    d = data_config
+    h, w = size_hw(d["img_size"])
+    end = [A.Normalize(mean=d["mean"], std=d["std"], max_pixel_value=255.0), ToTensorV2()]
+    base = _policy_base(h, w, d.get("resize", "squash"), d["interpolation"])
+    return AugMixViews(A.Compose(base), A.Compose(end), A.Compose([TimmPolicy(AUGMIX_POLICY), *end]))
 
 
 def eval_transform(data_config: dict, in_chans: int) -> A.Compose:

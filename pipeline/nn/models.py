@@ -140,6 +140,11 @@ class ModelConfig(StrictModel):
         "list of {name: <albumentations class>, ...params} (compositions nest: {name: OneOf, transforms: [...]}), run on "
         "the image as read, before the resize to img_size"
     )
+    augmix_jsd: float | None = Field(
+        None, gt=0, description="with augment: augmix, AugMix's Jensen-Shannon consistency loss at this weight (the "
+        "paper's lambda: 12): each training image becomes 3 views (clean, 2 AugMix draws) in one forward of 3 x the "
+        "batch; loss = the loss on the clean view + augmix_jsd x JSD of the 3 softmaxes; single-label tasks; null: off"
+    )
     preprocess: list[str] = Field(
         default_factory=list, description="domain preprocessing, in order, on each image as read (before "
         "augmentation; in training, validation, TTA, prediction and the Kaggle kernel alike): ben_graham | "
@@ -228,6 +233,13 @@ class ModelConfig(StrictModel):
                 raise ValueError(f"{key} needs 1 or in_chans={self.in_chans} values, got {len(value)}")
         if self.sam and self.grad_accum > 1:
             raise ValueError("sam does not combine with grad_accum > 1")
+        if self.augmix_jsd is not None and self.augment != "augmix":
+            raise ValueError(f"key 'augmix_jsd': AugMix's consistency loss compares AugMix views, so it needs augment: "
+                             f"augmix, not {self.augment if isinstance(self.augment, str) else 'a list'}; set augment: "
+                             "augmix, or augmix_jsd: null")
+        if self.augmix_jsd is not None and (self.mixup > 0 or self.cutmix > 0):
+            raise ValueError("key 'augmix_jsd': does not combine with mixup or cutmix (each view would be mixed with "
+                             "another partner, and the consistency target with it); set mixup: 0 and cutmix: 0")
         return self
 
 
@@ -240,7 +252,7 @@ RESULT_NEUTRAL_KEYS = frozenset({"cache_images", "cache_dir", "tensorboard", "lo
 ADDED_KEYS = {"resize": "squash", "read_scale": 1.5, "pool": None, "gem_p": 3.0, "head": "linear",
               "arcface_scale": 30.0, "arcface_margin": 0.3, "arcface_subcenters": 3, "distill": None,
               "distill_alpha": 0.5, "temperature": 2.0, "cb_beta": 0.999, "pos_weight": None, "ohem": None,
-              "train_fraction": 1.0, "preprocess": []}
+              "train_fraction": 1.0, "preprocess": [], "augmix_jsd": None}
 
 
 def stamp_exclusions(cfg: "ModelConfig") -> frozenset[str]:

@@ -9,6 +9,7 @@
 - `make_scheduler`: warmup, then a timm schedule (`timm.scheduler.create_scheduler_v2`) stepped per
   optimizer step (plateau: per epoch, on the validation metric).
 - `make_mixer`: timm's `Mixup` (mixup and/or CutMix) on dense targets, through its public call.
+- `JsdLoss`: AugMix's loss (`augmix_jsd`) on a batch of 3 views: the loss on the clean view + lambda x `jsd`.
 - `StepGuard`: optimizer steps that never let a non-finite loss or gradient reach the weights, and
   count such steps on the device, so a GPU never waits on the host between steps.
 """
@@ -70,6 +71,7 @@ def check_recipe(stages: list[ModelConfig], task: str, classes: list[str], sourc
         try:
             loss_kind(scfg, task)
             check_weights(scfg, task, classes)
+            check_jsd(scfg, task)
         except ConfigError as e:
             raise ConfigError(f"{source}{f' stages[{i}]' if len(stages) > 1 else ''}: {e}") from None
 
@@ -332,6 +334,50 @@ def make_mixer(cfg: ModelConfig, n_classes: int):
 
     return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob, label_smoothing=0.0,
                  num_classes=n_classes, multi_label=True)
+
+
+# --- AugMix's consistency loss -------------------------------------------------------------------------
+
+JSD_VIEWS = 3  # AugMix's clean view and its two augmented draws (pipeline.nn.augment.AugMixViews)
+
+
+def check_jsd(cfg: ModelConfig, task: str) -> None:
+    """`augmix_jsd` compares softmax distributions: a single-label task's (binary, multiclass, ordinal: their
+    predictions are softmaxes, whatever the loss); refused for multilabel and regression."""
+    if cfg.augmix_jsd is not None and task not in ("binary", "multiclass", "ordinal"):
+        raise ConfigError(f"key 'augmix_jsd': AugMix's Jensen-Shannon loss compares the softmax distributions of a "
+                          f"single-label task (binary, multiclass, ordinal); task {task} has "
+                          + ("independent sigmoids" if task == "multilabel" else "no class distribution")
+                          + "; set augmix_jsd: null (augment: augmix alone still applies)")
+
+
+def jsd(logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample Jensen-Shannon divergence of V views' softmaxes, logits (V, n, C) -> (n,): the mean over the
+    views of KL(p_v || M), M the mean of the V softmaxes with its log taken clamped at 1e-7 (AugMix; timm's
+    JsdCrossEntropy). Computed in float32."""
+    p = F.softmax(logits.float(), dim=-1)
+    log_m = p.mean(dim=0).clamp(1e-7, 1.0).log()
+    return F.kl_div(log_m.expand_as(p), p, reduction="none").sum(dim=-1).mean(dim=0)
+
+
+class JsdLoss:
+    """AugMix's loss on logits (3n, C) of the views one after another (clean, draw 1, draw 2; one forward, so
+    BatchNorm sees all three) and the n targets: `loss_fn` (make_loss: label smoothing, class weights, OHEM,
+    soft targets, ArcFace's margin) on the clean view + `weight` x the batch mean of `jsd` over the 3 views.
+    `last` keeps the last batch's JSD (unweighted, on the device) for the log."""
+
+    def __init__(self, loss_fn, weight: float):
+        self.loss_fn, self.weight = loss_fn, weight
+        self.last = torch.zeros(())
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        n = target.shape[0]
+        if logits.shape[0] != JSD_VIEWS * n:
+            raise ValueError(f"augmix_jsd: {logits.shape[0]} logits for {n} targets; expected {JSD_VIEWS} views each")
+        views = logits.reshape(JSD_VIEWS, n, *logits.shape[1:])
+        term = jsd(views).mean()
+        self.last = term.detach()
+        return self.loss_fn(views[0], target) + self.weight * term
 
 
 # --- steps ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from pipeline.nn.augment import train_transform
+from pipeline.nn.augment import augmix_views, train_transform
 from pipeline.core.config import Competition
 from pipeline.nn.infer import EvalSpec, amp_dtype, autocast, image_logits, load_fold_model, to_proba
 from pipeline.core.io import file_md5, load_checkpoint, save_checkpoint, write_csv, write_json, write_text
@@ -37,6 +37,7 @@ from pipeline.nn.models import (ModelConfig, attach_target_scale, build_model, d
                                  resolve_stages)
 from pipeline.train.recipe import (
     SAM,
+    JsdLoss,
     StepGuard,
     check_recipe,
     class_weight_tensor,
@@ -166,7 +167,8 @@ def start_stage(eng: Engine, stages: list[ModelConfig], index: int) -> Stage:
     """A stage's transforms, sampler, optimizer, schedule, mixer and loss."""
     scfg, cfg, data = stages[index], eng.cfg, eng.data
     d = data_config(scfg, eng.model, whole=cfg)  # read_side over all stages: the one the cache was filled at
-    tf = train_transform(scfg.augment, d, cfg.in_chans)
+    # augmix_jsd: each image gives its clean view and two AugMix draws (3, C, H, W)
+    tf = augmix_views(d, cfg.in_chans) if scfg.augmix_jsd else train_transform(scfg.augment, d, cfg.in_chans)
     # A stage reading at another short side than the cache was filled at reads from disk.
     cache = eng.train_cache
     if cache is not None and cache.short_side != d.get("read_side"):
@@ -181,11 +183,19 @@ def start_stage(eng: Engine, stages: list[ModelConfig], index: int) -> Stage:
     steps = -(-batches_per_epoch(len(sampler), scfg.batch_size) // scfg.grad_accum)  # ceil(batches / accum)
     optimizer = make_optimizer(scfg, eng.model, eng.dev)
     mode = "max" if eng.comp.scoring().greater_is_better else "min"
+    loss_fn = make_loss(scfg, task, class_weight_tensor(scfg, counts, eng.dev),
+                        torch.as_tensor(data.target_scale()[1], device=eng.dev) if task == "regression" else None,
+                        pos_weight_tensor(scfg, data.train_targets, eng.dev))
     return Stage(index, scfg, d["img_size"], sum(s.epochs for s in stages[:index]), steps, dataset, sampler, optimizer,
                  make_scheduler(scfg, optimizer, steps, mode), make_mixer(scfg, len(data.classes)),
-                 make_loss(scfg, task, class_weight_tensor(scfg, counts, eng.dev),
-                           torch.as_tensor(data.target_scale()[1], device=eng.dev) if task == "regression" else None,
-                           pos_weight_tensor(scfg, data.train_targets, eng.dev)))
+                 JsdLoss(loss_fn, scfg.augmix_jsd) if scfg.augmix_jsd else loss_fn)
+
+
+def to_device(x: torch.Tensor, dev: torch.device, fmt: torch.memory_format) -> torch.Tensor:
+    """A batch on the device; augmix_jsd's (n, 3, C, H, W) as its 3 views one after another, (3n, C, H, W)."""
+    if x.ndim == 5:
+        return x.to(dev, non_blocking=True).transpose(0, 1).flatten(0, 1).contiguous(memory_format=fmt)
+    return x.to(dev, non_blocking=True, memory_format=fmt)
 
 
 def check_faults(eng: Engine, progress: Progress, epoch: int, step: int) -> None:
@@ -218,6 +228,7 @@ def train_one_epoch(eng: Engine, stage: Stage, epoch: int, progress: Progress, t
     stage.scheduler.step_update(step)
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
     loss_rows = torch.zeros((), device=dev, dtype=torch.long)
+    jsd_sum = torch.zeros((), device=dev, dtype=torch.float64) if isinstance(stage.loss_fn, JsdLoss) else None
     seen, t0 = 0, time.time()
     bar = tqdm(loader, desc=f"{eng.name} fold{eng.fold} epoch {epoch + 1}/{total_epochs}", leave=False,
                disable=None if eng.main else True, dynamic_ncols=True)  # None: off outside a terminal
@@ -229,7 +240,7 @@ def train_one_epoch(eng: Engine, stage: Stage, epoch: int, progress: Progress, t
                 check_faults(eng, progress, epoch, step)
             if x is None:
                 continue
-            x = x.to(dev, non_blocking=True, memory_format=fmt)
+            x = to_device(x, dev, fmt)
             y = y.to(dev, non_blocking=True).float()
             if stage.mixer is not None:
                 if len(x) % 2:  # timm mixes pairs: an odd batch leaves out its last image
@@ -239,8 +250,10 @@ def train_one_epoch(eng: Engine, stage: Stage, epoch: int, progress: Progress, t
             with autocast(dev, eng.dtype):
                 loss = stage.loss_fn(eng.net(x), y)
             bad = eng.guard.count(loss)
-            loss_sum += torch.where(bad, 0.0, loss.detach().double()) * len(x)
-            loss_rows += (~bad).long() * len(x)
+            loss_sum += torch.where(bad, 0.0, loss.detach().double()) * len(y)
+            loss_rows += (~bad).long() * len(y)
+            if jsd_sum is not None:
+                jsd_sum += torch.where(bad, 0.0, stage.loss_fn.last.double()) * len(y)
             last = bi + 1 == len(loader)
             if isinstance(stage.optimizer, SAM):
                 loss.backward()
@@ -259,7 +272,7 @@ def train_one_epoch(eng: Engine, stage: Stage, epoch: int, progress: Progress, t
                 if eng.ema is not None:
                     eng.ema.update(eng.model, step=epoch * stage.steps_per_epoch + step)
                 stage.scheduler.step_update(step)
-            seen += len(x)
+            seen += len(y)  # training images (augmix_jsd's 3 views of one count once)
             if (bi + 1) % cfg.log_every == 0 or last:
                 check_faults(eng, progress, epoch, step)
                 bar.set_postfix(loss=f"{float(loss_sum / loss_rows.clamp(min=1)):.4f}",
@@ -267,12 +280,16 @@ def train_one_epoch(eng: Engine, stage: Stage, epoch: int, progress: Progress, t
     except torch.OutOfMemoryError:
         raise TrainingError(
             eng.name, eng.fold,
-            f"out of memory at batch_size={scfg.batch_size}, img_size={stage.img_size} (height, width); the last "
+            f"out of memory at batch_size={scfg.batch_size}, img_size={stage.img_size} (height, width)"
+            + (" with augmix_jsd's 3 views per image" if scfg.augmix_jsd else "") + "; the last "
             "checkpoint is intact and a rerun resumes from it. Lower batch_size (use grad_accum to keep the "
             "effective batch) or img_size") from None
     seconds = time.time() - t0
-    return {"train_loss": float(loss_sum / loss_rows.clamp(min=1)), "lr": current_lr(stage.optimizer),
-            "img_per_s": seen * eng.world / max(seconds, 1e-9), "started": t0}
+    stats = {"train_loss": float(loss_sum / loss_rows.clamp(min=1)), "lr": current_lr(stage.optimizer),
+             "img_per_s": seen * eng.world / max(seconds, 1e-9), "started": t0}
+    if jsd_sum is not None:  # augmix_jsd: the JSD term's epoch mean (unweighted; train_loss includes it x lambda)
+        stats["train_jsd"] = float(jsd_sum / loss_rows.clamp(min=1))
+    return stats
 
 
 def evaluate(eng: Engine, model: torch.nn.Module, spec: EvalSpec) -> np.ndarray:
@@ -381,7 +398,8 @@ def validate(eng: Engine, stage: Stage, epoch: int, progress: Progress, spec: Ev
         progress.best, progress.best_epoch, progress.bad_epochs = metric, epoch, 0
     else:
         progress.bad_epochs += 1
-    row = {"epoch": epoch + 1, "stage": stage.index, "train_loss": stats["train_loss"], "val_loss": val_loss,
+    row = {"epoch": epoch + 1, "stage": stage.index, "train_loss": stats["train_loss"],
+           **({"train_jsd": stats["train_jsd"]} if "train_jsd" in stats else {}), "val_loss": val_loss,
            comp.metric: metric, "lr": stats["lr"], "img_per_s": stats["img_per_s"],
            "time_s": time.time() - stats["started"], "best": improved}
     progress.log.append(row)
@@ -410,7 +428,8 @@ def run_epochs(eng: Engine, stages: list[ModelConfig], progress: Progress, resum
             on_epoch(epoch, row[metric])
         if eng.main:
             print(f"{eng.name} fold{eng.fold} epoch {epoch + 1}/{total_epochs} | loss {row['train_loss']:.4f} | "
-                  f"val_loss {row['val_loss']:.4f} | {metric} {row[metric]:.4f} | lr {row['lr']:.2e} | "
+                  + (f"jsd {row['train_jsd']:.4f} | " if "train_jsd" in row else "")
+                  + f"val_loss {row['val_loss']:.4f} | {metric} {row[metric]:.4f} | lr {row['lr']:.2e} | "
                   f"{row['img_per_s']:.0f} img/s | {row['time_s']:.1f}s" + (" *" if improved else ""), flush=True)
             checkpoint(eng, work, stage, progress, stamp, spec.data_config, improved)
             if board is not None:
@@ -486,6 +505,8 @@ TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "{metric
 def log_scalars(board, row: dict, metric: str) -> None:
     for key, tag in TENSORBOARD_TAGS.items():
         board.add_scalar(tag.format(metric=metric), row[key.format(metric=metric)], row["epoch"])
+    if "train_jsd" in row:  # augmix_jsd
+        board.add_scalar("loss/train_jsd", row["train_jsd"], row["epoch"])
     board.flush()
 
 
