@@ -174,3 +174,34 @@ def test_check_validates_the_extra_table(tiny):
     write_extra(tiny, n=3)
     proc = run_cli("check", "-c", "competition.yaml", cwd=tiny, check=False)
     assert "extra: data/tiny/extra.csv: 3 rows, every label a class and every image found" in proc.stdout
+
+
+# --- an extra image that copies a train image never trains the fold that validates on that image ------------
+
+
+def test_an_extra_copy_of_a_train_image_is_left_out_of_the_folds_that_validate_on_it(tmp_path, monkeypatch):
+    make_competition(tmp_path, n_train=30, **EXTRA_KEYS)
+    write_extra(tmp_path)
+    data = tmp_path / "data" / "tiny"
+    train_ids = pd.read_csv(data / "train.csv", dtype=str)["image_id"].tolist()
+    shutil.copyfile(data / "train" / f"{train_ids[4]}.png", data / "extra" / "xtra_1.png")  # a copy, new id
+    proc = run_cli("folds", "-c", "competition.yaml", cwd=tmp_path)
+    assert "extra images that copy a train image: 1 of 6" in proc.stdout
+    pairs = pd.read_csv(tmp_path / "folds" / "extra_duplicates.csv", dtype=str)
+    assert pairs[["extra_id", "train_id"]].values.tolist() == [["xtra_1", train_ids[4]]]
+    assert json.loads((tmp_path / "folds" / "folds.json").read_text())["extra_copies"] == 1
+
+    from pipeline.train.folddata import fold_data
+
+    monkeypatch.chdir(tmp_path)
+    folds = pd.read_csv(tmp_path / "folds" / "folds.csv", dtype=str)
+    copied_fold = int(folds.set_index("image_id").loc[train_ids[4], "fold"])
+    for k in range(3):
+        fd = fold_data(comp_of(tmp_path), tmp_path / "folds/folds.csv", k, None)
+        trained = {p.name for p in fd.train_paths}
+        assert ("xtra_1.png" in trained) == (k != copied_fold), k
+        assert fd.extra_rows == N_EXTRA - (k == copied_fold) and fd.extra_left_out == (k == copied_fold)
+
+    write_extra(tmp_path)  # the copy replaced by an image of its own (images are not inputs: --force)
+    run_cli("folds", "-c", "competition.yaml", "--force", cwd=tmp_path)
+    assert not (tmp_path / "folds" / "extra_duplicates.csv").exists()

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pickle
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -218,3 +219,62 @@ def test_cache_dir_keeps_each_preprocessed_image_once_keyed_by_file_and_steps(tm
     assert np.array_equal(read(["trim"]), trim(framed[::-1]))
     cache = ImageCache([path], 1, preprocess=["trim"], cache_dir=str(cache_dir))
     assert np.array_equal(cache[0], trim(framed[::-1])) and len(list(cache_dir.glob("*.npy"))) == 3
+
+
+# --- a custom step's file is an input of the fold -----------------------------------------------------------
+
+
+def test_a_custom_steps_file_is_a_fold_input_and_the_built_ins_have_none(tmp_path):
+    from pipeline.artifacts.runs import fold_inputs, resume_stamp
+
+    models = model_dir(tmp_path)
+    (models / "steps").mkdir()
+    text = "def invert(img):\n    return 255 - img\n\ndef same(img):\n    return img\n"
+    for name in ("a.py", "b.py"):
+        (models / "steps" / name).write_text(text)
+    folds = tmp_path / "folds.csv"
+    folds.write_text("image_id,fold\n")
+    assert fold_inputs(load_model(models, "tiny", ["preprocess=[trim, clahe]"])[0], folds) == {"folds.csv": str(folds)}
+    cfg = load_model(models, "tiny", ["preprocess=[steps/a.py:invert, trim, steps/a.py:same]"])[0]
+    assert fold_inputs(cfg, folds) == {"folds.csv": str(folds), "preprocess file": str(models / "steps" / "a.py")}
+    cfg2 = load_model(models, "tiny", ["preprocess=[steps/a.py:invert, steps/b.py:same]"])[0]
+    assert list(fold_inputs(cfg2, folds)) == ["folds.csv", f"preprocess file {models / 'steps' / 'a.py'}",
+                                             f"preprocess file {models / 'steps' / 'b.py'}"]
+    before = resume_stamp({"config_hash": "h"}, fold_inputs(cfg, folds))
+    (models / "steps" / "a.py").write_text(text.replace("255 - img", "img"))
+    assert resume_stamp({"config_hash": "h"}, fold_inputs(cfg, folds)) != before  # the old file's last.pt: not resumed
+
+
+@pytest.mark.slow
+def test_editing_a_custom_steps_file_retrains_the_fold_and_predict_follows(tmp_path):
+    make_competition(tmp_path, n_train=24, n_test=6, size=12, models_dir="models", n_folds=2)
+    step = tmp_path / "models" / "steps" / "my.py"
+    step.parent.mkdir(parents=True)
+    step.write_text("def invert(img):\n    return 255 - img\n")
+    model_dir(tmp_path, preprocess=["steps/my.py:invert"], img_size=12, epochs=1)
+    c = ("-c", "competition.yaml")
+    run_cli("folds", *c, cwd=tmp_path)
+    for k in ("0", "1"):
+        run_cli("train", *c, "--model", "tiny", "--fold", k, cwd=tmp_path)
+    run_cli("predict", *c, cwd=tmp_path)
+    done = json.loads((tmp_path / "runs/tiny/fold0/done.json").read_text())
+    assert str(Path("models/steps/my.py")) in done["inputs"]
+
+    os.utime(step, ns=(1, 1))  # touched, same text: still done, nothing to train or predict
+    plan = run_cli("plan", *c, cwd=tmp_path)
+    assert plan.stdout.strip() == "" and "plan: tiny: 2/2 folds done" in plan.stderr
+    assert "tables up to date" in run_cli("predict", *c, cwd=tmp_path).stdout
+
+    step.write_text("def invert(img):\n    return img  # edited\n")
+    plan = run_cli("plan", *c, cwd=tmp_path)
+    assert plan.stdout.split() == ["runs/tiny/fold0/done.json", "runs/tiny/fold1/done.json"]
+    assert ("plan: tiny: 0/2 folds done; to train: fold0 (preprocess file changed), fold1 (preprocess file changed)"
+            in plan.stderr)
+    proc = run_cli("predict", *c, cwd=tmp_path, check=False)  # the old function's folds are not predicted
+    assert proc.returncode != 0 and "fold0 (preprocess file changed), fold1 (preprocess file changed)" in proc.stderr
+    proc = run_cli("train", *c, "--model", "tiny", "--fold", "0", cwd=tmp_path)
+    assert "runs/tiny/fold0: preprocess file changed; training it again" in proc.stdout
+    ckpt = torch.load(tmp_path / "runs/tiny/fold0/best.pt", weights_only=False)
+    assert "# edited" in ckpt["data_config"]["preprocess"][0]["source"]
+    plan = run_cli("plan", *c, cwd=tmp_path)  # the retrained fold is done with the edited file
+    assert "plan: tiny: 1/2 folds done; to train: fold1 (preprocess file changed)" in plan.stderr

@@ -73,7 +73,9 @@ def run_check(comp: Competition, models_dir: str | Path | None = None, source: s
               n_train_sample: int = 32, n_test_sample: int = 16) -> Report:
     """Check `comp` (already validated) and print one line per check; CheckFailed listing every problem."""
     report = Report()
-    report.line(f"config: {source} valid (task {comp.task}, metric {comp.metric}, {comp.n_folds} folds)")
+    report.line(f"config: {source} valid (task {comp.task}, metric {comp.metric}, {comp.n_folds} folds"
+                + (f" x {comp.repeats} repeats: {comp.n_folds * comp.repeats} trainings per model)" if comp.repeats > 1
+                   else ")"))
     check_tracking(comp, report)
     models = ModelCheck(Path(models_dir or comp.models_dir))  # starts asking timm now
     try:

@@ -6,7 +6,7 @@
 - regression: stratified on quantile bins of the (first) target.
 - Duplicates join one group, so copies never sit on both sides of a split (competition key `duplicates`):
   `near` (default) groups exact copies (same bytes, md5) and near-duplicates, resized or re-compressed
-  copies whose 64-bit perceptual hash (core/phash.py, from the reduced decode) differs in at most
+  copies whose 64-bit perceptual hash (pipeline.artifacts.duplicates, core/phash.py) differs in at most
   NEAR_DISTANCE bits, found by multi-index hashing, not by comparing all pairs; `exact` groups exact
   copies only; `none` neither. Train images with an exact or near copy in test are counted (the leakage
   audit), every near pair is listed in folds/near_duplicates.csv, and the hashes are cached by md5 in
@@ -21,8 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,109 +29,15 @@ import pandas as pd
 
 from pipeline.core.config import NEUTRAL_KEYS, Competition, config_hash
 from pipeline.core.data import (class_names, constant_target_warning, encode_targets, examples, lines, numbers,
-                                read_csv_text, read_sample, read_train)
+                                read_csv_text, read_extra, read_sample, read_train)
 from pipeline.core.errors import DataError
+from pipeline.artifacts.duplicates import (HASH_CACHE, check_unreadable, duplicate_groups, extra_pairs, near_duplicates,
+                                           near_report, read_hash_cache, scan_images, write_extra_pairs,
+                                           write_hash_cache)
 from pipeline.artifacts.record import changes, file_md5, record_path, write_record
 from pipeline.core.io import write_csv, write_json
 
 ORDINAL_MAX_STRATA = 20
-
-
-@dataclass
-class ImageScan:
-    md5: list[str | None]
-    phash: list[int | None]  # None: not hashed (not asked, flat or tiny, or not decodable)
-    hashed: list[bool]  # decoded for its hash (its phash, None for a flat or tiny image, may be cached)
-    missing: list[str] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
-
-
-def _scan_one(path: Path, decode: bool, want_hash: bool, known: dict[str, int | None]
-              ) -> tuple[str | None, int | None, bool, str | None]:
-    """(md5, perceptual hash, hashed, problem) of one image file; problem: 'missing', 'unreadable' or why it
-    cannot be decoded (only when `decode`). Bytes already hashed in `known` decoded before: only their header
-    is read."""
-    from pipeline.core.images import BadImage, check_pixels, decode_reduced, to_channels
-    from pipeline.core.phash import HASH_READ_SIDE, phash
-
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None, None, False, "missing"
-    except OSError:
-        return None, None, False, "unreadable"
-    md5 = hashlib.md5(data).hexdigest()
-    if not (decode or want_hash):
-        return md5, None, False, None
-    try:
-        if md5 in known:  # the same bytes decoded before; the pixel limit may have changed since
-            check_pixels(data, path)
-            return md5, known[md5], True, None
-        gray = to_channels(decode_reduced(data, path, gray=True, short_side=HASH_READ_SIDE), 1)
-    except BadImage as e:
-        return (None, None, False, str(e)) if decode else (md5, None, False, None)
-    return (md5, phash(gray), True, None) if want_hash else (md5, None, False, None)
-
-
-def scan_images(paths: list[Path], decode: bool = True, desc: str = "scanning images", want_hash: bool = False,
-                known: dict[str, int | None] | None = None) -> ImageScan:
-    """md5 of every file, its perceptual hash when `want_hash`, and which files are missing or cannot be
-    decoded (decoded reduced, as training reads them; threads: decoding frees the GIL). `known`: md5 ->
-    hash of bytes decoded before (the hash cache), not decoded again."""
-    from tqdm import tqdm
-
-    known = known or {}
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(tqdm(pool.map(lambda p: _scan_one(p, decode, want_hash, known), paths), total=len(paths),
-                            desc=desc, leave=False, disable=None))
-    scan = ImageScan(md5=[r[0] for r in results], phash=[r[1] for r in results], hashed=[r[2] for r in results])
-    for p, (*_, problem) in zip(paths, results):
-        if problem == "missing":
-            scan.missing.append(str(p))
-        elif problem is not None:  # "unreadable", or why the image cannot be decoded
-            scan.unreadable.append(problem if problem.startswith(str(p)) else str(p))
-    return scan
-
-
-def check_unreadable(comp: Competition, scan: ImageScan) -> None:
-    """Train images that cannot be decoded: an error naming them and the competition key `bad_images`, or
-    with `bad_images: skip` a warning (their rows still get folds; training and prediction skip them)."""
-    if not scan.unreadable:
-        return
-    n = len(scan.unreadable)
-    if comp.bad_images == "skip":
-        print(f"warning: {n} train image(s) cannot be decoded; with bad_images: skip their rows still get a fold, "
-              f"and training and prediction skip them (a run stops past its max_bad_images): "
-              f"{examples(scan.unreadable)}", file=sys.stderr)
-        return
-    raise DataError(f"{n} train image(s) cannot be decoded: {examples(scan.unreadable)}. Replace or remove them, "
-                    "or set the competition key bad_images: skip (in the competition config, or `make folds "
-                    "COMP_ARGS=bad_images=skip`) to keep their rows: folds then gives them a fold, and training and "
-                    "prediction skip them")
-
-
-def duplicate_groups(keys: list[list[str | None]]) -> np.ndarray:
-    """Connected components over rows that share any key (a group value or an image md5)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    n = len(keys[0])
-    node_of: dict[tuple[int, str], int] = {}
-    rows, cols = [], []
-    for k, column in enumerate(keys):
-        for i, value in enumerate(column):
-            if value is None:
-                continue
-            node = node_of.setdefault((k, value), n + len(node_of))
-            rows.append(i)
-            cols.append(node)
-    size = n + len(node_of)
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(size, size))
-    _, labels = connected_components(graph, directed=False)
-    # Renumber by first appearance so group ids are stable and dense.
-    _, first = np.unique(labels[:n], return_index=True)
-    order = {lab: g for g, lab in enumerate(labels[:n][np.sort(first)])}
-    return np.array([order[lab] for lab in labels[:n]])
 
 
 def quantile_bins(values: np.ndarray, n_folds: int) -> np.ndarray:
@@ -181,12 +86,14 @@ def check_rare(comp: Competition, y: np.ndarray, classes: list[str]) -> None:
         )
 
 
-def split(comp: Competition, y: np.ndarray, groups: np.ndarray | None, grouped_by: str = "") -> np.ndarray:
-    """Fold index per row; grouped_by says what made the groups (for the error when there are too few)."""
+def split(comp: Competition, y: np.ndarray, groups: np.ndarray | None, grouped_by: str = "",
+          seed: int | None = None) -> np.ndarray:
+    """Fold index per row; grouped_by says what made the groups (for the error when there are too few);
+    seed: the split's seed (default the competition's; a repeat r uses seed + r)."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     fold = np.full(len(y), -1, dtype=int)
-    k, seed = comp.n_folds, comp.seed
+    k, seed = comp.n_folds, comp.seed if seed is None else seed
     if groups is not None and len(np.unique(groups)) < k:
         raise DataError(f"only {len(np.unique(groups))} groups for n_folds={k}"
                         + (f" (rows grouped by {grouped_by})" if grouped_by else "") + ": use fewer folds"
@@ -236,102 +143,84 @@ def _params(comp: Competition, decode: bool) -> dict:
     from pipeline.core.phash import HASH_VERSION, NEAR_DISTANCE
 
     near = f"near ({HASH_VERSION}, at most {NEAR_DISTANCE} bits apart)"
-    return {"competition": config_hash(comp, NEUTRAL_KEYS), "decode": decode,
-            "duplicates": near if comp.duplicates == "near" and decode else comp.duplicates}
+    params = {"competition": config_hash(comp, NEUTRAL_KEYS), "decode": decode,
+              "duplicates": near if comp.duplicates == "near" and decode else comp.duplicates}
+    if comp.extra_train and comp.duplicates != "none":  # the extra images are compared with train's
+        params["extra_images"] = comp.extra_images
+    return params
 
 
-# --- duplicates: identical files (md5) and near-duplicates (perceptual hash) ------------------------------
-
-HASH_CACHE = "image_hashes.json"  # md5 -> perceptual hash of every image hashed, beside folds.csv
-NEAR_CSV = "near_duplicates.csv"  # every near-duplicate pair found, train-train and train-test
-
-
-def read_hash_cache(path: Path) -> dict[str, int | None]:
-    """md5 -> hash (None: decoded, but flat or too small to hash) of images hashed before by this hash."""
-    from pipeline.core.phash import HASH_VERSION
-
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    if not isinstance(data, dict) or data.get("hash") != HASH_VERSION or not isinstance(data.get("images"), dict):
-        return {}
-    return {m: None if h is None else int(h, 16) for m, h in data["images"].items()}
+def _inputs(comp: Competition) -> list[Path]:
+    """train.csv, and the extra table whose images `folds` compares with train's (key extra_train)."""
+    return [comp.train_csv_path, *([comp.extra_train_path] if comp.extra_train and comp.duplicates != "none" else [])]
 
 
-def write_hash_cache(path: Path, before: dict[str, int | None], *scans: ImageScan) -> None:
-    """The hashes of these scans' images (and no others) to `path`, when they differ from `before`."""
-    from pipeline.core.phash import HASH_VERSION
+# --- repeated CV: more splits of the same rows ------------------------------------------------------------
 
-    now = {m: h for scan in scans for m, h, ok in zip(scan.md5, scan.phash, scan.hashed) if ok}
-    if now != before:
-        write_json(path, {"hash": HASH_VERSION,
-                          "images": {m: None if h is None else f"{h:016x}" for m, h in sorted(now.items())}})
+REPEATS_CSV = "repeats.csv"  # beside folds.csv when repeats > 1: each row's fold in repeats 1..R-1
 
 
-@dataclass
-class NearDuplicates:
-    groups: np.ndarray  # per train row: its near-duplicate group (-1: none)
-    inside: np.ndarray  # (m, 3) train pairs (row, row, differing bits)
-    across: np.ndarray  # (m, 3) train-test pairs (train row, test row, differing bits)
-    unhashed: int  # train and test images decoded but too small or blank to hash
+@dataclass(frozen=True)
+class FoldLayout:
+    """How training folds map onto splits: repeat r's fold k is training fold r x n_folds + k (runs/<model>/
+    fold<r x n_folds + k>). repeats 1 is the plain layout: training fold k is folds.csv's fold k."""
+
+    n_folds: int
+    repeats: int = 1
+
+    @property
+    def folds(self) -> list[int]:
+        return list(range(self.n_folds * self.repeats))
+
+    def split_of(self, fold: int) -> tuple[int, int]:
+        """(repeat, fold within the repeat) of a training fold."""
+        return divmod(fold, self.n_folds)
+
+    def name(self, fold: int) -> str:
+        """fold<k>, with its repeat and split fold when repeats > 1 (fold4 (repeat 1, fold 1))."""
+        if self.repeats == 1:
+            return f"fold{fold}"
+        r, k = self.split_of(fold)
+        return f"fold{fold} (repeat {r}, fold {k})"
 
 
-def near_duplicates(train: ImageScan, test: ImageScan) -> NearDuplicates:
-    """Near-duplicate groups inside train, and train-test pairs, from the perceptual hashes."""
-    from pipeline.core.phash import hamming, near_groups, near_pairs
-
-    hashes = train.phash + test.phash
-    rows = np.array([i for i, h in enumerate(hashes) if h is not None], dtype=np.int64)
-    known = np.array([hashes[i] for i in rows], dtype=np.uint64)
-    pairs = near_pairs(known)
-    bits = hamming(known[pairs[:, 0]], known[pairs[:, 1]]).astype(np.int64)
-    pairs = np.column_stack([rows[pairs[:, 0]], rows[pairs[:, 1]], bits]) if len(pairs) else \
-        np.zeros((0, 3), dtype=np.int64)
-    n = len(train.phash)
-    inside = pairs[pairs[:, 1] < n]
-    across = pairs[(pairs[:, 0] < n) & (pairs[:, 1] >= n)] - np.array([0, n, 0])
-    unhashed = sum(ok and h is None for scan in (train, test) for h, ok in zip(scan.phash, scan.hashed))
-    return NearDuplicates(near_groups(n, inside[:, :2]), inside, across, unhashed)
+def repeat_columns(repeats: int) -> list[str]:
+    return [f"repeat{r}" for r in range(1, repeats)]
 
 
-def near_report(comp: Competition, near: NearDuplicates | None, decode: bool, ids: list, test_ids: list,
-                out_dir: Path) -> dict:
-    """What folds says of near-duplicates (the printed lines, and folds.json's numbers); with `near`, every
-    pair to out_dir/near_duplicates.csv (kind, id_a, id_b, bits: differing bits of 64)."""
-    from pipeline.core.phash import MIN_SIDE, NEAR_DISTANCE
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two fold assignments split the rows the same way (fold numbers aside)."""
+    return bool((pd.factorize(a)[0] == pd.factorize(b)[0]).all())
 
-    if near is None:
-        (out_dir / NEAR_CSV).unlink(missing_ok=True)  # no stale pairs from an earlier search
-        why = "--no-decode" if comp.duplicates == "near" and not decode else f"duplicates: {comp.duplicates}"
-        return {"line": f"near-duplicate images: not searched ({why})"}
-    sizes = np.bincount(near.groups[near.groups >= 0])
-    table = pd.DataFrame(
-        [("train-train", ids[a], ids[b], d) for a, b, d in near.inside.tolist()]
-        + [("train-test", ids[a], test_ids[b], d) for a, b, d in near.across.tolist()],
-        columns=["kind", "id_a", "id_b", "bits"])
-    write_csv(out_dir / NEAR_CSV, table)
-    info = {"near_duplicate_rows": int(sizes.sum()), "near_duplicate_groups": len(sizes),
-            "near_duplicate_largest": int(sizes.max()) if len(sizes) else 0,
-            "train_near_test": len(np.unique(near.across[:, 0])), "test_near_train": len(np.unique(near.across[:, 1])),
-            "near_distance": NEAR_DISTANCE, "near_unhashed": near.unhashed}
-    example = (f", e.g. train {ids[near.across[0, 0]]} ~ test {test_ids[near.across[0, 1]]}"
-               if len(near.across) else "")
-    info["line"] = (
-        f"near-duplicate images in train (perceptual hash, at most {NEAR_DISTANCE} of 64 bits apart): "
-        f"{info['near_duplicate_rows']} rows in {info['near_duplicate_groups']} groups, largest "
-        f"{info['near_duplicate_largest']} (kept in one fold each)"
-        + (f"; {near.unhashed} train and test images not hashed: smaller than {MIN_SIDE} px or blank "
-           "(exact copies of them are still grouped)" if near.unhashed else "") + "\n"
-        f"train images with a near-duplicate in test: {info['train_near_test']} (matching "
-        f"{info['test_near_train']} test images{example}; every pair in {out_dir / NEAR_CSV})")
-    if info["near_duplicate_largest"] > len(ids) / (2 * comp.n_folds):  # chained look-alikes, not copies
-        info["line"] += (
-            f"\nwarning: the largest near-duplicate group holds {info['near_duplicate_largest']} of {len(ids)} rows, "
-            f"over half a fold: look-alike images chained together, rather than copies? One fold takes the whole "
-            f"group, so folds are unbalanced; look at {out_dir / NEAR_CSV}, and set duplicates: exact if these are "
-            "not copies")
-    return info
+
+def repeat_splits(comp: Competition, y: np.ndarray, groups: np.ndarray | None, grouped_by: str,
+                  first: np.ndarray) -> list[np.ndarray]:
+    """The folds of repeats 1..R-1 (seeds seed+1..), grouped and stratified as the first; a repeat that splits
+    the rows as an earlier one does (too few groups to shuffle) is named in a warning."""
+    splits = [first]
+    for r in range(1, comp.repeats):
+        fold = split(comp, y, groups, grouped_by, seed=comp.seed + r)
+        same = [q for q, earlier in enumerate(splits) if same_partition(fold, earlier)]
+        if same:
+            print(f"warning: repeat {r} (seed {comp.seed + r}) splits the rows exactly as repeat {same[0]} does "
+                  "(too few groups to split them another way): it adds trainings, not a new split", file=sys.stderr)
+        splits.append(fold)
+    return splits[1:]
+
+
+def write_repeats(out_dir: Path, ids: list, id_col: str, splits: list[np.ndarray], before: int) -> Path | None:
+    """folds/repeats.csv for repeats > 1 (rewritten only when it changes); with one repeat, the file an earlier
+    `folds` wrote (`before` > 1 repeats in its folds.json) is removed."""
+    path = out_dir / REPEATS_CSV
+    if not splits:
+        if before > 1 and path.is_file():
+            path.unlink()
+            print(f"removed {path} (repeats: 1)")
+        return None
+    table = pd.DataFrame({id_col: ids, **dict(zip(repeat_columns(len(splits) + 1), splits))})
+    if not (path.is_file() and path.read_text() == table.to_csv(index=False)):
+        write_csv(path, table)
+    return path
 
 
 def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = False, decode: bool = True) -> Path:
@@ -340,8 +229,8 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
     written): nothing is read beyond the record."""
     out_dir = Path(out_dir)
     csv_path, meta_path = out_dir / "folds.csv", out_dir / "folds.json"
-    record, params = record_path(out_dir, "folds"), _params(comp, decode)
-    if not force and csv_path.is_file() and not changes(record, params, [comp.train_csv_path]):
+    record, params, inputs = record_path(out_dir, "folds"), _params(comp, decode), _inputs(comp)
+    if not force and csv_path.is_file() and not changes(record, params, inputs):
         print(f"{csv_path} is up to date (same competition config and train.csv); --force rebuilds it")
         return csv_path
     train = read_train(comp)
@@ -379,8 +268,13 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
     test_md5 = {m for m in test_scan.md5 if m is not None}
     in_test = int(md5.isin(test_md5).sum())
     near_dups = near_duplicates(scan, test_scan) if near else None
+    extra_ids, extra_scan = [], None
+    if comp.extra_train and comp.duplicates != "none":  # external rows that copy a train image
+        extra_ids = read_extra(comp, classes, ids)[0]
+        extra_scan = scan_images([comp.image_path("extra", i) for i in extra_ids], decode=False, want_hash=near,
+                                 known=known, desc="scanning extra images")
     if near:
-        write_hash_cache(cache, known, scan, test_scan)
+        write_hash_cache(cache, known, scan, test_scan, *([extra_scan] if extra_scan else []))
 
     keys: list[list[str | None]] = [scan.md5] if comp.duplicates != "none" else []
     if near_dups is not None:
@@ -396,6 +290,7 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
         (f"near-duplicates (perceptual hash, {near_rows} rows)", near_rows > 0)) if on)
     fold = split(comp, y, groups if grouped else None, grouped_by)
     assert (fold >= 0).all(), "every row must land in a fold"
+    repeats = repeat_splits(comp, y, groups if grouped else None, grouped_by, fold)
 
     folds = pd.DataFrame({comp.id_col: ids, "fold": fold})
     if grouped:
@@ -403,32 +298,45 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
     table = fold_table(comp, train, fold)
 
     print(f"{len(ids)} training rows -> {comp.n_folds} folds (seed {comp.seed}, "
-          f"{'grouped' if grouped else 'ungrouped'} {'multilabel' if comp.task == 'multilabel' else 'stratified'})")
+          f"{'grouped' if grouped else 'ungrouped'} {'multilabel' if comp.task == 'multilabel' else 'stratified'})"
+          + (f" x {comp.repeats} repeats (seeds {comp.seed}..{comp.seed + comp.repeats - 1}; every model trains "
+             f"{comp.n_folds * comp.repeats} folds)" if comp.repeats > 1 else ""))
     kept = "kept in one fold each" if comp.duplicates != "none" else "not grouped: duplicates: none"
     print(f"exact duplicate images in train: {dup_rows} rows in {dup_sets} sets ({kept})")
     near_info = near_report(comp, near_dups, decode, ids, test_ids, out_dir)
     print(f"train images that also appear in test: {in_test}"
           + (f" ({len(test_scan.missing)} test images missing)" if test_scan.missing else ""))
     print(near_info["line"])
+    pairs = extra_pairs(scan, extra_scan, near) if extra_scan is not None else np.zeros((0, 3), dtype=np.int64)
+    extra_csv = write_extra_pairs(out_dir, pairs, ids, extra_ids)
+    if extra_scan is not None:
+        print(f"extra images that copy a train image: {len(np.unique(pairs[:, 1]))} of {len(extra_ids)}"
+              + (f" (each left out of the training part of the folds that validate on its copy; every pair in "
+                 f"{extra_csv})" if extra_csv else ""))
     print(table.to_string())
 
     new_csv = folds.to_csv(index=False)
     if not (csv_path.is_file() and csv_path.read_text() == new_csv):
         write_csv(csv_path, folds)
+    before = json.loads(meta_path.read_text()).get("repeats", 1) if meta_path.is_file() else 1
+    repeats_path = write_repeats(out_dir, ids, comp.id_col, repeats, before)
     write_json(meta_path, {
         "folds_md5": file_md5(csv_path),
         "competition": competition_identity(comp, ids),
         "n_folds": comp.n_folds,
         "seed": comp.seed,
+        **({"repeats": comp.repeats} if comp.repeats > 1 else {}),
         "rows": len(ids),
         "duplicate_rows": dup_rows,
         "duplicate_sets": dup_sets,
         "train_in_test": in_test,
         "test_missing": len(test_scan.missing),
+        **({"extra_copies": len(np.unique(pairs[:, 1]))} if extra_scan is not None else {}),
         "duplicates": comp.duplicates,
         **{k: v for k, v in near_info.items() if k != "line"},
     })
-    write_record(record, "folds", params, [comp.train_csv_path], [csv_path, meta_path])
+    write_record(record, "folds", params, inputs,
+                 [p for p in (csv_path, meta_path, repeats_path, extra_csv) if p])
     print(f"wrote {csv_path}")
     return csv_path
 
@@ -445,17 +353,44 @@ def read_folds(path: str | Path = "folds/folds.csv", id_col: str | None = None) 
     return df
 
 
+def fold_layout(path: str | Path) -> FoldLayout:
+    """The folds of folds.csv and the repeats its folds.json records (`folds` with `repeats: R`)."""
+    path = Path(path)
+    meta = path.with_name("folds.json")
+    repeats = int(json.loads(meta.read_text()).get("repeats", 1)) if meta.is_file() else 1
+    return FoldLayout(len(read_folds(path)["fold"].unique()), repeats)
+
+
 def fold_numbers(path: str | Path) -> list[int]:
-    """The fold numbers folds.csv holds, sorted."""
+    """The training folds, sorted: folds.csv's fold numbers, or with R repeats 0 .. R x n_folds - 1."""
+    layout = fold_layout(path)
+    if layout.repeats > 1:
+        return layout.folds
     return sorted(int(k) for k in read_folds(path)["fold"].unique())
 
 
-def fold_of(path: str | Path, comp: Competition, train_ids: list[str]) -> np.ndarray:
-    """The validation fold of every id in train_ids (in that order), from folds.csv. A folds.csv that does
-    not list exactly the ids of train.csv, once each, is refused."""
+def _repeat_table(path: Path, repeat: int, id_col: str) -> pd.DataFrame:
+    """repeats.csv beside folds.csv, with the column of `repeat` as fold numbers (that column as 'fold')."""
+    where = path.with_name(REPEATS_CSV)
+    column = f"repeat{repeat}"
+    table = read_csv_text(where, "; folds.json records repeats, so rerun `make folds` to write it")
+    if column not in table.columns:
+        raise DataError(f"{where}: no column {column!r} (found {list(table.columns)}); rerun `make folds`")
+    bad = ~table[column].str.fullmatch(r"\d+")
+    if bad.any():
+        raise DataError(f"{where}: column {column!r} must hold fold numbers, line(s) {lines(bad)} do not; "
+                        "rerun `make folds`")
+    return table.assign(fold=table[column].astype(int))
+
+
+def fold_of(path: str | Path, comp: Competition, train_ids: list[str], repeat: int = 0) -> np.ndarray:
+    """The validation fold of every id in train_ids (in that order), from folds.csv (repeat 0) or repeats.csv
+    (a later repeat). A table that does not list exactly the ids of train.csv, once each, is refused."""
     path = Path(path)
     check_same_competition(path.with_name("folds.json"), comp, train_ids, path)
-    folds = read_folds(path, comp.id_col)
+    folds = read_folds(path, comp.id_col) if repeat == 0 else _repeat_table(path, repeat, comp.id_col)
+    if repeat:
+        path = path.with_name(REPEATS_CSV)
     if comp.id_col not in folds.columns or "fold" not in folds.columns:
         raise DataError(f"{path}: expected columns '{comp.id_col}' and 'fold', found {list(folds.columns)}")
     ids = folds[comp.id_col].astype(str)

@@ -3,7 +3,9 @@
 Training writes `done.json` last: the fold's stage record (pipeline.artifacts.record). Its params are the
 config hash (result-neutral keys left out), the classes, the task, the metric and, with external data, the
 extra images' template; its inputs folds.csv, the extra table (competition key extra_train) when set and,
-for a distilled student or a pseudo round, the teacher or pseudo-label table; its outputs the files later
+for a distilled student or a pseudo round, the teacher or pseudo-label table, the file of each custom
+`preprocess` step, folds/extra_duplicates.csv (extra images that copy a train image) and, for a later
+repeat's fold (competition key repeats), folds/repeats.csv; its outputs the files later
 stages read (best.pt, oof.parquet, config.yaml); beside them the command-line overrides (`ARGS`) it was trained
 with, its score and its time. Decided from the record and file stats alone, a fold is
 
@@ -11,8 +13,8 @@ with, its score and its time. Decided from the record and file stats alone, a fo
 - kept: it was trained with overrides, none are given now, and the config file with *its* overrides still
   gives its config hash (`make train-all ARGS=...` then `make predict`). Nothing retrains it unless asked
   (`make train MODEL= FOLD=`, or `make train-all RETRAIN=1`), and the stages that use it say so;
-- stale: the config file, folds.csv, the extra table, a teacher or pseudo-label table, the classes, the task or the metric
-  changed, or an output is missing or changed since written; `plan` says which.
+- stale: the config file, folds.csv, the extra table, a teacher or pseudo-label table, a custom preprocess file,
+  the classes, the task or the metric changed, or an output is missing or changed since written; `plan` says which.
 
 A done.json of the earlier format (the stamp at its top level) is still understood, so folds trained
 before it are not retrained.
@@ -34,7 +36,8 @@ from pathlib import Path
 from pipeline.core.config import Competition, config_hash
 from pipeline.core.data import class_names, read_train
 from pipeline.core.errors import ConfigError, DataError
-from pipeline.artifacts.folds import fold_numbers
+from pipeline.artifacts.duplicates import EXTRA_CSV
+from pipeline.artifacts.folds import REPEATS_CSV, FoldLayout, fold_layout, fold_numbers
 from pipeline.artifacts.record import Record, changes, digest, file_md5
 from pipeline.core.io import write_json
 from pipeline.nn.models import ModelConfig, load_model, model_config_path, stamp_exclusions
@@ -119,10 +122,27 @@ def fold_params(cfg: ModelConfig, classes: list[str], comp: Competition) -> dict
 
 def fold_inputs(cfg: ModelConfig, folds_path: str | Path, comp: Competition | None = None) -> dict[str, str]:
     """The files a fold is trained from, by the names `plan` gives them: folds.csv, the competition's extra
-    table (key extra_train), a distilled student's teacher table, a pseudo round's table."""
+    table (key extra_train), a distilled student's teacher table, a pseudo round's table, and the file of
+    each custom `preprocess: file.py:function` step (relative to the model config's folder, as
+    pipeline.nn.preprocess resolves it; the built-ins have none): editing it retrains the fold."""
+    from pipeline.nn.preprocess import BUILTINS, custom_file
+
+    copies = Path(folds_path).with_name(EXTRA_CSV)  # extra rows left out of the folds that validate their copy
     named = {"folds.csv": folds_path, "extra table": comp.extra_train_path if comp else None,
+             "extra copies": copies if comp and comp.extra_train and copies.is_file() else None,
              "teacher table": cfg.distill, "pseudo-label table": cfg.pseudo}
+    files = list(dict.fromkeys(str(custom_file(step, cfg._config_dir)[0]) for step in cfg.preprocess
+                               if step not in BUILTINS))
+    for file in files:  # 'preprocess file changed'; with several files, each by its path
+        named["preprocess file" if len(files) == 1 else f"preprocess file {file}"] = file
     return {name: str(Path(p)) for name, p in named.items() if p}
+
+
+def with_split(inputs: dict[str, str], folds_path: str | Path, fold: int, layout: FoldLayout) -> dict[str, str]:
+    """A later repeat's fold (competition key repeats) is also trained from its split, folds/repeats.csv."""
+    if layout.repeats > 1 and layout.split_of(fold)[0] > 0:
+        return {**inputs, "repeats.csv": str(Path(folds_path).with_name(REPEATS_CSV))}
+    return inputs
 
 
 def resume_stamp(params: dict, inputs: dict[str, str]) -> dict:
@@ -231,7 +251,7 @@ def fold_runs(comp: Competition, run: str, folds: list[int], runs: str | Path, f
         raise DataError(f"{runs}/{run}: its config {comp.models_dir}/{model}.yaml is gone; restore it, or move "
                         f"{runs}/{run} away so that it is not predicted")
     dirs = [run_dir(run, k, runs) for k in folds]
-    problems, kept = [], []
+    problems, kept, layout = [], [], fold_layout(folds_path)
     for k, d in zip(folds, dirs):
         done = read_done(d)
         if done is None:
@@ -239,8 +259,8 @@ def fold_runs(comp: Competition, run: str, folds: list[int], runs: str | Path, f
             continue
         recorded = list(done.get("overrides", []))  # judged by the config file with its own overrides
         cfg = load_model(comp.models_dir, model, recorded)[0]
-        status = fold_status(d, fold_params(cfg, classes, comp), fold_inputs(cfg, folds_path, comp), comp.models_dir,
-                             model, recorded)
+        inputs = with_split(fold_inputs(cfg, folds_path, comp), folds_path, k, layout)
+        status = fold_status(d, fold_params(cfg, classes, comp), inputs, comp.models_dir, model, recorded)
         if status.state != "done":
             problems.append(f"fold{k} ({status.reason})")
         elif recorded:
@@ -268,7 +288,7 @@ def plan_training(comp: Competition, models_dir: str | Path, models: list[str], 
     """Every model x fold with its status, as `train` would decide it for the same config and
     overrides. Every model config is loaded first, so a bad one fails before any training."""
     folds_path = Path(folds_path)
-    folds = fold_numbers(folds_path)
+    folds, layout = fold_numbers(folds_path), fold_layout(folds_path)
     configs = {m: load_model(models_dir, m, overrides)[0] for m in models}
     classes = class_names(comp, read_train(comp))
     jobs = []
@@ -277,8 +297,8 @@ def plan_training(comp: Competition, models_dir: str | Path, models: list[str], 
         run = run_name(m, cfg)
         for k in folds:
             out = run_dir(run, k, runs)
-            jobs.append(FoldJob(m, run, k, str(out / "done.json"),
-                                fold_status(out, params, inputs, models_dir, m, overrides)))
+            jobs.append(FoldJob(m, run, k, str(out / "done.json"), fold_status(
+                out, params, with_split(inputs, folds_path, k, layout), models_dir, m, overrides)))
     return jobs
 
 

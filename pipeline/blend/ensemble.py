@@ -46,7 +46,7 @@ from pipeline.artifacts.record import changes, choose, file_md5, read_record, re
 from pipeline.core.io import release_memory, write_json, write_text
 from pipeline.core.metrics import Metric
 from pipeline.artifacts.runs import DISTILL_SUFFIX
-from pipeline.artifacts.tables import Level1, find_table, load_level1, table_path
+from pipeline.artifacts.tables import Level1, find_table, load_level1, read_meta, table_path
 from pipeline.train.tune_space import tuned_folds
 
 TEST_PREDICTION_RULE = (
@@ -225,7 +225,9 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
         report["blends"][name] = {"cv": None, "skipped" if isinstance(err, Skipped) else "error": str(err)}
 
     arrow = "higher" if comp.scoring().greater_is_better else "lower"
-    head = ["", "name", "kind", f"CV {comp.metric}"] + [f"fold {k}" for k in folds] + (["test"] if has_answers else [])
+    repeats = max((len(r.get("repeats") or []) for r in model_rows), default=0)  # repeated CV's models
+    head = (["", "name", "kind", f"CV {comp.metric}"] + [f"fold {k}" for k in folds]
+            + [f"repeat {q}" for q in range(repeats)] + (["test"] if has_answers else []))
     lines = [
         "# CV report", "",
         f"{len(level1.train_ids)} rows, {len(level1.test_ids)} test rows, {len(model_rows)} models"
@@ -234,15 +236,18 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
         "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
     ]
 
-    def row(mark, name, kind, cv, per_fold, test):
+    def row(mark, name, kind, cv, per_fold, test, per_repeat=None):
         cells = [mark, name, kind, _fmt(cv)] + [_fmt(per_fold.get(k)) for k in folds]
+        cells += [_fmt(v) for v in (per_repeat or [])] + [""] * (repeats - len(per_repeat or []))
         return "| " + " | ".join(cells + ([_fmt(test)] if has_answers else [])) + " |"
 
     tuned = {r["name"]: on for r in model_rows if (on := tuned_folds(comp.models_dir, r["name"])) is not None}
     for r in model_rows:
         kind = "model" if r["blended"] else NOT_BLENDED
         kind += ", tuned: CV optimistic (see below)" if r["name"] in tuned else ""
-        lines.append(row("", r["name"], kind, r["cv"], r["folds"], r.get("test")))
+        lines.append(row("", r["name"], kind, r["cv"], r["folds"], r.get("test"), r.get("repeats")))
+        if r.get("repeats"):
+            report["models"][r["name"]]["repeats"] = [_num(v) for v in r["repeats"]]
     for b in blends:
         lines.append(row("**chosen**" if b.name == chosen else "", b.name, "blend, nested CV" if b.learned else "blend",
                          b.cv, b.fold_scores, b.test_score))
@@ -253,6 +258,10 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
         report["models"][name]["tuned_on_folds"] = on
         lines += ["", f"{name}: tuned on fold {', '.join(map(str, on))}'s validation rows: its CV is optimistic "
                   "(`make tune` picked its settings on them); judge it by the other folds or a test score."]
+    if repeats:
+        lines += ["", f"Repeated CV ({repeats} repeats of {len(folds)} folds): a model's CV scores each row's mean "
+                  "over the repeats' held-out predictions, and `repeat r` the OOF of repeat r alone (the spread "
+                  "is the split's noise). The fold columns and the blends' nested CV use repeat 0's folds."]
     stackers = [features_line(b.name, len(level1.models), meta_enc) for b in blends if takes_meta(b.name)]
     if stackers:  # what each stacker took (competition key meta_cols: pipeline.blend.meta)
         report["stacker_features"] = stackers
@@ -397,7 +406,8 @@ def run_ensemble(comp: Competition, method: str | None = None, stacking: str | P
     model_rows = []
     for m, name in enumerate(everything.models):
         r = {"name": name, "cv": metric.score(y, everything.oof[m]),
-             "folds": fold_scores(metric, y, everything.oof[m], fold), "blended": name in level1.models}
+             "folds": fold_scores(metric, y, everything.oof[m], fold), "blended": name in level1.models,
+             "repeats": read_meta(find_table(stacking, f"{name}.oof")).get("per_repeat")}  # repeated CV
         if y_test is not None:
             r["test"] = metric.score(y_test, everything.test[m])
         model_rows.append(r)

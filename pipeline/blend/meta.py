@@ -206,5 +206,5 @@ class MetaFeatures:
 
 def features_line(name: str, n_models: int, enc: MetaEncoding | None) -> str:
     """cv.md's line on what a stacker took: `lgbm: 3 models' probabilities + meta age, sex, site`."""
-    what = f"{n_models} model{'s' if n_models != 1 else ''}' probabilities"
+    what = f"{n_models} models' probabilities" if n_models != 1 else "1 model's probabilities"
     return f"{name}: {what}" + (f" + meta {enc.describe()}" if enc is not None and takes_meta(name) else "")

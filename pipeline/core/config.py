@@ -31,7 +31,7 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 TASKS = ("binary", "multiclass", "multilabel", "ordinal", "regression")
 # Competition keys added after projects were built: at these defaults they are left out of the dump.
 ADDED_COMPETITION_KEYS: dict[str, Any] = {"dicom_windows": None, "meta_cols": None, "test_csv": None,
-                                          "extra_train": None, "extra_images": None}
+                                          "extra_train": None, "extra_images": None, "repeats": 1}
 DEFAULT_METRIC = {"regression": "rmse"}  # every other task: accuracy
 
 
@@ -66,6 +66,11 @@ class Competition(StrictModel):
     k: int = Field(5, ge=1, description="map@k's k and the number of labels a topk submission writes")
     n_folds: int = Field(5, ge=2, le=100)
     seed: int = Field(42, ge=0, lt=2**32, description="the fold split's seed")
+    repeats: int = Field(
+        1, ge=1, le=20, description="repeated CV: R fold splits from seeds seed..seed+R-1 (duplicates and groups "
+        "kept together in each); every model trains R x n_folds folds (repeat r's fold k is fold r x n_folds + k), "
+        "each row's OOF is the mean over repeats, and cv.md gives the CV per repeat; blends are fitted on the "
+        "averaged OOF under the first split's nested CV")
     classes: list[str] | None = Field(
         None, description="class order for probability columns; default: sorted labels of train.csv"
     )

@@ -17,7 +17,7 @@ import yaml
 from pipeline.core.config import NEUTRAL_KEYS, Competition, config_hash
 from pipeline.core.data import class_names, encode_targets, read_sample, read_train
 from pipeline.core.errors import ConfigError, DataError
-from pipeline.artifacts.folds import competition_identity, fold_numbers, fold_of
+from pipeline.artifacts.folds import REPEATS_CSV, competition_identity, fold_layout, fold_numbers, fold_of
 from pipeline.artifacts.record import changes, choose, file_md5, record_path, write_record
 from pipeline.artifacts.runs import fold_runs, trained_models
 from pipeline.artifacts.tables import read_meta, sidecar, table_path, write_table
@@ -56,7 +56,7 @@ def predict_model(
     Up to date (its record: the same folds' done.json, folds.csv, train and sample tables, TTA, and the
     tables as written): nothing is loaded. TTA= given once sticks for this model's later predicts."""
     folds_path, stacking = Path(folds_path), Path(stacking)
-    fold_ids = fold_numbers(folds_path)
+    fold_ids, layout = fold_numbers(folds_path), fold_layout(folds_path)
     train = read_train(comp)
     classes = class_names(comp, train)
     dirs = fold_runs(comp, name, fold_ids, runs, folds_path, classes)
@@ -72,7 +72,8 @@ def predict_model(
     how = tta_merge or trained["tta_merge"]
     check_merge(how)  # an unknown merge fails before any work
     params = {"model": name, "tta": views, "tta_merge": how, "competition": config_hash(comp, NEUTRAL_KEYS)}
-    inputs = [folds_path, comp.train_csv_path, comp.sample_submission_path, *(d / "done.json" for d in dirs)]
+    inputs = [folds_path, comp.train_csv_path, comp.sample_submission_path, *(d / "done.json" for d in dirs),
+              *([folds_path.with_name(REPEATS_CSV)] if layout.repeats > 1 else [])]
     if not force and not changes(record, params, inputs):  # both tables, from these very folds, as written
         meta = read_meta(oof_path)
         print(f"{out_name}: tables up to date ({comp.metric} {meta['cv']:.4f}); --force remakes them")
@@ -87,21 +88,25 @@ def predict_model(
         raise DataError(f"{name}: trained on classes {ckpt['classes']}, the competition now has {classes}")
     y = encode_targets(comp, train, classes)
     ids = train[comp.id_col].to_numpy()
-    fold_index = fold_of(folds_path, comp, ids.tolist())
+    fold_index = [fold_of(folds_path, comp, ids.tolist(), r) for r in range(layout.repeats)]
     spec = EvalSpec.of(cfg, ckpt["data_config"])
 
-    oof = np.zeros((len(ids), len(classes)))
+    oofs = np.zeros((layout.repeats, len(ids), len(classes)))  # each repeat's split covers every row once
     per_fold = []
     test_ids = read_sample(comp)[comp.id_col].tolist()
-    print(f"{out_name}: {len(ids)} OOF rows over {len(fold_ids)} folds, then {len(test_ids)} test images x "
-          f"{len(fold_ids)} folds; TTA {'+'.join(views)}", flush=True)
-    for k, (model, _, _) in zip(fold_ids, loaded):
-        rows = np.flatnonzero(fold_index == k)
+    print(f"{out_name}: {len(ids)} OOF rows over {len(fold_ids)} folds"
+          + (f" ({layout.repeats} repeats of {layout.n_folds})" if layout.repeats > 1 else "")
+          + f", then {len(test_ids)} test images x {len(fold_ids)} folds; TTA {'+'.join(views)}", flush=True)
+    for f, (model, _, _) in zip(fold_ids, loaded):
+        r, k = layout.split_of(f) if layout.repeats > 1 else (0, f)
+        rows = np.flatnonzero(fold_index[r] == k)
         paths = [comp.image_path("train", i) for i in ids[rows]]
-        oof[rows] = merge(image_logits([model], paths, spec, views, dev, desc=f"{out_name} fold{k} OOF")[0], how,
-                          comp.task)
-        per_fold.append(comp.scoring().score(y[rows], oof[rows]))
-        print(f"  fold{k} OOF: {comp.metric} {per_fold[-1]:.4f} ({len(rows)} rows)", flush=True)
+        oofs[r, rows] = merge(image_logits([model], paths, spec, views, dev, desc=f"{out_name} fold{f} OOF")[0],
+                              how, comp.task)
+        per_fold.append(comp.scoring().score(y[rows], oofs[r, rows]))
+        print(f"  {layout.name(f)} OOF: {comp.metric} {per_fold[-1]:.4f} ({len(rows)} rows)", flush=True)
+    per_repeat = [comp.scoring().score(y, o) for o in oofs]
+    oof = oofs.mean(axis=0)  # each row: the mean of its R held-out predictions
     cv = comp.scoring().score(y, oof)
 
     test_logits = image_logits([m for m, _, _ in loaded], [comp.image_path("test", i) for i in test_ids], spec,
@@ -113,12 +118,17 @@ def predict_model(
     set_aside_csv(test_path, name)
     meta = {"folds_md5": folds_md5, "competition": identity, "model": name,
             "metric": comp.metric, "cv": cv, "per_fold": per_fold, "tta": views, "tta_merge": how, "classes": classes}
+    if layout.repeats > 1:
+        meta["per_repeat"] = per_repeat
     write_table(oof_path, ids, oof, classes, comp.id_col, meta=meta)
     write_table(test_path, test_ids, test, classes, comp.id_col, meta={"folds_md5": folds_md5,
                                                                        "competition": identity, "model": name})
     write_record(record, "predict", params, inputs, [oof_path, test_path, sidecar(oof_path), sidecar(test_path)],
                  choices=chosen)
     folds_txt = " ".join(f"{s:.4f}" for s in per_fold)
+    if layout.repeats > 1:
+        print(f"{out_name}: {comp.metric} per repeat {' '.join(f'{s:.4f}' for s in per_repeat)}; the mean of the "
+              f"{layout.repeats} repeats' OOF scores {cv:.4f}")
     print(f"{out_name}: {comp.metric} {cv:.4f} (folds {folds_txt}; TTA {'+'.join(views)}, {how}) -> {oof_path}, {test_path}")
     return meta
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts.folds import fold_of
+from pipeline.artifacts.duplicates import read_extra_pairs
+from pipeline.artifacts.folds import fold_layout, fold_numbers, fold_of
 from pipeline.artifacts.tables import read_table
 from pipeline.core.config import Competition
 from pipeline.core.data import (class_names, encode_targets, lines, numbers, read_csv_text, read_extra, read_sample,
@@ -30,6 +31,7 @@ class FoldData:
     fold_train_rows: int = 0  # the fold's labelled training rows, before `train_fraction` kept some of them
     labelled_rows: int = 0  # the train.csv rows it trains on (train_paths also holds extra and pseudo rows)
     extra_rows: int = 0  # extra_train rows it trains on (in train_paths after the labelled rows, before pseudo)
+    extra_left_out: int = 0  # extra rows whose image copies one of this fold's validation images
 
     def target_scale(self) -> tuple[np.ndarray, np.ndarray]:
         """Regression: the training targets' mean and std per column (a constant column gets std 1), computed
@@ -139,17 +141,21 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
     comes from models that never saw that row; validation rows keep their true labels, untouched.
     `train_fraction` < 1 keeps that fraction of the fold's labelled training rows, stratified (`strata`) and
     drawn from (seed, fold); the validation rows are all kept, so the fold's score compares with a full run's.
-    The extra table's rows (competition key extra_train) all join training, with their own labels (a distilled
-    student's teacher covers train.csv's rows only); no validation row is ever one of them."""
+    The extra table's rows (competition key extra_train) join training, with their own labels (a distilled
+    student's teacher covers train.csv's rows only), except those whose image copies one of this fold's
+    validation images (folds/extra_duplicates.csv); no validation row is ever one of them."""
     train = read_train(comp)
     classes = class_names(comp, train)
     ids = train[comp.id_col]
-    fold_index = fold_of(folds_path, comp, ids.tolist())
-    if fold not in set(fold_index):
-        raise ConfigError(f"fold {fold} not in {folds_path} (folds: {sorted(set(fold_index.tolist()))})")
+    layout = fold_layout(folds_path)
+    if fold not in fold_numbers(folds_path):
+        raise ConfigError(f"fold {fold} not in {folds_path} (folds: {fold_numbers(folds_path)}"
+                          + (f": {layout.repeats} repeats of {layout.n_folds}" if layout.repeats > 1 else "") + ")")
+    repeat, split_fold = layout.split_of(fold) if layout.repeats > 1 else (0, fold)
+    fold_index = fold_of(folds_path, comp, ids.tolist(), repeat)
     y = encode_targets(comp, train, classes)
     targets = y if comp.task in ("multilabel", "regression") else one_hot(y, len(classes))
-    tr, va = fold_index != fold, fold_index == fold
+    tr, va = fold_index != split_fold, fold_index == split_fold
     fold_train_rows = int(tr.sum())
     tr = stratified_subset(tr, strata(comp.task, y), train_fraction, (seed, fold))
     train_paths = [comp.image_path("train", i) for i in ids[tr]]
@@ -163,8 +169,15 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
         train_targets = alpha * train_targets + (1 - alpha) * soften(teacher, comp.task, temperature)
         distilled = ids[tr].tolist()
     extra_ids: list[str] = []
+    extra_left_out = 0
     if comp.extra_train:
         extra_ids, extra_y = read_extra(comp, classes, ids.tolist())
+        copies = read_extra_pairs(Path(folds_path))  # an extra copy of a validation image would leak its label
+        if copies is not None:
+            leaking = set(copies["extra_id"][copies["train_id"].isin(set(ids[va]))])
+            keep = np.array([i not in leaking for i in extra_ids], dtype=bool)
+            extra_left_out = int((~keep).sum())
+            extra_ids, extra_y = [i for i, k in zip(extra_ids, keep) if k], extra_y[keep]
         extra_targets = extra_y if comp.task in ("multilabel", "regression") else one_hot(extra_y, len(classes))
         train_paths += [comp.image_path("extra", i) for i in extra_ids]
         train_targets = np.concatenate([train_targets, extra_targets])
@@ -176,4 +189,4 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
     return FoldData(classes=classes, train_paths=train_paths, train_targets=train_targets.astype(np.float32),
                     val_ids=ids[va].tolist(), val_paths=[comp.image_path("train", i) for i in ids[va]],
                     val_y=y[va], distilled_ids=distilled, fold_train_rows=fold_train_rows,
-                    labelled_rows=int(tr.sum()), extra_rows=len(extra_ids))
+                    labelled_rows=int(tr.sum()), extra_rows=len(extra_ids), extra_left_out=extra_left_out)

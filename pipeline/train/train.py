@@ -50,8 +50,10 @@ from pipeline.train.recipe import (
     pos_weight_tensor,
     scheduler_state,
 )
+from pipeline.artifacts.folds import fold_layout
 from pipeline.artifacts.runs import (config_name, fold_inputs, fold_params, fold_status, job_progress, publish,
-                                     read_done, resume_stamp, run_dir, set_aside, staging_dir, write_fold_record)
+                                     read_done, resume_stamp, run_dir, set_aside, staging_dir, with_split,
+                                     write_fold_record)
 from pipeline.artifacts.tables import write_table
 from pipeline.core.tracking import Tracker, competition_tracker
 from pipeline.train.folddata import FoldData, fold_data
@@ -452,7 +454,8 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
     stages = resolve_stages(cfg, source)
     check_recipe(stages, comp.task, data.classes, source)
     out, overrides = run_dir(model_name, fold, runs), list(overrides)
-    params, inputs = fold_params(cfg, data.classes, comp), fold_inputs(cfg, folds_path, comp)
+    params = fold_params(cfg, data.classes, comp)
+    inputs = with_split(fold_inputs(cfg, folds_path, comp), folds_path, fold, fold_layout(folds_path))
     rank, local_rank, world = dist_info()
     if rank == 0 and read_done(staging_dir(out)) is not None:  # finished, but killed before it moved into place
         publish(staging_dir(out), out)
@@ -474,7 +477,9 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
                   f"{len(data.val_paths)} validation rows", flush=True)
         if data.extra_rows:
             print(f"{model_name} fold{fold}: training on {data.labelled_rows} train rows + {data.extra_rows} extra "
-                  f"rows ({comp.extra_train_path}); validating on {len(data.val_paths)} train rows only", flush=True)
+                  f"rows ({comp.extra_train_path}); validating on {len(data.val_paths)} train rows only"
+                  + (f"; {data.extra_left_out} extra rows left out: their images copy this fold's validation images"
+                     if data.extra_left_out else ""), flush=True)
         resolved = write_run_config(eng, work, spec.data_config, overrides)
         tracker = competition_tracker(comp, f"{model_name}/fold{fold}", resolved, {"model": model_name, "fold": fold})
     progress = restore(eng, resume) if resume is not None else Progress()
@@ -543,6 +548,6 @@ def finish(eng: Engine, work: Path, out: Path, spec: EvalSpec, progress: Progres
         "greater_is_better": comp.scoring().greater_is_better, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "finished_at": time.time(), "seconds": round(time.time() - progress.started, 1), "overrides": overrides,
         "train_rows": data.labelled_rows, "fold_train_rows": data.fold_train_rows,
-        "extra_rows": data.extra_rows,
+        "extra_rows": data.extra_rows, **({"extra_left_out": data.extra_left_out} if data.extra_left_out else {}),
     })
     print(f"{eng.name} fold{eng.fold}: {comp.metric} {fold_score:.4f} (best epoch {progress.best_epoch + 1})")
