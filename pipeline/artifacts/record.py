@@ -156,8 +156,9 @@ def choose(path: str | os.PathLike, name: str, given, default, flag: str):
 
 def competition_overrides(given: str | None, positional: list[str] | None = None,
                           path: str | os.PathLike = CHOICES_FILE) -> list[str]:
-    """The competition overrides a stage runs with. Given (COMP_ARGS=, or key=value words): recorded in
-    folds/choices.json for every later stage. Not given: the recorded ones, said so. `COMP_ARGS=` clears."""
+    """The competition overrides a stage runs with. Given (COMP_ARGS=, or key=value words): to be recorded
+    (remember_overrides) in folds/choices.json for every later stage. Not given: the recorded ones, said so.
+    `COMP_ARGS=` clears."""
     path = Path(path)
     if given is None and not positional:
         try:
@@ -175,6 +176,13 @@ def competition_overrides(given: str | None, positional: list[str] | None = None
     bad = [w for w in words if "=" not in w]
     if bad:
         raise ConfigError(f"COMP_ARGS: {bad} are not key=value words (e.g. COMP_ARGS='seed=1 tracking=mlflow')")
+    return words
+
+
+def remember_overrides(words: list[str], path: str | os.PathLike = CHOICES_FILE) -> None:
+    """Record given competition overrides for every later stage, once the config they make has loaded (a
+    value that fails validation is not remembered)."""
+    path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -183,4 +191,3 @@ def competition_overrides(given: str | None, positional: list[str] | None = None
         data = {}
     if data.get("COMP_ARGS", []) != words:
         write_json(path, {**data, "COMP_ARGS": words})
-    return words

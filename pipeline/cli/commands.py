@@ -17,10 +17,13 @@ DEFAULT_COMPETITION = "configs/competition.yaml"
 def competition(path: str, comp_args: str | None, positional: list[str] | None = None, demo: bool = False):
     """The competition config with its overrides: COMP_ARGS (`--comp-args`) and key=value words where a
     command takes them. Given, they are recorded for every later stage; not given, the recorded ones hold."""
-    from pipeline.artifacts.record import competition_overrides
+    from pipeline.artifacts.record import competition_overrides, remember_overrides
 
     overrides = competition_overrides(comp_args, positional)
-    return (open_competition if demo else load_competition)(path, overrides)
+    comp = (open_competition if demo else load_competition)(path, overrides)
+    if comp_args is not None or positional:  # given, and valid: they hold for every later stage
+        remember_overrides(overrides)
+    return comp
 
 
 # --- data and folds --------------------------------------------------------------------------------
