@@ -45,8 +45,30 @@ def read_settings(bundle):
     return {**info["kernel"], "time_budget_s": info.get("time_budget_s")}
 
 
+def editable_checkout(project_wheel):
+    """The folder of an editable (development) install of the project in this Python, else None: the
+    bundle's wheel, force-installed over it, would replace the checkout's code for every later run."""
+    from importlib import metadata
+
+    try:  # the distribution's name is the wheel file's first field
+        text = metadata.distribution(project_wheel.split("-")[0]).read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        return None
+    try:
+        info = json.loads(text or "{}")
+    except json.JSONDecodeError:
+        return None
+    return info.get("url", "?") if info.get("dir_info", {}).get("editable") else None
+
+
 def install(bundle, wheels, project_wheel):
-    """The dependencies with pip's checks (all in the bundle or on the image), then the project itself."""
+    """The dependencies with pip's checks (all in the bundle or on the image), then the project itself;
+    refused in a Python that holds the project as a development checkout (a local try of the kernel)."""
+    checkout = editable_checkout(project_wheel)
+    if checkout:
+        sys.exit(f"{sys.executable} holds the pipeline as an editable install of {checkout}; installing the "
+                 "bundle's wheels here would replace that checkout's code. Try the kernel in a fresh venv (as "
+                 "Kaggle's image is), or pass --skip-install to run it with the checkout's code")
     paths = [os.path.join(bundle, name) for name in [*wheels, project_wheel]]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
