@@ -32,7 +32,7 @@ from pipeline.core.data import (
 from pipeline.core.errors import DataError
 from pipeline.artifacts.folds import check_same_competition, fold_of
 from pipeline.artifacts.record import changed_files, file_md5, record_path
-from pipeline.core.io import atomic_path, write_csv, write_json
+from pipeline.core.io import atomic_path, release_memory, write_csv, write_json
 
 
 PROBABILITY_TOLERANCE = 1e-6  # a probability may stray this far outside [0, 1] (float rounding)
@@ -40,6 +40,7 @@ ROW_SUM_TOLERANCE = 1e-3  # single-label rows must sum to 1 within this (tables 
 TABLE = ".parquet"  # the pipeline's own tables
 FORMATS = (TABLE, ".csv")  # what a table may be: ours, or a CSV of your own
 COLUMN_BLOCK = 128  # Parquet class columns read at a time
+ROW_GROUP_CELLS = 1 << 22  # Parquet rows written at a time: about this many (row, class) cells a row group
 
 
 class TableError(DataError):
@@ -72,6 +73,13 @@ def sidecar(path: str | Path) -> Path:
     return Path(path).with_name(stem(path) + ".json")
 
 
+def _row_groups(n_rows: int, n_classes: int) -> list[slice]:
+    """The row groups a table is written in: Arrow holds one group's columns at a time (ROW_GROUP_CELLS cells,
+    16 MB), not a float32 copy of the whole table; at most classes, all rows are one group, as before."""
+    step = max(1, ROW_GROUP_CELLS // max(n_classes, 1))
+    return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)] or [slice(0, 0)]
+
+
 def write_table(
     path: str | Path,
     ids,
@@ -80,7 +88,8 @@ def write_table(
     id_col: str,
     meta: dict | None = None,
 ) -> Path:
-    """Write a table, atomically: Parquet float32 for a `.parquet` path, CSV (7 significant digits) else."""
+    """Write a table, atomically: Parquet float32 (in row groups, _row_groups) for a `.parquet` path, CSV (7
+    significant digits) else."""
     path = Path(path)
     if proba.shape != (len(ids), len(classes)):
         raise ValueError(f"proba shape {proba.shape} does not match {len(ids)} ids x {len(classes)} classes")
@@ -88,10 +97,15 @@ def write_table(
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        values = np.asarray(proba, dtype=np.float32)
-        columns = [pa.array(list(map(str, ids)), pa.string())] + [pa.array(values[:, j]) for j in range(len(classes))]
-        with atomic_path(path) as tmp:
-            pq.write_table(pa.Table.from_arrays(columns, names=[id_col, *map(str, classes)]), tmp)
+        release_memory()  # a stage writes its tables after its big temporaries: their freed heap goes back first
+        values, ids = np.asarray(proba, dtype=np.float32), list(map(str, ids))
+        schema = pa.schema([(id_col, pa.string())] + [(str(c), pa.float32()) for c in classes])
+        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            for rows in _row_groups(len(ids), len(classes)):
+                columns = [pa.array(ids[rows], pa.string())] + [pa.array(values[rows, j]) for j in range(len(classes))]
+                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+                del columns
+        pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed blocks otherwise
     else:
         df = pd.DataFrame(np.asarray(proba, dtype=np.float64), columns=classes)
         df.insert(0, id_col, list(map(str, ids)))

@@ -55,9 +55,11 @@ def unstack(X: np.ndarray, n_classes: int) -> np.ndarray:
     return X.reshape(n, -1, n_classes).transpose(1, 0, 2)
 
 
-def normalise_rows(p: np.ndarray) -> np.ndarray:
-    """Rows scaled to sum to 1; an all-zero row becomes uniform. float32 stays float32."""
-    p = np.clip(as_float(p), 0.0, None)  # the one copy; divided in place
+def normalise_rows(p: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """Rows scaled to sum to 1; an all-zero row becomes uniform. float32 stays float32. `in_place`: p (a float
+    array the caller owns) is overwritten instead of copied: the same values, one (n, C) array fewer."""
+    p = as_float(p)
+    p = np.clip(p, 0.0, None, out=p if in_place else None)  # the one copy (none in place); divided in place
     s = p.sum(axis=1, keepdims=True, dtype=np.float64)
     np.divide(p, np.where(s > 0, s, 1.0), out=p, casting="unsafe")
     p[~(s[:, 0] > 0)] = 1.0 / p.shape[1]
@@ -70,9 +72,10 @@ def one_hot(index: np.ndarray, n_classes: int, dtype=np.float64) -> np.ndarray:
     return out
 
 
-def finish(task: str, p: np.ndarray) -> np.ndarray:
-    """Single-label rows renormalised; multilabel probabilities and regression values as they are."""
-    return p if task in ("multilabel", "regression") else normalise_rows(p)
+def finish(task: str, p: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """Single-label rows renormalised (`in_place`: overwriting p, see normalise_rows); multilabel probabilities
+    and regression values as they are."""
+    return p if task in ("multilabel", "regression") else normalise_rows(p, in_place)
 
 
 def logit(p: np.ndarray) -> np.ndarray:

@@ -18,10 +18,11 @@ import numpy as np
 from scipy.stats import rankdata
 
 from pipeline.blend.base import Blend, RegressionBlend, as_float, finish, normalise_rows, one_hot, resolve_metric
-from pipeline.core.metrics import Metric, logloss
+from pipeline.core.metrics import Metric, row_logloss
 
 GMEAN_EPS = 1e-6
 LOSS_CHUNK_CELLS = 1 << 22  # weights_scipy's float64 loss goes over the rows in chunks of about this many cells
+LOSS_BLOCK_ROWS = 1024  # and each chunk's float64 weighted mean a block of this many rows at a time
 
 
 # --- the blends as functions of P (n_models, n, C) -------------------------------------------
@@ -35,15 +36,16 @@ def blend_vote(P: np.ndarray, task: str) -> np.ndarray:
         votes = (P >= 0.5).sum(axis=0)
         out = np.where(2 * votes > m, 1.0, np.where(2 * votes < m, 0.0, (mean >= 0.5).astype(float)))
         return out.astype(P.dtype, copy=False)
-    votes = np.zeros((n, c), dtype=np.int32)
+    votes = np.zeros((n, c), dtype=np.min_scalar_type(m))  # counts up to m: one byte a cell for m < 256
     for k in range(m):
         votes[np.arange(n), P[k].argmax(axis=1)] += 1
-    tied = votes == votes.max(axis=1, keepdims=True)
-    return one_hot(np.where(tied, mean, -np.inf).argmax(axis=1), c, P.dtype)
+    mean[votes < votes.max(axis=1, keepdims=True)] = -np.inf  # in place: only the tied classes compete
+    del votes
+    return one_hot(mean.argmax(axis=1), c, P.dtype)
 
 
 def blend_mean(P: np.ndarray, task: str) -> np.ndarray:
-    return finish(task, as_float(P).mean(axis=0))
+    return finish(task, as_float(P).mean(axis=0), in_place=True)  # the mean is a new array: normalised in place
 
 
 def _mean_log(P: np.ndarray, eps: float, complement: bool = False) -> np.ndarray:
@@ -58,27 +60,34 @@ def _mean_log(P: np.ndarray, eps: float, complement: bool = False) -> np.ndarray
 
 def blend_gmean(P: np.ndarray, task: str, eps: float = GMEAN_EPS) -> np.ndarray:
     P = as_float(P)
-    g = np.exp(_mean_log(P, eps))
+    g = _mean_log(P, eps)
+    np.exp(g, out=g)  # in place, as the normalising below: one (n, C) array at a time beside P
     if task == "multilabel":
         g0 = np.exp(_mean_log(P, eps, complement=True))
         return g / (g + g0)
-    return normalise_rows(g)
+    return normalise_rows(g, in_place=True)
 
 
-RANK_CHUNK_CELLS = 1 << 21  # columns are ranked a few at a time: scipy's rankdata holds several copies
+RANK_CHUNK_CELLS = 1 << 20  # columns are ranked a few at a time: scipy's rankdata holds several float64 copies
 
 
-def _scaled_ranks(x: np.ndarray) -> np.ndarray:
-    """Column-wise ranks over rows (ties averaged) scaled to [0, 1]."""
+def _scaled_ranks(x: np.ndarray, add_to: np.ndarray | None = None) -> np.ndarray:
+    """Column-wise ranks over rows (ties averaged) scaled to [0, 1]; with `add_to` (2-D x only), added to it
+    in place, a few columns at a time, instead of returned as a new array (one (n, C) array fewer)."""
     n = x.shape[0]
     if n < 2:
-        return np.full(x.shape, 0.5)
+        return np.full(x.shape, 0.5) if add_to is None else np.add(add_to, 0.5, out=add_to)
     if x.ndim == 1:
         return (rankdata(x, method="average") - 1.0) / (n - 1.0)
-    out = np.empty(x.shape, dtype=as_float(x).dtype)  # float32 stays float32 (ranks up to 2**24 are exact)
+    out = np.empty(x.shape, dtype=as_float(x).dtype) if add_to is None else add_to  # float32 stays float32
     step = max(1, RANK_CHUNK_CELLS // n)
     for j in range(0, x.shape[1], step):
-        out[:, j:j + step] = (rankdata(x[:, j:j + step], method="average", axis=0) - 1.0) / (n - 1.0)
+        # the scaled ranks are rounded to out's dtype before the sum: a sum of float32 ranks (exact up to 2**24)
+        r = ((rankdata(x[:, j:j + step], method="average", axis=0) - 1.0) / (n - 1.0)).astype(out.dtype)
+        if add_to is None:
+            out[:, j:j + step] = r
+        else:
+            out[:, j:j + step] += r
     return out
 
 
@@ -87,12 +96,11 @@ def blend_rank(P: np.ndarray, task: str) -> np.ndarray:
     if task == "binary":
         r = np.mean([_scaled_ranks(p[:, 1]) for p in P], axis=0)
         return np.column_stack([1.0 - r, r]).astype(P.dtype, copy=False)
-    total = None  # summed one model at a time: no (n_models, n, C) float64 stack of ranks
+    total = None  # summed into one array, one model at a time: no (n_models, n, C) stack of ranks
     for p in P:
-        r = _scaled_ranks(p)
-        total = r if total is None else np.add(total, r, out=total)
+        total = _scaled_ranks(p) if total is None else _scaled_ranks(p, add_to=total)
     total /= len(P)
-    return finish(task, total.astype(P.dtype, copy=False))
+    return finish(task, total.astype(P.dtype, copy=False), in_place=True)
 
 
 def caruana_weights(P: np.ndarray, y: np.ndarray, task: str, metric: Metric | str, n_iter: int = 30
@@ -135,8 +143,13 @@ def scipy_weights(P: np.ndarray, y: np.ndarray, task: str) -> np.ndarray:
     chunks = [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
     def chunk_loss(w, s):  # float64: SLSQP's finite differences need it
-        mean = weighted_mean(w, P[:, s])
-        return float(((mean - y_values[s]) ** 2).mean()) if task == "regression" else logloss(task, y[s], mean)
+        if task == "regression":
+            return float(((weighted_mean(w, P[:, s]) - y_values[s]) ** 2).mean())
+        # log loss is a mean of row losses: they are made LOSS_BLOCK_ROWS rows at a time and joined before the
+        # mean, so the loss is logloss's to the last bit with a float64 mean of a block in memory, not a chunk's
+        blocks = [slice(i, min(i + LOSS_BLOCK_ROWS, s.stop)) for i in range(s.start, s.stop, LOSS_BLOCK_ROWS)]
+        row_losses = np.concatenate([row_logloss(task, y[b], weighted_mean(w, P[:, b])) for b in blocks])
+        return float(row_losses.mean())
 
     def loss(w):
         w = np.clip(w, 0, None)
@@ -234,7 +247,7 @@ class _WeightsRule:
         return self.n_iter if self.optimizer == "greedy" else 40  # measured: 22 and 15 at n_iter 30
 
     def _predict(self, P, X):
-        return finish(self.task, weighted_mean(self.weights_, P, P.dtype))
+        return finish(self.task, weighted_mean(self.weights_, P, P.dtype), in_place=True)  # a new array
 
     def _export_fitted(self) -> dict:
         return {"weights": [float(w) for w in self.weights_], "path": [float(v) for v in self.path_]}
