@@ -31,7 +31,7 @@ from pipeline.core.config import NEUTRAL_KEYS, Competition, config_hash
 from pipeline.core.data import (class_names, constant_target_warning, encode_targets, examples, lines, numbers,
                                 read_csv_text, read_extra, read_sample, read_train)
 from pipeline.core.errors import DataError
-from pipeline.artifacts.duplicates import (HASH_CACHE, check_unreadable, duplicate_groups, extra_pairs, near_duplicates,
+from pipeline.artifacts.duplicates import (HASH_CACHE, ImageScan, NearDuplicates, check_unreadable, duplicate_groups, extra_pairs, near_duplicates,
                                            near_report, read_hash_cache, scan_images, write_extra_pairs,
                                            write_hash_cache)
 from pipeline.artifacts.record import changes, file_md5, record_path, write_record
@@ -223,6 +223,61 @@ def write_repeats(out_dir: Path, ids: list, id_col: str, splits: list[np.ndarray
     return path
 
 
+def _scan_train(comp: Competition, ids: list, decode: bool, near: bool, known: dict) -> ImageScan:
+    """Every train image's md5 (+ hash with `near`), decoded when `decode`; missing ones are an error, and
+    undecodable ones too unless bad_images: skip."""
+    scan = scan_images([comp.image_path("train", i) for i in ids], decode=decode, want_hash=near, known=known,
+                       desc="scanning train images")
+    if scan.missing:
+        raise DataError(f"{len(scan.missing)} train image(s) missing (competition key 'train_images' = "
+                        f"{comp.train_images!r}): {examples(scan.missing)}")
+    check_unreadable(comp, scan)
+    return scan
+
+
+def row_groups(comp: Competition, train: pd.DataFrame, scan: ImageScan, near_dups: NearDuplicates | None,
+               dup_rows: int) -> tuple[np.ndarray | None, str]:
+    """(the group of every row, None when nothing groups the rows; what made the groups, for messages):
+    exact copies (md5), near-duplicates and group_col, joined into connected groups."""
+    keys: list[list[str | None]] = [scan.md5] if comp.duplicates != "none" else []
+    if near_dups is not None:
+        keys.append([f"near{g}" if g >= 0 else None for g in near_dups.groups])
+    if comp.group_col:
+        keys.append(train[comp.group_col].astype(str).tolist())
+    near_rows = int((near_dups.groups >= 0).sum()) if near_dups is not None else 0
+    grouped = comp.group_col is not None or (comp.duplicates != "none" and dup_rows > 0) or near_rows > 0
+    grouped_by = ", ".join(what for what, on in (
+        (f"group_col {comp.group_col!r}", comp.group_col is not None),
+        ("exact duplicates", comp.duplicates != "none" and dup_rows > 0),
+        (f"near-duplicates (perceptual hash, {near_rows} rows)", near_rows > 0)) if on)
+    return (duplicate_groups(keys) if grouped else None), grouped_by
+
+
+def _scan_extra(comp: Competition, classes: list[str], ids: list, near: bool, known: dict
+                ) -> tuple[list[str], ImageScan | None]:
+    """The extra rows' ids and their images' md5 (and hashes with `near`), to find extra images that copy a
+    train image; none without extra_train or with duplicates: none."""
+    if not comp.extra_train or comp.duplicates == "none":
+        return [], None
+    extra_ids = read_extra(comp, classes, ids)[0]  # the table checked as training reads it
+    return extra_ids, scan_images([comp.image_path("extra", i) for i in extra_ids], decode=False, want_hash=near,
+                                  known=known, desc="scanning extra images")
+
+
+def _report_extra(out_dir: Path, scan: ImageScan, extra: ImageScan | None, ids: list, extra_ids: list,
+                  near: bool) -> tuple[int | None, Path | None]:
+    """(extra images that copy a train image, or None when not searched; folds/extra_duplicates.csv if any)."""
+    pairs = extra_pairs(scan, extra, near) if extra is not None else np.zeros((0, 3), dtype=np.int64)
+    path = write_extra_pairs(out_dir, pairs, ids, extra_ids)
+    if extra is None:
+        return None, path
+    copies = len(np.unique(pairs[:, 1]))
+    print(f"extra images that copy a train image: {copies} of {len(extra_ids)}"
+          + (f" (each left out of the training part of the folds that validate on its copy; every pair in {path})"
+             if path else ""))
+    return copies, path
+
+
 def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = False, decode: bool = True) -> Path:
     """Write out_dir/folds.csv (+ folds.json with hashes and duplicate counts, and the stage record
     folds.record.json); return its path. Up to date (same competition config and train.csv, folds.csv as
@@ -242,14 +297,7 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
     near = comp.duplicates == "near" and decode
     cache = out_dir / HASH_CACHE
     known = read_hash_cache(cache) if near else {}
-    scan = scan_images([comp.image_path("train", i) for i in ids], decode=decode, want_hash=near, known=known,
-                       desc="scanning train images")
-    if scan.missing:
-        raise DataError(
-            f"{len(scan.missing)} train image(s) missing (competition key 'train_images' = "
-            f"{comp.train_images!r}): {examples(scan.missing)}"
-        )
-    check_unreadable(comp, scan)
+    scan = _scan_train(comp, ids, decode, near, known)
     constant = constant_target_warning(comp, train)
     if constant:
         print(constant, file=sys.stderr)
@@ -268,33 +316,19 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
     test_md5 = {m for m in test_scan.md5 if m is not None}
     in_test = int(md5.isin(test_md5).sum())
     near_dups = near_duplicates(scan, test_scan) if near else None
-    extra_ids, extra_scan = [], None
-    if comp.extra_train and comp.duplicates != "none":  # external rows that copy a train image
-        extra_ids = read_extra(comp, classes, ids)[0]
-        extra_scan = scan_images([comp.image_path("extra", i) for i in extra_ids], decode=False, want_hash=near,
-                                 known=known, desc="scanning extra images")
+    extra_ids, extra_scan = _scan_extra(comp, classes, ids, near, known)
     if near:
         write_hash_cache(cache, known, scan, test_scan, *([extra_scan] if extra_scan else []))
 
-    keys: list[list[str | None]] = [scan.md5] if comp.duplicates != "none" else []
-    if near_dups is not None:
-        keys.append([f"near{g}" if g >= 0 else None for g in near_dups.groups])
-    if comp.group_col:
-        keys.append(train[comp.group_col].astype(str).tolist())
-    near_rows = int((near_dups.groups >= 0).sum()) if near_dups is not None else 0
-    groups = duplicate_groups(keys) if keys else np.arange(len(ids))
-    grouped = comp.group_col is not None or (comp.duplicates != "none" and dup_rows > 0) or near_rows > 0
-    grouped_by = ", ".join(what for what, on in (
-        (f"group_col {comp.group_col!r}", comp.group_col is not None),
-        ("exact duplicates", comp.duplicates != "none" and dup_rows > 0),
-        (f"near-duplicates (perceptual hash, {near_rows} rows)", near_rows > 0)) if on)
-    fold = split(comp, y, groups if grouped else None, grouped_by)
+    groups, grouped_by = row_groups(comp, train, scan, near_dups, dup_rows)
+    fold = split(comp, y, groups, grouped_by)
     assert (fold >= 0).all(), "every row must land in a fold"
-    repeats = repeat_splits(comp, y, groups if grouped else None, grouped_by, fold)
+    repeats = repeat_splits(comp, y, groups, grouped_by, fold)
 
     folds = pd.DataFrame({comp.id_col: ids, "fold": fold})
-    if grouped:
+    if groups is not None:
         folds["group"] = groups
+    grouped = groups is not None
     table = fold_table(comp, train, fold)
 
     print(f"{len(ids)} training rows -> {comp.n_folds} folds (seed {comp.seed}, "
@@ -307,12 +341,7 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
     print(f"train images that also appear in test: {in_test}"
           + (f" ({len(test_scan.missing)} test images missing)" if test_scan.missing else ""))
     print(near_info["line"])
-    pairs = extra_pairs(scan, extra_scan, near) if extra_scan is not None else np.zeros((0, 3), dtype=np.int64)
-    extra_csv = write_extra_pairs(out_dir, pairs, ids, extra_ids)
-    if extra_scan is not None:
-        print(f"extra images that copy a train image: {len(np.unique(pairs[:, 1]))} of {len(extra_ids)}"
-              + (f" (each left out of the training part of the folds that validate on its copy; every pair in "
-                 f"{extra_csv})" if extra_csv else ""))
+    extra_copies, extra_csv = _report_extra(out_dir, scan, extra_scan, ids, extra_ids, near)
     print(table.to_string())
 
     new_csv = folds.to_csv(index=False)
@@ -331,7 +360,7 @@ def make_folds(comp: Competition, out_dir: str | Path = "folds", force: bool = F
         "duplicate_sets": dup_sets,
         "train_in_test": in_test,
         "test_missing": len(test_scan.missing),
-        **({"extra_copies": len(np.unique(pairs[:, 1]))} if extra_scan is not None else {}),
+        **({"extra_copies": extra_copies} if extra_copies is not None else {}),
         "duplicates": comp.duplicates,
         **{k: v for k, v in near_info.items() if k != "line"},
     })
