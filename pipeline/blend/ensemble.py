@@ -317,7 +317,9 @@ def build_report(comp, level1: Level1, model_rows: list[dict], blends: list[Blen
     if repeats:
         lines += ["", f"Repeated CV ({repeats} repeats of {len(folds)} folds): a model's CV scores each row's mean "
                   "over the repeats' held-out predictions, and `repeat r` the OOF of repeat r alone (the spread "
-                  "is the split's noise). The fold columns and the blends' nested CV use repeat 0's folds."]
+                  "is the split's noise). The mean of R predictions is a small ensemble, so the CV can sit above every "
+                  "repeat's own; compare models run with the same repeats. The fold columns and the blends' nested "
+                  "CV use repeat 0's folds."]
     stackers = [features_line(b.name, len(level1.models), meta_enc) for b in blends if takes_meta(b.name)]
     if stackers:  # what each stacker took (competition key meta_cols: pipeline.blend.meta)
         report["stacker_features"] = stackers
