@@ -167,10 +167,12 @@ class FoldLayout:
 
     n_folds: int
     repeats: int = 1
+    numbers: tuple[int, ...] = ()  # folds.csv's fold numbers, sorted
 
     @property
     def folds(self) -> list[int]:
-        return list(range(self.n_folds * self.repeats))
+        """The training folds, sorted: folds.csv's fold numbers, or with R repeats 0 .. R x n_folds - 1."""
+        return list(range(self.n_folds * self.repeats)) if self.repeats > 1 else list(self.numbers)
 
     def split_of(self, fold: int) -> tuple[int, int]:
         """(repeat, fold within the repeat) of a training fold."""
@@ -387,15 +389,13 @@ def fold_layout(path: str | Path) -> FoldLayout:
     path = Path(path)
     meta = path.with_name("folds.json")
     repeats = int(json.loads(meta.read_text()).get("repeats", 1)) if meta.is_file() else 1
-    return FoldLayout(len(read_folds(path)["fold"].unique()), repeats)
+    numbers = tuple(sorted(int(k) for k in read_folds(path)["fold"].unique()))
+    return FoldLayout(len(numbers), repeats, numbers)
 
 
 def fold_numbers(path: str | Path) -> list[int]:
-    """The training folds, sorted: folds.csv's fold numbers, or with R repeats 0 .. R x n_folds - 1."""
-    layout = fold_layout(path)
-    if layout.repeats > 1:
-        return layout.folds
-    return sorted(int(k) for k in read_folds(path)["fold"].unique())
+    """The training folds, sorted (FoldLayout.folds)."""
+    return fold_layout(path).folds
 
 
 def _repeat_table(path: Path, repeat: int, id_col: str) -> pd.DataFrame:

@@ -37,7 +37,7 @@ from pipeline.core.config import Competition, config_hash
 from pipeline.core.data import class_names, read_train
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.artifacts.duplicates import EXTRA_CSV
-from pipeline.artifacts.folds import REPEATS_CSV, FoldLayout, fold_layout, fold_numbers
+from pipeline.artifacts.folds import REPEATS_CSV, FoldLayout, fold_layout
 from pipeline.artifacts.record import Record, changes, digest, file_md5
 from pipeline.core.io import write_json
 from pipeline.nn.models import ModelConfig, load_model, model_config_path, stamp_exclusions
@@ -288,7 +288,8 @@ def plan_training(comp: Competition, models_dir: str | Path, models: list[str], 
     """Every model x fold with its status, as `train` would decide it for the same config and
     overrides. Every model config is loaded first, so a bad one fails before any training."""
     folds_path = Path(folds_path)
-    folds, layout = fold_numbers(folds_path), fold_layout(folds_path)
+    layout = fold_layout(folds_path)
+    folds = layout.folds
     configs = {m: load_model(models_dir, m, overrides)[0] for m in models}
     classes = class_names(comp, read_train(comp))
     jobs = []

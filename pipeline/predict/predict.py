@@ -17,7 +17,7 @@ import yaml
 from pipeline.core.config import NEUTRAL_KEYS, Competition, config_hash
 from pipeline.core.data import class_names, encode_targets, read_sample, read_train
 from pipeline.core.errors import ConfigError, DataError
-from pipeline.artifacts.folds import REPEATS_CSV, competition_identity, fold_layout, fold_numbers, fold_of
+from pipeline.artifacts.folds import REPEATS_CSV, competition_identity, fold_layout, fold_of
 from pipeline.artifacts.record import changes, choose, file_md5, record_path, write_record
 from pipeline.artifacts.runs import fold_runs, trained_models
 from pipeline.artifacts.tables import read_meta, sidecar, table_path, write_table
@@ -56,7 +56,8 @@ def predict_model(
     Up to date (its record: the same folds' done.json, folds.csv, train and sample tables, TTA, and the
     tables as written): nothing is loaded. TTA= given once sticks for this model's later predicts."""
     folds_path, stacking = Path(folds_path), Path(stacking)
-    fold_ids, layout = fold_numbers(folds_path), fold_layout(folds_path)
+    layout = fold_layout(folds_path)
+    fold_ids = layout.folds
     train = read_train(comp)
     classes = class_names(comp, train)
     dirs = fold_runs(comp, name, fold_ids, runs, folds_path, classes)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts.duplicates import read_extra_pairs
-from pipeline.artifacts.folds import fold_layout, fold_numbers, fold_of
+from pipeline.artifacts.folds import fold_layout, fold_of
 from pipeline.artifacts.tables import read_table
 from pipeline.core.config import Competition
 from pipeline.core.data import (class_names, encode_targets, lines, numbers, read_csv_text, read_extra, read_sample,
@@ -148,8 +148,8 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
     classes = class_names(comp, train)
     ids = train[comp.id_col]
     layout = fold_layout(folds_path)
-    if fold not in fold_numbers(folds_path):
-        raise ConfigError(f"fold {fold} not in {folds_path} (folds: {fold_numbers(folds_path)}"
+    if fold not in layout.folds:
+        raise ConfigError(f"fold {fold} not in {folds_path} (folds: {layout.folds}"
                           + (f": {layout.repeats} repeats of {layout.n_folds}" if layout.repeats > 1 else "") + ")")
     repeat, split_fold = layout.split_of(fold) if layout.repeats > 1 else (0, fold)
     fold_index = fold_of(folds_path, comp, ids.tolist(), repeat)
