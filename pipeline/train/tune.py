@@ -149,7 +149,11 @@ class Store:
 
     def check(self) -> None:
         """The database is still the file the search opened."""
-        if not self.db.is_file() or self.db.stat().st_ino != self.inode:
+        try:
+            same = self.db.stat().st_ino == self.inode and self.db.is_file()
+        except OSError:  # deleted between two looks
+            same = False
+        if not same:
             raise TuneError(f"{self.db}: the study's database was deleted or replaced while `make tune` ran; the "
                             f"trials it recorded are lost (their folders stay in {self.base}). Rerun `make tune` "
                             "to start the study again")
