@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -298,6 +299,18 @@ def run_job(job: Job, cwd: str | Path, env: dict[str, str] | None = None, where:
             _running.discard(proc)
         out.write(f"# exit {code} after {time.time() - started:.0f}s\n")
     return code, time.time() - started
+
+
+def job_span(log: Path) -> tuple[float, float] | None:
+    """(start, end) in epoch seconds, whole seconds, of the job whose log this is, from the header and the
+    `# exit 0 after Ns` line run_job writes; None when the log has not both."""
+    lines = log.read_text().splitlines() if log.is_file() else []
+    head = re.match(r"# (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ", lines[0]) if lines else None
+    tail = re.match(r"# exit 0 after (\d+)s$", lines[-1]) if lines else None
+    if head is None or tail is None:
+        return None
+    start = time.mktime(time.strptime(head.group(1), "%Y-%m-%d %H:%M:%S"))
+    return start, start + int(tail.group(1))
 
 
 def run_local(jobs: list[Job], slots: list[tuple[str, ...]], cwd: str | Path = ".",

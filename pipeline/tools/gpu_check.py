@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.launch.launch import job_span
 from pipeline.tools.bench_scale import Cell, run_stage, write_cell, write_section
 
 REPO = Path(__file__).resolve().parents[2]
@@ -342,15 +343,13 @@ def check_launcher(ctx: Ctx) -> dict:
     ok, what = run(ctx, "launcher", argv, ctx.small, 240, fake)
     need(ok, f"`make train-all GPUS=0 JOBS_PER_GPU=2`: {what}")
     need("gpu0" in (ctx.work / "logs" / "launcher.log").read_text(), "the launcher did not place the folds on gpu0")
-    spans = []
-    for k in (0, 1):
-        done = fold_outputs(ctx.small / "runs" / name / f"fold{k}")["done"]
-        log = ctx.small / "runs" / name / "logs" / f"fold{k}.log"
-        need(log.is_file(), f"{log} missing: the launcher keeps each fold's output there")
-        spans.append((done["finished_at"] - done["seconds"], done["finished_at"]))
-    overlap = min(spans[0][1], spans[1][1]) - max(spans[0][0], spans[1][0])
-    need(overlap > 0, f"the two folds did not train at the same time (spans {spans}); JOBS_PER_GPU=2 packs two")
+    logs = [ctx.small / "runs" / name / "logs" / f"fold{k}.log" for k in (0, 1)]
+    spans = [fold_outputs(log.parent.parent / f"fold{k}") and job_span(log) for k, log in enumerate(logs)]
+    need(None not in spans, f"{logs}: no launcher header and exit line (the launcher keeps each fold's output there)")
+    overlap = min(spans[0][1], spans[1][1]) - max(spans[0][0], spans[1][0])  # processes, not training loops
+    need(overlap > 0, f"the two fold processes did not run at the same time (spans {spans}); JOBS_PER_GPU=2 packs two")
     return {"overlap_s": overlap, "fold_seconds": [round(b - a, 1) for a, b in spans]}
+
 
 
 def check_ddp(ctx: Ctx) -> dict:
