@@ -11,6 +11,9 @@ COMPETITION ?= configs/competition.yaml
 ARGS        ?=
 COMP_ARGS   ?=
 PYTEST_ARGS ?=
+# test workers (pytest-xdist): one per core up to 4; a test file stays on one worker (its module fixtures run once)
+TEST_JOBS ?= auto
+XDIST = -n $(TEST_JOBS) --maxprocesses=4 --dist loadfile
 
 RUN := $(PY) -m pipeline
 
@@ -45,11 +48,11 @@ $(STAMP): $(ROOT)pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project with its dev, tensorboard, dicom, tracking, cluster (Ray) and tune (Optuna) extras
 
-test: $(STAMP) ## run the test suite (sets itself up)
-	cd $(ROOT) && $(PY) -m pytest $(PYTEST_ARGS)
+test: $(STAMP) ## run the test suite (sets itself up), one worker per core up to 4 (TEST_JOBS=0: none)
+	cd $(ROOT) && $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## the quick loop, minutes on 2 cores: every module, no end-to-end Make runs, Ray or package round trips (-m "not slow")
-	cd $(ROOT) && $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	cd $(ROOT) && $(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 demo: $(STAMP) ## write the embedded demo competition (scikit-learn digits) to data/demo
 	$(NO_COMP_ARGS)

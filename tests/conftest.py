@@ -14,9 +14,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Keep CPU tests quick and reproducible on small machines.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("MKL_NUM_THREADS", "2")
+# Keep CPU tests quick and reproducible on small machines: the cores shared by the test workers (pytest-xdist,
+# `make test`), so that two workers on two cores do not each start two torch threads.
+_THREADS = str(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
+os.environ.setdefault("MKL_NUM_THREADS", _THREADS)
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
