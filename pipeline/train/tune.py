@@ -168,6 +168,8 @@ class Store:
         try:
             yield
         except (SQLAlchemyError, self.optuna.exceptions.StorageInternalError) as e:
+            if self.inode:
+                self.check()  # deleted or replaced while it was being written: say so
             raise TuneError(f"{self.db}: the study's database could not be read or written ({first_line(e)}); "
                             "if it was deleted or moved, rerun `make tune` to start the study again") from None
 
