@@ -40,6 +40,7 @@ from pipeline.core.data import (class_names, constant_target_warning, examples, 
                                 read_extra, read_sample, read_train)
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.images import decode_image, read_bytes, read_image
+from pipeline.core.meta import require_meta_cols
 from pipeline.nn.models import ModelConfig, check_backbone, load_model, model_config_path, model_names
 
 N_EXAMPLES = 5  # example paths or ids named per problem
@@ -77,7 +78,7 @@ def run_check(comp: Competition, models_dir: str | Path | None = None, source: s
                 + (f" x {comp.repeats} repeats: {comp.n_folds * comp.repeats} trainings per model)" if comp.repeats > 1
                    else ")"))
     check_tracking(comp, report)
-    models = ModelCheck(Path(models_dir or comp.models_dir))  # starts asking timm now
+    models = ModelCheck(Path(models_dir or comp.models_dir), comp)  # starts asking timm now
     try:
         train, classes, test_ids = check_tables(comp, report)
         train_ids = None if train is None else list(train[comp.id_col])
@@ -425,7 +426,7 @@ def check_extra(comp: Competition, train: pd.DataFrame | None, classes: list[str
 
 def check_meta_cols(comp: Competition, train: pd.DataFrame | None, report: Report) -> None:
     """meta_cols (when set) are columns of train.csv and of the test table (test_csv, else the sample
-    submission), as `ensemble` reads them (pipeline.blend.meta)."""
+    submission), as `ensemble` reads them (pipeline.core.meta)."""
     test = comp.data_dir / comp.test_csv if comp.test_csv else comp.sample_submission_path
     for path in [comp.train_csv_path, test] if comp.meta_cols else []:
         try:
@@ -487,7 +488,7 @@ class ModelCheck:
     """Validates every model config in models_dir at once, and starts a child process asking timm about their
     backbones; `finish` reports both."""
 
-    def __init__(self, models_dir: Path) -> None:
+    def __init__(self, models_dir: Path, comp: Competition) -> None:
         self.models_dir = models_dir
         self.names = model_names(models_dir) if models_dir.is_dir() else []
         self.configs: dict[str, ModelConfig] = {}
@@ -500,6 +501,11 @@ class ModelCheck:
                 self.problems[source].append(str(e))
                 continue
             self.configs[source] = cfg
+            if cfg.meta_head:
+                try:
+                    require_meta_cols(comp, source)
+                except ConfigError as e:
+                    self.problems[source].append(str(e))
             if isinstance(cfg.pretrained, str) and not Path(cfg.pretrained).is_file():
                 self.problems[source].append(f"{source}: key 'pretrained': weights file {cfg.pretrained} not found")
         self.lookup = BackboneLookup(self.backbones())

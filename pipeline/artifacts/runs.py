@@ -110,13 +110,16 @@ EARLIER_MD5 = {"folds.csv": "folds_md5", "teacher table": "distill_md5"}  # an e
 
 def fold_params(cfg: ModelConfig, classes: list[str], comp: Competition) -> dict:
     """What besides files a fold is trained from: the config hash (result-neutral keys left out), the classes,
-    the task, the metric and, when set, the competition's DICOM windows and extra images' template."""
+    the task, the metric and, when set, the competition's DICOM windows, extra images' template and, for a
+    meta_head model, its metadata columns."""
     params = {"config_hash": config_hash(cfg, stamp_exclusions(cfg)), "classes": list(classes), "task": comp.task,
               "metric": comp.metric}
     if comp.dicom_windows:  # how DICOM pixels become channels: other windows, another model
         params["dicom_windows"] = [list(w) for w in comp.dicom_windows]
     if comp.extra_images:  # the extra rows' images: its table is an input (fold_inputs)
         params["extra_images"] = comp.extra_images
+    if cfg.meta_head:  # the columns the model takes: other columns, another model
+        params["meta_cols"] = list(comp.meta_cols or [])
     return params
 
 
@@ -124,13 +127,18 @@ def fold_inputs(cfg: ModelConfig, folds_path: str | Path, comp: Competition | No
     """The files a fold is trained from, by the names `plan` gives them: folds.csv, the competition's extra
     table (key extra_train), a distilled student's teacher table, a pseudo round's table, and the file of
     each custom `preprocess: file.py:function` step (relative to the model config's folder, as
-    pipeline.nn.preprocess resolves it; the built-ins have none): editing it retrains the fold."""
+    pipeline.nn.preprocess resolves it; the built-ins have none): editing it retrains the fold. A `meta_head`
+    model also reads its metadata from train.csv (and a pseudo round's from the test table)."""
+    from pipeline.core.meta import test_table_path
     from pipeline.nn.preprocess import BUILTINS, custom_file
 
     copies = Path(folds_path).with_name(EXTRA_CSV)  # extra rows left out of the folds that validate their copy
     named = {"folds.csv": folds_path, "extra table": comp.extra_train_path if comp else None,
              "extra copies": copies if comp and comp.extra_train and copies.is_file() else None,
              "teacher table": cfg.distill, "pseudo-label table": cfg.pseudo}
+    if cfg.meta_head and comp is not None and comp.meta_cols:
+        named.update({"metadata (train.csv)": comp.train_csv_path,
+                      "metadata (test table)": test_table_path(comp) if cfg.pseudo else None})
     files = list(dict.fromkeys(str(custom_file(step, cfg._config_dir)[0]) for step in cfg.preprocess
                                if step not in BUILTINS))
     for file in files:  # 'preprocess file changed'; with several files, each by its path

@@ -139,14 +139,14 @@ class FittedBlend:
     method: str
     learned: bool
     learners: list
-    meta: dict | None = None  # the metadata encoding (pipeline.blend.meta) of a stacker fitted with meta_cols
+    meta: dict | None = None  # the metadata encoding (pipeline.core.meta) of a stacker fitted with meta_cols
 
     def with_meta(self, X_test: np.ndarray, comp, test_ids: list[str]) -> np.ndarray:
         """X_test with the test rows' metadata after it, coded as at fitting (read from the competition's
         test table), for a blend fitted with metadata; X_test itself otherwise."""
         if self.meta is None:
             return X_test
-        from pipeline.blend.meta import MetaEncoding, test_meta
+        from pipeline.core.meta import MetaEncoding, test_meta
 
         return np.hstack([X_test, test_meta(comp, MetaEncoding.from_export(self.meta), test_ids)])
 

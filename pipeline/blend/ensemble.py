@@ -39,7 +39,8 @@ from tqdm import tqdm
 from pipeline.blend.base import as_float
 from pipeline.blend.blends import (FittedBlend, ThresholdWrapper, blend_output, blend_test_prediction,
                                    candidate_names, make_blend, plan_blend, stack)
-from pipeline.blend.meta import check_meta, features_line, takes_meta, test_meta, train_meta
+from pipeline.blend.meta import features_line, takes_meta
+from pipeline.core.meta import check_meta, test_meta, train_meta
 from pipeline.core.config import NEUTRAL_KEYS, Competition, config_hash
 from pipeline.core.data import read_answers, read_sample
 from pipeline.core.errors import DataError
@@ -182,7 +183,7 @@ def score_blends(names: list[str], method: str, comp: Competition, n_classes: in
     blend is reported, not raised. Only the blend the stage will choose (best CV, the first on a tie) keeps
     its oof and test arrays, in a temporary file (spill) while the others are scored; the others' are
     dropped as they are scored: memory holds one blend's outputs.
-    `meta` (encoding, train rows, test rows; pipeline.blend.meta): the stackers that take metadata get its
+    `meta` (encoding, train rows, test rows; pipeline.core.meta): the stackers that take metadata get its
     columns after the probabilities."""
     metric, task, seed, budget = comp.scoring(), comp.task, comp.seed, 60.0 * comp.blend_budget_minutes
     n, n_folds = len(y), len(np.unique(fold))

@@ -186,7 +186,8 @@ def write_bundle(build: Path, comp: Competition, blend: SavedBlend, entries: lis
 
 
 def export_weights(run: Path, dest: Path, fp16: bool) -> dict:
-    """best.pt -> dest (safetensors of the EMA weights when present); -> config, classes, data_config."""
+    """best.pt -> dest (safetensors of the EMA weights when present); -> config, classes, data_config (and a
+    meta_head model's metadata encoding)."""
     import torch
     from safetensors.torch import save_file
 
@@ -198,12 +199,13 @@ def export_weights(run: Path, dest: Path, fp16: bool) -> dict:
     tensors = {}
     for k, v in state.items():
         v = v.detach().to("cpu")
-        if fp16 and v.is_floating_point():
+        if fp16 and v.is_floating_point() and not k.startswith("meta_mlp.num_"):  # metadata statistics: fp32
             v = v.to(torch.float16)
         tensors[k] = v.contiguous().clone()
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(dest), metadata={"source": "best.pt", "ema": str("ema" in ckpt and bool(ckpt["ema"]))})
-    return {"config": ckpt["config"], "classes": ckpt["classes"], "data_config": ckpt["data_config"]}
+    return {"config": ckpt["config"], "classes": ckpt["classes"], "data_config": ckpt["data_config"],
+            **({"meta": ckpt["meta"]} if ckpt.get("meta") else {})}  # meta_head: the metadata encoding
 
 
 def export_models(entries: list[dict], dataset: Path, fp16: bool) -> list[dict]:

@@ -69,18 +69,21 @@ class PackagedModel:
     paths: list[Path]
     views: list[str]
     merge: str
+    meta: np.ndarray | None = None  # meta_head: the test rows' coded metadata
 
     def logits(self, views: list[str], dev) -> tuple[dict[str, np.ndarray], float]:
         """{view: logits (folds, 1, n, C)}, reading each image once for all `views`; and the seconds."""
         from pipeline.nn.infer import image_logits
 
         t0 = time.monotonic()
-        logits = image_logits(self.models, self.paths, self.spec, views, dev)
+        logits = image_logits(self.models, self.paths, self.spec, views, dev, meta=self.meta)
         return {v: logits[:, i : i + 1] for i, v in enumerate(views)}, time.monotonic() - t0
 
 
-def load_models(bundle: Path, entry: dict, dev, paths: list[Path]) -> PackagedModel:
-    """The fold models of one packaged model, on dev, ready for inference."""
+def load_models(bundle: Path, entry: dict, dev, paths: list[Path], meta_from: tuple | None) -> PackagedModel:
+    """The fold models of one packaged model, on dev, ready for inference. A meta_head model gets the test
+    table's metadata coded as in training, `meta_from` = (competition, test ids) naming the rows of `paths`;
+    with None (timing only) every row's metadata is missing."""
     from pipeline.nn.infer import EvalSpec, model_from_state
     from pipeline.nn.models import ModelConfig
 
@@ -88,9 +91,21 @@ def load_models(bundle: Path, entry: dict, dev, paths: list[Path]) -> PackagedMo
     # cache_dir is a training-machine folder: the kernel reads each test image once anyway, and a cache
     # would only fill Kaggle's small working disk
     cfg = ModelConfig.model_validate({**cfg_data["config"], "cache_dir": None})
-    models = [model_from_state(cfg, len(cfg_data["classes"]), load_weights(bundle / w), dev) for w in entry["weights"]]
+    models = [model_from_state(cfg, len(cfg_data["classes"]), load_weights(bundle / w), dev, cfg_data.get("meta"))
+              for w in entry["weights"]]
     return PackagedModel(entry["name"], models, EvalSpec.of(cfg, cfg_data["data_config"]), paths, cfg_data["tta"],
-                         cfg_data["tta_merge"])
+                         cfg_data["tta_merge"], packaged_meta(cfg_data.get("meta"), meta_from, len(paths)))
+
+
+def packaged_meta(encoding: dict | None, meta_from: tuple | None, n: int) -> np.ndarray | None:
+    from pipeline.core.meta import coded_meta
+
+    if encoding is None:
+        return None
+    if meta_from is None:
+        return np.full((n, len(encoding["columns"])), np.nan, dtype=np.float32)
+    comp, test_ids = meta_from
+    return coded_meta(comp, encoding, [], test_ids)[1]
 
 
 def predict_within_budget(packaged: list[PackagedModel], dev, start: float, budget: float | None
@@ -142,7 +157,7 @@ def run_kernel(bundle: str | Path, data_dir: str | Path, out: str | Path, work_d
     dev = device()
     print(f"kernel: {len(test_ids)} test images, {len(info['models'])} model(s), device {dev.type}, "
           f"time budget {'none' if budget is None else f'{budget:.0f}s'}")
-    packaged = [load_models(bundle, entry, dev, paths) for entry in info["models"]]
+    packaged = [load_models(bundle, entry, dev, paths, (comp, test_ids)) for entry in info["models"]]
     logits, dropped = predict_within_budget(packaged, dev, start, budget)
 
     P = []

@@ -19,7 +19,7 @@ def time_views(bundle: Path, entry: dict, paths: list[Path], sample: int = 64) -
 
     dev = device()
     picks = evenly_spaced(paths, sample)
-    pm = load_models(bundle, {**entry, "weights": entry["weights"][:1]}, dev, picks)
+    pm = load_models(bundle, {**entry, "weights": entry["weights"][:1]}, dev, picks, None)  # metadata: blank
     pm.logits(pm.views[:1], dev)  # warm-up: allocator, first-call overheads, file cache
     return {view: len(picks) / max(pm.logits([view], dev)[1], 1e-9) for view in pm.views}
 

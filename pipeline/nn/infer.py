@@ -61,9 +61,11 @@ def inference_state(ckpt: dict) -> dict:
     return ckpt.get("ema") or ckpt["model"]
 
 
-def model_from_state(cfg: ModelConfig, n_classes: int, state: dict, dev: torch.device | None = None):
-    """A model built from its config (no pretrained download), loaded with `state`, in eval mode on dev."""
-    model = build_model(cfg, num_classes=n_classes, pretrained=False)
+def model_from_state(cfg: ModelConfig, n_classes: int, state: dict, dev: torch.device | None = None,
+                     meta: dict | None = None):
+    """A model built from its config (no pretrained download), loaded with `state`, in eval mode on dev.
+    `meta`: the metadata encoding a meta_head model was trained with (its checkpoint's "meta")."""
+    model = build_model(cfg, num_classes=n_classes, pretrained=False, meta=meta)
     if TARGET_MEAN in state:  # a regression model: outputs in the target's units
         attach_target_scale(model, state[TARGET_MEAN], state[TARGET_STD])
     model.load_state_dict(state)
@@ -82,7 +84,7 @@ def load_fold_model(run: str | Path, which: str = "best", dev: torch.device | No
         raise CheckpointError(f"{e}; train the fold again: make train MODEL={run.parent.name} "
                               f"FOLD={run.name.removeprefix('fold')}") from None
     cfg = ModelConfig.model_validate(ckpt["config"])
-    return model_from_state(cfg, len(ckpt["classes"]), inference_state(ckpt), dev), cfg, ckpt
+    return model_from_state(cfg, len(ckpt["classes"]), inference_state(ckpt), dev, ckpt.get("meta")), cfg, ckpt
 
 
 # --- images -> logits ----------------------------------------------------------------------------
@@ -141,9 +143,11 @@ class DrawnViews(ImageDataset):
 @torch.inference_mode()
 def image_logits(models: list, paths: list[Path], spec: EvalSpec, views: list[str] | tuple[str, ...] = ("none",),
                  dev: torch.device | None = None, cache: ImageCache | None = None,
-                 rows: list[int] | None = None, desc: str | None = None) -> np.ndarray:
+                 rows: list[int] | None = None, desc: str | None = None, meta: np.ndarray | None = None
+                 ) -> np.ndarray:
     """Logits (models, views, n, C) of every image in `paths` (or only the indices in `rows`; the others
     stay zero), each image read once for all models and views; `desc` shows a progress bar in a terminal.
+    `meta` (n, columns): each image's coded metadata (pipeline.core.meta), for models with a meta_head.
 
     Images that could not be read (policy skip) keep zero logits, i.e. the uniform prediction; a
     model's own NaN stays NaN.
@@ -175,12 +179,13 @@ def image_logits(models: list, paths: list[Path], spec: EvalSpec, views: list[st
             continue
         x = x.to(dev, non_blocking=True)
         batch_rows = idx.numpy()
+        extra = () if meta is None else (torch.as_tensor(meta[batch_rows], dtype=torch.float32, device=dev),)
         for v, view in enumerate(view_fns):
             inputs = [view(x[:, 0] if most else x)] if view is not None else [x[:, 1 + j] for j in range(draws[v])]
             inputs = [xv.contiguous(memory_format=fmt) for xv in inputs]
             for m, model in enumerate(models):
                 with autocast(dev, dtype):  # an aug:N view: the mean of its N draws' logits
-                    logits = [model(xv).float().cpu().numpy() for xv in inputs]
+                    logits = [model(xv, *extra).float().cpu().numpy() for xv in inputs]
                 logits = logits[0] if len(logits) == 1 else np.mean(logits, axis=0)
                 if out is None:
                     out = np.zeros((len(models), len(view_fns), len(paths), logits.shape[1]), dtype=np.float32)

@@ -145,6 +145,10 @@ class ModelConfig(StrictModel):
         "paper's lambda: 12): each training image becomes 3 views (clean, 2 AugMix draws) in one forward of 3 x the "
         "batch; loss = the loss on the clean view + augmix_jsd x JSD of the 3 softmaxes; single-label tasks; null: off"
     )
+    meta_head: bool = Field(
+        False, description="the model also takes each image's metadata (competition key meta_cols): an MLP on the "
+        "coded columns (numbers standardised on the fold's training rows, a missing flag each; categories one-hot) "
+        "joined to the pooled image features before the classifier; not with mixup or cutmix")
     preprocess: list[str] = Field(
         default_factory=list, description="domain preprocessing, in order, on each image as read (before "
         "augmentation; in training, validation, TTA, prediction and the Kaggle kernel alike): ben_graham | "
@@ -240,6 +244,9 @@ class ModelConfig(StrictModel):
         if self.augmix_jsd is not None and (self.mixup > 0 or self.cutmix > 0):
             raise ValueError("key 'augmix_jsd': does not combine with mixup or cutmix (each view would be mixed with "
                              "another partner, and the consistency target with it); set mixup: 0 and cutmix: 0")
+        if self.meta_head and (self.mixup > 0 or self.cutmix > 0):
+            raise ValueError("key 'meta_head': does not combine with mixup or cutmix (a mixed image has no one "
+                             "metadata row); set mixup: 0 and cutmix: 0, or meta_head: false")
         return self
 
 
@@ -252,7 +259,8 @@ RESULT_NEUTRAL_KEYS = frozenset({"cache_images", "cache_dir", "tensorboard", "lo
 ADDED_KEYS = {"resize": "squash", "read_scale": 1.5, "pool": None, "gem_p": 3.0, "head": "linear",
               "arcface_scale": 30.0, "arcface_margin": 0.3, "arcface_subcenters": 3, "distill": None,
               "distill_alpha": 0.5, "temperature": 2.0, "cb_beta": 0.999, "pos_weight": None, "ohem": None,
-              "train_fraction": 1.0, "preprocess": [], "augmix_jsd": None}
+              "train_fraction": 1.0, "preprocess": [], "augmix_jsd": None,
+              "meta_head": False}
 
 
 def stamp_exclusions(cfg: "ModelConfig") -> frozenset[str]:
@@ -262,7 +270,7 @@ def stamp_exclusions(cfg: "ModelConfig") -> frozenset[str]:
 # read_scale: one read size for all stages (data_config's read_side), so the image cache serves every stage
 STAGE_KEYS_FORBIDDEN = {"backbone", "in_chans", "stages", "seed", "tta", "tta_merge", "pseudo", "pretrained",
                         "read_scale", "pool", "head", "arcface_subcenters", "search", "distill",
-                         "train_fraction", "preprocess"}
+                         "train_fraction", "preprocess", "meta_head"}
 
 
 def resolve_stages(cfg: ModelConfig, source: str) -> list[ModelConfig]:
@@ -319,8 +327,9 @@ def check_backbone(name: str) -> None:
         raise ConfigError(f"key 'backbone': unknown timm model {name!r}{hint}")
 
 
-def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | str | None = None):
-    """A timm model for cfg; `pretrained` overrides cfg.pretrained (prediction builds without weights)."""
+def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | str | None = None, meta: dict | None = None):
+    """A timm model for cfg; `pretrained` overrides cfg.pretrained (prediction builds without weights). `meta`:
+    the exported metadata encoding (pipeline.core.meta) a `meta_head` model takes, as its checkpoint keeps it."""
     import timm
 
     check_backbone(cfg.backbone)
@@ -336,7 +345,15 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | str | Non
         model = hub_model(cfg.backbone, kwargs)
     else:
         model = timm.create_model(cfg.backbone, pretrained=False, **kwargs)
-    return adapt_head(model, cfg)
+    model = adapt_head(model, cfg)
+    if cfg.meta_head:
+        from pipeline.nn.metahead import meta_shape, set_meta_head
+
+        if meta is None:
+            raise ConfigError("key 'meta_head': a model with a metadata head is built with the metadata encoding "
+                              "it was trained with (its checkpoint's 'meta')")
+        set_meta_head(model, *meta_shape(meta))
+    return model
 
 
 def adapt_head(model, cfg: ModelConfig):
@@ -534,9 +551,10 @@ def _hw(img_size: int | list[int] | None, default_hw: list[int]) -> list[int]:
 
 
 def head_parameter_names(model) -> set[str]:
-    """Names of the classifier's parameters (timm's get_classifier)."""
-    head = model.get_classifier()
-    ids = {id(p) for p in head.parameters()}
+    """Names of the classifier's parameters (timm's get_classifier), and of the metadata MLP's (meta_head):
+    both start random and train at the head's lr."""
+    ids = {id(p) for p in model.get_classifier().parameters()}
+    ids |= {id(p) for p in model.meta_mlp.parameters()} if hasattr(model, "meta_mlp") else set()
     return {n for n, p in model.named_parameters() if id(p) in ids}
 
 

@@ -17,6 +17,7 @@ import yaml
 from pipeline.core.config import NEUTRAL_KEYS, Competition, config_hash
 from pipeline.core.data import class_names, encode_targets, read_sample, read_train
 from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.meta import coded_meta, test_table_path
 from pipeline.artifacts.folds import REPEATS_CSV, competition_identity, fold_layout, fold_of
 from pipeline.artifacts.record import changes, choose, file_md5, record_path, write_record
 from pipeline.artifacts.runs import fold_runs, trained_models
@@ -74,7 +75,8 @@ def predict_model(
     check_merge(how)  # an unknown merge fails before any work
     params = {"model": name, "tta": views, "tta_merge": how, "competition": config_hash(comp, NEUTRAL_KEYS)}
     inputs = [folds_path, comp.train_csv_path, comp.sample_submission_path, *(d / "done.json" for d in dirs),
-              *([folds_path.with_name(REPEATS_CSV)] if layout.repeats > 1 else [])]
+              *([folds_path.with_name(REPEATS_CSV)] if layout.repeats > 1 else []),
+              *([test_table_path(comp)] if trained.get("meta_head") else [])]  # its test rows' metadata
     if not force and not changes(record, params, inputs):  # both tables, from these very folds, as written
         meta = read_meta(oof_path)
         print(f"{out_name}: tables up to date ({comp.metric} {meta['cv']:.4f}); --force remakes them")
@@ -91,10 +93,11 @@ def predict_model(
     ids = train[comp.id_col].to_numpy()
     fold_index = [fold_of(folds_path, comp, ids.tolist(), r) for r in range(layout.repeats)]
     spec = EvalSpec.of(cfg, ckpt["data_config"])
+    test_ids = read_sample(comp)[comp.id_col].tolist()
+    train_meta, test_meta = coded_meta(comp, ckpt.get("meta"), ids.tolist(), test_ids)  # meta_head, else None
 
     oofs = np.zeros((layout.repeats, len(ids), len(classes)))  # each repeat's split covers every row once
     per_fold = []
-    test_ids = read_sample(comp)[comp.id_col].tolist()
     print(f"{out_name}: {len(ids)} OOF rows over {len(fold_ids)} folds"
           + (f" ({layout.repeats} repeats of {layout.n_folds})" if layout.repeats > 1 else "")
           + f", then {len(test_ids)} test images x {len(fold_ids)} folds; TTA {'+'.join(views)}", flush=True)
@@ -102,8 +105,8 @@ def predict_model(
         r, k = layout.split_of(f) if layout.repeats > 1 else (0, f)
         rows = np.flatnonzero(fold_index[r] == k)
         paths = [comp.image_path("train", i) for i in ids[rows]]
-        oofs[r, rows] = merge(image_logits([model], paths, spec, views, dev, desc=f"{out_name} fold{f} OOF")[0],
-                              how, comp.task)
+        oofs[r, rows] = merge(image_logits([model], paths, spec, views, dev, desc=f"{out_name} fold{f} OOF",
+                                           meta=None if train_meta is None else train_meta[rows])[0], how, comp.task)
         per_fold.append(comp.scoring().score(y[rows], oofs[r, rows]))
         print(f"  {layout.name(f)} OOF: {comp.metric} {per_fold[-1]:.4f} ({len(rows)} rows)", flush=True)
     per_repeat = [comp.scoring().score(y, o) for o in oofs]
@@ -111,7 +114,7 @@ def predict_model(
     cv = comp.scoring().score(y, oof)
 
     test_logits = image_logits([m for m, _, _ in loaded], [comp.image_path("test", i) for i in test_ids], spec,
-                               views, dev, desc=f"{out_name} test")
+                               views, dev, desc=f"{out_name} test", meta=test_meta)
     test = np.mean([merge(fold_logits, how, comp.task) for fold_logits in test_logits], axis=0)
 
     identity, folds_md5 = competition_identity(comp, ids), file_md5(folds_path)

@@ -88,8 +88,9 @@ def training_rows(comp: Competition, cfg, model):
 
 
 def sweep(model, opt, loss_fn, ds, cfg, dev, lrs: np.ndarray, beta: float, diverge: float,
-          desc: str) -> tuple[list[dict], str]:
-    """Train one step per lr in `lrs` (epochs of the dataset as needed); -> (rows, why it stopped)."""
+          desc: str, meta=None) -> tuple[list[dict], str]:
+    """Train one step per lr in `lrs` (epochs of the dataset as needed); -> (rows, why it stopped). `meta`:
+    the rows' coded metadata on dev, for a meta_head model."""
     from tqdm import tqdm
 
     from pipeline.nn.infer import amp_dtype, autocast
@@ -103,7 +104,7 @@ def sweep(model, opt, loss_fn, ds, cfg, dev, lrs: np.ndarray, beta: float, diver
     with tqdm(total=len(lrs), desc=desc, leave=False, disable=None) as bar:  # None: off outside a terminal
         while step < len(lrs):
             sampler.set_epoch(epoch)
-            for x, t, _, _ in make_loader(ds, cfg.batch_size, cfg.num_workers, sampler,
+            for x, t, idx, _ in make_loader(ds, cfg.batch_size, cfg.num_workers, sampler,
                                           generator_seed=cfg.seed + epoch, dev=dev):
                 if x is None:
                     continue
@@ -111,7 +112,7 @@ def sweep(model, opt, loss_fn, ds, cfg, dev, lrs: np.ndarray, beta: float, diver
                 set_head_lr(opt, lr)  # keeps the config's head/backbone ratio
                 x, t = x.to(dev), t.to(dev).float()
                 with autocast(dev, dtype):
-                    loss = loss_fn(model(x), t)
+                    loss = loss_fn(model(x) if meta is None else model(x, meta[idx.to(dev)]), t)
                 value = float(loss.item())
                 if not math.isfinite(value):
                     rows.append({"step": step, "lr": lr, "loss": value, "smoothed": math.nan})
@@ -136,6 +137,8 @@ def sweep(model, opt, loss_fn, ds, cfg, dev, lrs: np.ndarray, beta: float, diver
 def lr_range_test(comp: Competition, cfg, model_name: str, runs: str | Path = "runs", start: float = 1e-7,
                   end: float = 10.0, steps: int = 100, epochs: float | None = None, beta: float = 0.98,
                   diverge: float = 4.0, seed: int | None = None) -> dict:
+    import torch
+
     from pipeline.nn.infer import device
     from pipeline.nn.models import build_model
     from pipeline.train.recipe import base_optimizer, make_loss, make_optimizer
@@ -146,7 +149,18 @@ def lr_range_test(comp: Competition, cfg, model_name: str, runs: str | Path = "r
     seed_everything(cfg.seed if seed is None else seed)
     dev = device()
     classes = class_names(comp, read_train(comp))
-    model = build_model(cfg, num_classes=len(classes)).to(dev)
+    meta = None
+    if cfg.meta_head:  # every train row's metadata, its numbers standardised on them all
+        from pipeline.core.meta import require_meta_cols
+        from pipeline.train.folddata import fold_meta
+
+        require_meta_cols(comp, f"model {model_name}")
+        ids = read_train(comp)[comp.id_col].tolist()
+        meta = fold_meta(comp, ids, ids, [], [], [])
+    model = build_model(cfg, num_classes=len(classes), meta=meta.encoding if meta else None).to(dev)
+    if meta is not None:
+        model.meta_mlp.fit(meta.train)
+        meta = torch.as_tensor(meta.train, device=dev)
     ds = training_rows(comp, cfg, model)
     per_epoch = math.ceil(len(ds) / cfg.batch_size)
     if len(ds) < 2 * cfg.batch_size:
@@ -164,7 +178,7 @@ def lr_range_test(comp: Competition, cfg, model_name: str, runs: str | Path = "r
     opt = base_optimizer(make_optimizer(cfg, model, dev))  # the range test probes the base optimizer (no SAM)
     lrs = start * (end / start) ** (np.arange(n_steps) / max(n_steps - 1, 1))
     rows, stopped = sweep(model, opt, make_loss(cfg, comp.task, None), ds, cfg, dev, lrs, beta, diverge,
-                          f"lr-find {model_name}")
+                          f"lr-find {model_name}", meta)
 
     df = pd.DataFrame(rows, columns=["step", "lr", "loss", "smoothed"])
     found = suggest(df["lr"].to_numpy(), df["smoothed"].to_numpy())

@@ -263,8 +263,9 @@ def plot_mistakes(comp: Competition, mistakes: pd.DataFrame, out: Path, short_si
 # --- Grad-CAM -----------------------------------------------------------------------------------------
 
 
-def grad_cam(model, x, class_index: int | None = None) -> tuple[np.ndarray, int]:
-    """Grad-CAM on the last feature map (timm's forward_features -> forward_head); (HxW map in [0, 1], class)."""
+def grad_cam(model, x, class_index: int | None = None, meta=None) -> tuple[np.ndarray, int]:
+    """Grad-CAM on the last feature map (timm's forward_features -> forward_head, with the image's coded
+    metadata for a meta_head model); (HxW map in [0, 1], class)."""
     import torch
     import torch.nn.functional as F
 
@@ -275,7 +276,7 @@ def grad_cam(model, x, class_index: int | None = None) -> tuple[np.ndarray, int]
         if feats.ndim != 4:
             raise ValueError(f"Grad-CAM needs a convolutional feature map (N, C, H, W), got shape {tuple(feats.shape)}")
         feats.retain_grad()
-        logits = model.forward_head(feats)
+        logits = model.forward_head(feats) if meta is None else model.head_with_meta(feats, meta)
         c = int(logits[0].argmax()) if class_index is None else int(class_index)
         model.zero_grad(set_to_none=True)
         logits[0, c].backward()
@@ -285,6 +286,17 @@ def grad_cam(model, x, class_index: int | None = None) -> tuple[np.ndarray, int]
     cam = cam - cam.min()
     cam = cam / cam.max() if float(cam.max()) > 0 else cam
     return cam.cpu().numpy(), c
+
+
+def row_meta(comp: Competition, encoding: dict | None, image_id: str):
+    """A meta_head model's coded metadata of one train.csv row, (1, columns); None for other models."""
+    if encoding is None:
+        return None
+    import torch
+
+    from pipeline.core.meta import coded_meta
+
+    return torch.as_tensor(coded_meta(comp, encoding, [image_id], [])[0])
 
 
 def best_model(cv: dict, runs: Path) -> str | None:
@@ -310,6 +322,7 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
     if picked.empty:
         return None, "no mistakes to explain"
     cache: dict[int, tuple] = {}
+    ckpt_meta: dict[int, dict | None] = {}  # meta_head: each fold's metadata encoding
     panels = []  # (mistake, fold, the model's input as an image, cam, class)
     dev = torch.device("cpu")
     for m in picked.itertuples():
@@ -320,6 +333,7 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
                 return None, f"{run / 'best.pt'} not found"
             model, cfg, ckpt = load_fold_model(run, "best", dev)
             spec = EvalSpec.of(cfg, ckpt["data_config"])  # the evaluation geometry and read size
+            ckpt_meta[k] = ckpt.get("meta")
             cache[k] = (model.float().to(memory_format=torch.contiguous_format), cfg, spec.transform(),
                         spec.data_config.get("read_side"), spec.data_config.get("resize", cfg.resize),
                         Preprocess(spec.data_config.get("preprocess")))
@@ -327,7 +341,7 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
         img = read_preprocessed(comp.image_path("train", m.id), cfg.in_chans, read_side, preprocess)
         x = tf(image=img)["image"].unsqueeze(0)
         try:
-            cam, c = grad_cam(model, x)
+            cam, c = grad_cam(model, x, meta=row_meta(comp, ckpt_meta.get(k), m.id))
         except (ValueError, AttributeError, TypeError) as e:
             return None, f"Grad-CAM not available for {model_name}: {e}"
         shown = x[0].numpy()  # grad_cam works on its own copy

@@ -60,7 +60,8 @@ def batch_arrays(comp: Competition, cfg, n: int = 16, seed: int = 0) -> Batch:
     classes = class_names(comp, train)
     y = encode_targets(comp, train, classes)
     rows = np.sort(np.random.default_rng(seed).choice(len(train), size=min(n, len(train)), replace=False))
-    bare = build_model(cfg.model_copy(update={"pretrained": False}), num_classes=len(classes))  # for its defaults
+    bare = build_model(cfg.model_copy(update={"pretrained": False, "meta_head": False}),  # for its defaults
+                       num_classes=len(classes))
     first = resolve_stages(cfg, "config")[0]  # training starts with the first stage's size and augmentation
     d, d_eval = data_config(first, bare, whole=cfg), eval_data_config(cfg, bare)  # evaluation: the last stage's
     tf_train, tf_eval = train_transform(first.augment, d, cfg.in_chans), eval_transform(d_eval, cfg.in_chans)

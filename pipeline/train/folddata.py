@@ -17,6 +17,16 @@ from pipeline.core.config import Competition
 from pipeline.core.data import (class_names, encode_targets, lines, numbers, read_csv_text, read_extra, read_sample,
                                 read_train)
 from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.meta import MetaEncoding, read_meta, require_meta_cols, rows_meta
+
+
+@dataclass
+class FoldMeta:
+    """meta_head: the metadata encoding (exported; pipeline.core.meta) and the coded rows, in the fold's order."""
+
+    encoding: dict
+    train: np.ndarray  # (len(train_paths), columns) float32, NaN: missing
+    val: np.ndarray  # (len(val_paths), columns)
 
 
 @dataclass
@@ -32,6 +42,11 @@ class FoldData:
     labelled_rows: int = 0  # the train.csv rows it trains on (train_paths also holds extra and pseudo rows)
     extra_rows: int = 0  # extra_train rows it trains on (in train_paths after the labelled rows, before pseudo)
     extra_left_out: int = 0  # extra rows whose image copies one of this fold's validation images
+    meta: FoldMeta | None = None  # meta_head's metadata of the rows
+
+    @property
+    def val_meta(self) -> np.ndarray | None:
+        return self.meta.val if self.meta is not None else None
 
     def target_scale(self) -> tuple[np.ndarray, np.ndarray]:
         """Regression: the training targets' mean and std per column (a constant column gets std 1), computed
@@ -134,7 +149,7 @@ def stratified_subset(mask: np.ndarray, keys: np.ndarray, fraction: float, seed:
 
 def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str | None,
               distill: tuple[str, float, float] | None = None, train_fraction: float = 1.0,
-              seed: int = 0) -> FoldData:
+              seed: int = 0, meta_head: bool = False) -> FoldData:
     """Training rows (+ pseudo-labelled test rows) and validation rows of one fold. `distill` = (teacher
     table, alpha, temperature): each training row's target becomes alpha x its label + (1 - alpha) x the
     teacher's softened probabilities for it. The teacher table is the blend's OOF, so each row's soft label
@@ -143,7 +158,8 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
     drawn from (seed, fold); the validation rows are all kept, so the fold's score compares with a full run's.
     The extra table's rows (competition key extra_train) join training, with their own labels (a distilled
     student's teacher covers train.csv's rows only), except those whose image copies one of this fold's
-    validation images (folds/extra_duplicates.csv); no validation row is ever one of them."""
+    validation images (folds/extra_duplicates.csv); no validation row is ever one of them. `meta_head`: the
+    rows' metadata too (fold_meta)."""
     train = read_train(comp)
     classes = class_names(comp, train)
     ids = train[comp.id_col]
@@ -169,6 +185,7 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
         train_targets = alpha * train_targets + (1 - alpha) * soften(teacher, comp.task, temperature)
         distilled = ids[tr].tolist()
     extra_ids: list[str] = []
+    p_ids: list[str] = []
     extra_left_out = 0
     if comp.extra_train:
         extra_ids, extra_y = read_extra(comp, classes, ids.tolist())
@@ -189,4 +206,16 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
     return FoldData(classes=classes, train_paths=train_paths, train_targets=train_targets.astype(np.float32),
                     val_ids=ids[va].tolist(), val_paths=[comp.image_path("train", i) for i in ids[va]],
                     val_y=y[va], distilled_ids=distilled, fold_train_rows=fold_train_rows,
-                    labelled_rows=int(tr.sum()), extra_rows=len(extra_ids), extra_left_out=extra_left_out)
+                    labelled_rows=int(tr.sum()), extra_rows=len(extra_ids), extra_left_out=extra_left_out,
+                    meta=fold_meta(comp, ids, ids[tr].tolist(), extra_ids, p_ids, ids[va].tolist()) if meta_head
+                    else None)
+
+
+def fold_meta(comp: Competition, ids, train_ids: list[str], extra_ids: list[str], pseudo_ids: list[str],
+              val_ids: list[str]) -> FoldMeta:
+    """meta_head's metadata: the encoding fitted on all of train.csv's values (no labels), then the training
+    rows (train.csv's, the extra table's, the pseudo-labelled test rows') and the validation rows coded by it."""
+    require_meta_cols(comp, "the model config")
+    enc = MetaEncoding.fit(read_meta(comp, "train", list(ids)))
+    return FoldMeta(enc.export(), rows_meta(comp, enc, train_ids, extra_ids, pseudo_ids),
+                    rows_meta(comp, enc, val_ids))

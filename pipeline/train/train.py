@@ -32,9 +32,10 @@ from pipeline.nn.infer import EvalSpec, amp_dtype, autocast, image_logits, load_
 from pipeline.core.io import file_md5, load_checkpoint, save_checkpoint, write_csv, write_json, write_text
 from pipeline.core.errors import CheckpointError, ConfigError, PipelineError
 from pipeline.nn.loader import EpochSampler, ImageDataset, batches_per_epoch, make_loader, maybe_cache, resolve_workers
+from pipeline.core.meta import require_meta_cols
 from pipeline.core.metrics import get_metric
 from pipeline.nn.models import (ModelConfig, attach_target_scale, build_model, data_config, eval_data_config,
-                                 resolve_stages)
+                                model_config_path, resolve_stages)
 from pipeline.train.recipe import (
     SAM,
     JsdLoss,
@@ -125,6 +126,7 @@ class Engine:
     world: int = 1
     train_cache: object = None
     val_cache: object = None
+    train_meta: torch.Tensor | None = None  # meta_head: the training rows' coded metadata, on the device
 
     @property
     def main(self) -> bool:
@@ -137,7 +139,9 @@ class Engine:
 def build_engine(comp, cfg, name, fold, data, rank, local_rank, world) -> Engine:
     dev = init_distributed(world, local_rank)
     seed_everything(cfg.seed)
-    model = build_model(cfg, num_classes=len(data.classes))
+    model = build_model(cfg, num_classes=len(data.classes), meta=data.meta.encoding if data.meta else None)
+    if data.meta is not None:  # meta_head: its numbers standardised on this fold's training rows
+        model.meta_mlp.fit(data.meta.train)
     if comp.task == "regression":
         attach_target_scale(model, *data.target_scale())
     model = model.to(dev)
@@ -161,8 +165,9 @@ def build_engine(comp, cfg, name, fold, data, rank, local_rank, world) -> Engine
                         f"{name} fold{fold}", verbose=rank == 0, short_side=d.get("read_side"),
                         preprocess=d.get("preprocess"), cache_dir=cfg.cache_dir)
     train_cache, val_cache = cache.split(len(data.train_paths)) if cache is not None else (None, None)
+    train_meta = torch.as_tensor(data.meta.train, device=dev) if data.meta is not None else None
     return Engine(comp, cfg, name, fold, data, model, net, dev, dtype, ema,
-                  StepGuard(dev, fp16=dtype == torch.float16), rank, world, train_cache, val_cache)
+                  StepGuard(dev, fp16=dtype == torch.float16), rank, world, train_cache, val_cache, train_meta)
 
 
 def start_stage(eng: Engine, stages: list[ModelConfig], index: int) -> Stage:
@@ -198,6 +203,15 @@ def to_device(x: torch.Tensor, dev: torch.device, fmt: torch.memory_format) -> t
     if x.ndim == 5:
         return x.to(dev, non_blocking=True).transpose(0, 1).flatten(0, 1).contiguous(memory_format=fmt)
     return x.to(dev, non_blocking=True, memory_format=fmt)
+
+
+def batch_meta(eng: Engine, idx: torch.Tensor, n_inputs: int) -> tuple:
+    """meta_head: the batch rows' coded metadata, once per view (augmix_jsd's 3 views come one after another,
+    as to_device lays them out), as the model's second argument; () for a model without one."""
+    if eng.train_meta is None:
+        return ()
+    rows = eng.train_meta[idx.to(eng.dev)]
+    return (rows.repeat(n_inputs // len(rows), 1),)
 
 
 def check_faults(eng: Engine, progress: Progress, epoch: int, step: int) -> None:
@@ -236,7 +250,7 @@ def train_one_epoch(eng: Engine, stage: Stage, epoch: int, progress: Progress, t
                disable=None if eng.main else True, dynamic_ncols=True)  # None: off outside a terminal
     eng.net.train()
     try:
-        for bi, (x, y, _, n_bad) in enumerate(bar):
+        for bi, (x, y, idx, n_bad) in enumerate(bar):
             progress.bad_images += n_bad
             if n_bad:
                 check_faults(eng, progress, epoch, step)
@@ -244,13 +258,14 @@ def train_one_epoch(eng: Engine, stage: Stage, epoch: int, progress: Progress, t
                 continue
             x = to_device(x, dev, fmt)
             y = y.to(dev, non_blocking=True).float()
+            extra = batch_meta(eng, idx, len(x))
             if stage.mixer is not None:
                 if len(x) % 2:  # timm mixes pairs: an odd batch leaves out its last image
                     x, y = x[:-1], y[:-1]
                 x, y = stage.mixer(x, y)
             eng.guard.watch(eng.model)
             with autocast(dev, eng.dtype):
-                loss = stage.loss_fn(eng.net(x), y)
+                loss = stage.loss_fn(eng.net(x, *extra), y)
             bad = eng.guard.count(loss)
             loss_sum += torch.where(bad, 0.0, loss.detach().double()) * len(y)
             loss_rows += (~bad).long() * len(y)
@@ -261,7 +276,7 @@ def train_one_epoch(eng: Engine, stage: Stage, epoch: int, progress: Progress, t
                 loss.backward()
                 stage.optimizer.perturb()
                 with autocast(dev, eng.dtype):
-                    eng.guard.backward(stage.loss_fn(eng.net(x), y))
+                    eng.guard.backward(stage.loss_fn(eng.net(x, *extra), y))
                 stage.optimizer.restore()
                 stepped = True
             else:
@@ -297,7 +312,8 @@ def train_one_epoch(eng: Engine, stage: Stage, epoch: int, progress: Progress, t
 def evaluate(eng: Engine, model: torch.nn.Module, spec: EvalSpec) -> np.ndarray:
     """Probabilities of the fold's validation rows (each DDP rank predicts its share; all ranks get all)."""
     rows = list(range(eng.rank, len(eng.data.val_paths), eng.world))
-    logits = image_logits([model], eng.data.val_paths, spec, dev=eng.dev, cache=eng.val_cache, rows=rows)[0, 0]
+    logits = image_logits([model], eng.data.val_paths, spec, dev=eng.dev, cache=eng.val_cache, rows=rows,
+                          meta=eng.data.val_meta)[0, 0]
     return to_proba(gather_rows(logits, eng.world), eng.comp.task)
 
 
@@ -362,7 +378,7 @@ def restore_stage(eng: Engine, stage: Stage, resume: dict) -> None:
 
 
 # What best.pt keeps of the state: what inference, packaging and reports read. last.pt keeps it all.
-BEST_KEYS = ("model", "ema", "config", "classes", "data_config", "epoch", "stage", "best", "best_epoch")
+BEST_KEYS = ("model", "ema", "config", "classes", "data_config", "epoch", "stage", "best", "best_epoch", "meta")
 
 
 def checkpoint(eng: Engine, out: Path, stage: Stage, progress: Progress, stamp: dict, dcfg: dict,
@@ -375,6 +391,8 @@ def checkpoint(eng: Engine, out: Path, stage: Stage, progress: Progress, stamp: 
         "bad_epochs": progress.bad_epochs, "log": progress.log, "rng": rng_state(), "stamp": stamp,
         "config": eng.cfg.model_dump(mode="json"), "classes": eng.data.classes, "data_config": dcfg,
     }
+    if eng.data.meta is not None:  # meta_head: the metadata encoding the model reads (pipeline.core.meta)
+        state["meta"] = eng.data.meta.encoding
     if eng.ema is not None:
         state["ema"] = eng.ema.module.state_dict()
     if improved:
@@ -448,9 +466,11 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
     """Train (or resume, or skip) one fold; return the run folder. `overrides` (the command line's
     key=value words) are recorded in config.yaml and done.json. `on_epoch(epoch, metric)` is called after
     each epoch's validation (`make tune` reports to its pruner there, which may stop the run by raising)."""
+    if cfg.meta_head:
+        require_meta_cols(comp, str(model_config_path(comp.models_dir, config_name(model_name))))
     data = fold_data(comp, folds_path, fold, cfg.pseudo,
                      (cfg.distill, cfg.distill_alpha, cfg.temperature) if cfg.distill else None,
-                     cfg.train_fraction, cfg.seed)
+                     cfg.train_fraction, cfg.seed, cfg.meta_head)
     stages = resolve_stages(cfg, source)
     check_recipe(stages, comp.task, data.classes, source)
     out, overrides = run_dir(model_name, fold, runs), list(overrides)
@@ -537,7 +557,7 @@ def finish(eng: Engine, work: Path, out: Path, spec: EvalSpec, progress: Progres
     if not (work / "best.pt").is_file():
         raise TrainingError(eng.name, eng.fold, f"{work}: no epoch produced a finite {comp.metric}; nothing to keep")
     model, _, _ = load_fold_model(work, "best", eng.dev)
-    logits = image_logits([model], data.val_paths, spec, dev=eng.dev, cache=eng.val_cache)[0, 0]
+    logits = image_logits([model], data.val_paths, spec, dev=eng.dev, cache=eng.val_cache, meta=data.val_meta)[0, 0]
     proba = to_proba(logits, comp.task)
     fold_score = comp.scoring().score(data.val_y, proba)
     write_table(work / "oof.parquet", data.val_ids, proba, data.classes, comp.id_col,
