@@ -149,8 +149,11 @@ def extra_meta(comp: Competition, enc: MetaEncoding, extra_ids: list[str]) -> tu
 def rows_meta(comp: Competition, enc: MetaEncoding, train_ids: list[str], extra_ids: list[str] = (),
               test_ids: list[str] = ()) -> np.ndarray:
     """Coded metadata (n, columns) of rows taken in this order: train.csv's `train_ids`, the extra table's
-    `extra_ids`, the test table's `test_ids` (pseudo-labelled rows), as a fold trains on them."""
-    parts = [enc.encode(read_meta(comp, "train", list(train_ids)))]
+    `extra_ids`, the test table's `test_ids` (pseudo-labelled rows), as a fold trains on them; a table with no
+    rows asked of it is not read."""
+    parts = [np.zeros((0, len(enc.columns)))]
+    if len(train_ids):
+        parts.append(enc.encode(read_meta(comp, "train", list(train_ids))))
     if len(extra_ids):
         coded, lacking = extra_meta(comp, enc, list(extra_ids))
         if lacking:

@@ -156,7 +156,8 @@ def lr_range_test(comp: Competition, cfg, model_name: str, runs: str | Path = "r
 
         require_meta_cols(comp, f"model {model_name}")
         ids = read_train(comp)[comp.id_col].tolist()
-        meta = fold_meta(comp, ids, ids, [], [], [])
+        every = np.ones(len(ids), dtype=bool)
+        meta = fold_meta(comp, ids, every, ~every, [], [])
     model = build_model(cfg, num_classes=len(classes), meta=meta.encoding if meta else None).to(dev)
     if meta is not None:
         model.meta_mlp.fit(meta.train)

@@ -207,15 +207,17 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
                     val_ids=ids[va].tolist(), val_paths=[comp.image_path("train", i) for i in ids[va]],
                     val_y=y[va], distilled_ids=distilled, fold_train_rows=fold_train_rows,
                     labelled_rows=int(tr.sum()), extra_rows=len(extra_ids), extra_left_out=extra_left_out,
-                    meta=fold_meta(comp, ids, ids[tr].tolist(), extra_ids, p_ids, ids[va].tolist()) if meta_head
-                    else None)
+                    meta=fold_meta(comp, ids.tolist(), tr, va, extra_ids, p_ids) if meta_head else None)
 
 
-def fold_meta(comp: Competition, ids, train_ids: list[str], extra_ids: list[str], pseudo_ids: list[str],
-              val_ids: list[str]) -> FoldMeta:
-    """meta_head's metadata: the encoding fitted on all of train.csv's values (no labels), then the training
-    rows (train.csv's, the extra table's, the pseudo-labelled test rows') and the validation rows coded by it."""
+def fold_meta(comp: Competition, ids: list[str], tr: np.ndarray, va: np.ndarray, extra_ids: list[str],
+              pseudo_ids: list[str]) -> FoldMeta:
+    """meta_head's metadata: the encoding fitted on all of train.csv's values (no labels; train.csv read once),
+    then the training rows (train.csv's rows `tr`, the extra table's, the pseudo-labelled test rows') and the
+    validation rows `va` coded by it."""
     require_meta_cols(comp, "the model config")
-    enc = MetaEncoding.fit(read_meta(comp, "train", list(ids)))
-    return FoldMeta(enc.export(), rows_meta(comp, enc, train_ids, extra_ids, pseudo_ids),
-                    rows_meta(comp, enc, val_ids))
+    table = read_meta(comp, "train", ids)
+    enc = MetaEncoding.fit(table)
+    coded = enc.encode(table).astype(np.float32)
+    return FoldMeta(enc.export(), np.concatenate([coded[tr], rows_meta(comp, enc, [], extra_ids, pseudo_ids)]),
+                    coded[va])
