@@ -123,7 +123,8 @@ def test_each_training_row_takes_its_metadata_from_its_own_table(tmp_path, monke
     run_cli("folds", "-c", "competition.yaml", "--no-decode", cwd=tmp_path)
     monkeypatch.chdir(tmp_path)  # data_dir is relative to it
     comp = load_competition(tmp_path / "competition.yaml")
-    data_ = fold_data(comp, tmp_path / "folds" / "folds.csv", 0, str(tmp_path / "pseudo.csv"), meta_head=True)
+    data_ = fold_data(comp, tmp_path / "folds" / "folds.csv", 0, str(tmp_path / "pseudo.csv"),
+                      meta_head="models/withmeta.yaml")
     train = pd.read_csv(data / "train.csv", dtype=str, keep_default_na=False).set_index("image_id")
     n, m = data_.labelled_rows, data_.extra_rows
     assert data_.meta.train.shape == (len(data_.train_paths), 2) and m == len(extra)

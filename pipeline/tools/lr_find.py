@@ -140,7 +140,8 @@ def lr_range_test(comp: Competition, cfg, model_name: str, runs: str | Path = "r
     import torch
 
     from pipeline.nn.infer import device
-    from pipeline.nn.models import build_model
+    from pipeline.nn.models import model_config_path
+    from pipeline.train.folddata import fitted_model, fold_meta
     from pipeline.train.recipe import base_optimizer, make_loss, make_optimizer
     from pipeline.train.runtime import seed_everything
 
@@ -148,20 +149,15 @@ def lr_range_test(comp: Competition, cfg, model_name: str, runs: str | Path = "r
         raise ConfigError(f"lr-find: need 0 < --start < --end, got {start} and {end}")
     seed_everything(cfg.seed if seed is None else seed)
     dev = device()
-    classes = class_names(comp, read_train(comp))
+    train = read_train(comp)
+    classes = class_names(comp, train)
     meta = None
     if cfg.meta_head:  # every train row's metadata, its numbers standardised on them all
-        from pipeline.core.meta import require_meta_cols
-        from pipeline.train.folddata import fold_meta
-
-        require_meta_cols(comp, f"model {model_name}")
-        ids = read_train(comp)[comp.id_col].tolist()
+        ids = train[comp.id_col].tolist()
         every = np.ones(len(ids), dtype=bool)
-        meta = fold_meta(comp, ids, every, ~every, [], [])
-    model = build_model(cfg, num_classes=len(classes), meta=meta.encoding if meta else None).to(dev)
-    if meta is not None:
-        model.meta_mlp.fit(meta.train)
-        meta = torch.as_tensor(meta.train, device=dev)
+        meta = fold_meta(comp, str(model_config_path(comp.models_dir, model_name)), ids, every, ~every, [], [])
+    model = fitted_model(cfg, len(classes), meta).to(dev)
+    meta = torch.as_tensor(meta.train, device=dev) if meta is not None else None
     ds = training_rows(comp, cfg, model)
     per_epoch = math.ceil(len(ds) / cfg.batch_size)
     if len(ds) < 2 * cfg.batch_size:

@@ -288,15 +288,17 @@ def grad_cam(model, x, class_index: int | None = None, meta=None) -> tuple[np.nd
     return cam.cpu().numpy(), c
 
 
-def row_meta(comp: Competition, encoding: dict | None, image_id: str):
-    """A meta_head model's coded metadata of one train.csv row, (1, columns); None for other models."""
+def picked_meta(comp: Competition, encoding: dict | None, picked: pd.DataFrame) -> dict | None:
+    """A meta_head model's coded metadata of the picked train.csv rows, {id: tensor (columns,)}, from one read
+    of train.csv; None for other models."""
     if encoding is None:
         return None
     import torch
 
     from pipeline.core.meta import coded_meta
 
-    return torch.as_tensor(coded_meta(comp, encoding, [image_id], [])[0])
+    coded = torch.as_tensor(coded_meta(comp, encoding, picked["id"].tolist(), [])[0])
+    return dict(zip(picked["id"], coded))
 
 
 def best_model(cv: dict, runs: Path) -> str | None:
@@ -322,7 +324,6 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
     if picked.empty:
         return None, "no mistakes to explain"
     cache: dict[int, tuple] = {}
-    ckpt_meta: dict[int, dict | None] = {}  # meta_head: each fold's metadata encoding
     panels = []  # (mistake, fold, the model's input as an image, cam, class)
     dev = torch.device("cpu")
     for m in picked.itertuples():
@@ -333,15 +334,14 @@ def plot_grad_cam(comp: Competition, model_name: str, runs: Path, folds: dict[st
                 return None, f"{run / 'best.pt'} not found"
             model, cfg, ckpt = load_fold_model(run, "best", dev)
             spec = EvalSpec.of(cfg, ckpt["data_config"])  # the evaluation geometry and read size
-            ckpt_meta[k] = ckpt.get("meta")
             cache[k] = (model.float().to(memory_format=torch.contiguous_format), cfg, spec.transform(),
                         spec.data_config.get("read_side"), spec.data_config.get("resize", cfg.resize),
-                        Preprocess(spec.data_config.get("preprocess")))
-        model, cfg, tf, read_side, resize, preprocess = cache[k]
+                        Preprocess(spec.data_config.get("preprocess")), picked_meta(comp, ckpt.get("meta"), picked))
+        model, cfg, tf, read_side, resize, preprocess, metas = cache[k]
         img = read_preprocessed(comp.image_path("train", m.id), cfg.in_chans, read_side, preprocess)
         x = tf(image=img)["image"].unsqueeze(0)
         try:
-            cam, c = grad_cam(model, x, meta=row_meta(comp, ckpt_meta.get(k), m.id))
+            cam, c = grad_cam(model, x, meta=None if metas is None else metas[m.id][None])
         except (ValueError, AttributeError, TypeError) as e:
             return None, f"Grad-CAM not available for {model_name}: {e}"
         shown = x[0].numpy()  # grad_cam works on its own copy

@@ -1,7 +1,8 @@
 """The rows one fold trains and validates on, and their training targets: one-hot labels, multi-hot tags or
 regression values; external labelled rows (competition keys extra_train, extra_images) and pseudo-labelled test
 rows (folds/pseudo.csv), both in training only; a teacher's softened probabilities mixed
-into a distilled student's targets (folds/distill.parquet). No model here."""
+into a distilled student's targets (folds/distill.parquet); a meta_head model's metadata of those rows, and
+the model built on it (`fitted_model`, torch imported there only)."""
 
 from __future__ import annotations
 
@@ -147,9 +148,20 @@ def stratified_subset(mask: np.ndarray, keys: np.ndarray, fraction: float, seed:
     return out
 
 
+def fitted_model(cfg, n_classes: int, meta: FoldMeta | None):
+    """build_model for training: a meta_head model gets its encoding and its numbers' statistics fitted on
+    the rows it trains on."""
+    from pipeline.nn.models import build_model
+
+    model = build_model(cfg, num_classes=n_classes, meta=meta.encoding if meta is not None else None)
+    if meta is not None:
+        model.meta_mlp.fit(meta.train)
+    return model
+
+
 def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str | None,
               distill: tuple[str, float, float] | None = None, train_fraction: float = 1.0,
-              seed: int = 0, meta_head: bool = False) -> FoldData:
+              seed: int = 0, meta_head: str | None = None) -> FoldData:
     """Training rows (+ pseudo-labelled test rows) and validation rows of one fold. `distill` = (teacher
     table, alpha, temperature): each training row's target becomes alpha x its label + (1 - alpha) x the
     teacher's softened probabilities for it. The teacher table is the blend's OOF, so each row's soft label
@@ -158,8 +170,8 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
     drawn from (seed, fold); the validation rows are all kept, so the fold's score compares with a full run's.
     The extra table's rows (competition key extra_train) join training, with their own labels (a distilled
     student's teacher covers train.csv's rows only), except those whose image copies one of this fold's
-    validation images (folds/extra_duplicates.csv); no validation row is ever one of them. `meta_head`: the
-    rows' metadata too (fold_meta)."""
+    validation images (folds/extra_duplicates.csv); no validation row is ever one of them. `meta_head` (the
+    model config's path, for a model with a metadata head): the rows' metadata too (fold_meta)."""
     train = read_train(comp)
     classes = class_names(comp, train)
     ids = train[comp.id_col]
@@ -207,15 +219,15 @@ def fold_data(comp: Competition, folds_path: str | Path, fold: int, pseudo: str 
                     val_ids=ids[va].tolist(), val_paths=[comp.image_path("train", i) for i in ids[va]],
                     val_y=y[va], distilled_ids=distilled, fold_train_rows=fold_train_rows,
                     labelled_rows=int(tr.sum()), extra_rows=len(extra_ids), extra_left_out=extra_left_out,
-                    meta=fold_meta(comp, ids.tolist(), tr, va, extra_ids, p_ids) if meta_head else None)
+                    meta=fold_meta(comp, meta_head, ids.tolist(), tr, va, extra_ids, p_ids) if meta_head else None)
 
 
-def fold_meta(comp: Competition, ids: list[str], tr: np.ndarray, va: np.ndarray, extra_ids: list[str],
+def fold_meta(comp: Competition, source: str, ids: list[str], tr: np.ndarray, va: np.ndarray, extra_ids: list[str],
               pseudo_ids: list[str]) -> FoldMeta:
     """meta_head's metadata: the encoding fitted on all of train.csv's values (no labels; train.csv read once),
     then the training rows (train.csv's rows `tr`, the extra table's, the pseudo-labelled test rows') and the
-    validation rows `va` coded by it."""
-    require_meta_cols(comp, "the model config")
+    validation rows `va` coded by it. `source`: the model config, named when the competition has no meta_cols."""
+    require_meta_cols(comp, source)
     table = read_meta(comp, "train", ids)
     enc = MetaEncoding.fit(table)
     coded = enc.encode(table).astype(np.float32)

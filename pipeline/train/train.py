@@ -32,9 +32,8 @@ from pipeline.nn.infer import EvalSpec, amp_dtype, autocast, image_logits, load_
 from pipeline.core.io import file_md5, load_checkpoint, save_checkpoint, write_csv, write_json, write_text
 from pipeline.core.errors import CheckpointError, ConfigError, PipelineError
 from pipeline.nn.loader import EpochSampler, ImageDataset, batches_per_epoch, make_loader, maybe_cache, resolve_workers
-from pipeline.core.meta import require_meta_cols
 from pipeline.core.metrics import get_metric
-from pipeline.nn.models import (ModelConfig, attach_target_scale, build_model, data_config, eval_data_config,
+from pipeline.nn.models import (ModelConfig, attach_target_scale, data_config, eval_data_config,
                                 model_config_path, resolve_stages)
 from pipeline.train.recipe import (
     SAM,
@@ -57,7 +56,7 @@ from pipeline.artifacts.runs import (config_name, fold_inputs, fold_params, fold
                                      write_fold_record)
 from pipeline.artifacts.tables import write_table
 from pipeline.core.tracking import Tracker, competition_tracker
-from pipeline.train.folddata import FoldData, fold_data
+from pipeline.train.folddata import FoldData, fitted_model, fold_data
 from pipeline.train.runtime import (barrier, dist_info, gather_rows, init_distributed, rng_state, seed_everything,
                                     set_rng_state)
 
@@ -139,9 +138,7 @@ class Engine:
 def build_engine(comp, cfg, name, fold, data, rank, local_rank, world) -> Engine:
     dev = init_distributed(world, local_rank)
     seed_everything(cfg.seed)
-    model = build_model(cfg, num_classes=len(data.classes), meta=data.meta.encoding if data.meta else None)
-    if data.meta is not None:  # meta_head: its numbers standardised on this fold's training rows
-        model.meta_mlp.fit(data.meta.train)
+    model = fitted_model(cfg, len(data.classes), data.meta)  # meta_head: standardised on the fold's training rows
     if comp.task == "regression":
         attach_target_scale(model, *data.target_scale())
     model = model.to(dev)
@@ -466,11 +463,10 @@ def train_fold(comp: Competition, cfg: ModelConfig, model_name: str, fold: int,
     """Train (or resume, or skip) one fold; return the run folder. `overrides` (the command line's
     key=value words) are recorded in config.yaml and done.json. `on_epoch(epoch, metric)` is called after
     each epoch's validation (`make tune` reports to its pruner there, which may stop the run by raising)."""
-    if cfg.meta_head:
-        require_meta_cols(comp, str(model_config_path(comp.models_dir, config_name(model_name))))
+    meta_source = str(model_config_path(comp.models_dir, config_name(model_name))) if cfg.meta_head else None
     data = fold_data(comp, folds_path, fold, cfg.pseudo,
                      (cfg.distill, cfg.distill_alpha, cfg.temperature) if cfg.distill else None,
-                     cfg.train_fraction, cfg.seed, cfg.meta_head)
+                     cfg.train_fraction, cfg.seed, meta_source)
     stages = resolve_stages(cfg, source)
     check_recipe(stages, comp.task, data.classes, source)
     out, overrides = run_dir(model_name, fold, runs), list(overrides)
